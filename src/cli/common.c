@@ -1,0 +1,20 @@
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cli/cli.h"
+#include "core/log.h"
+
+int cli_load_config(struct config *cfg)
+{
+    struct sd_error err;
+    if (config_load(cfg, config_getenv_process, NULL, &err)) {
+        /* Logging is not set up yet; the message is redacted all the same. */
+        char *clean = log_redact_dup(err.message);
+        fprintf(stderr, "supportd: configuration error: %s\n", clean ? clean : err.message);
+        free(clean);
+        return EXIT_USAGE;
+    }
+    log_init(cfg->log_level, cfg->log_json);
+    log_route_mongoc();
+    return EXIT_OK;
+}

@@ -1,0 +1,114 @@
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+static const char overview[] =
+    "supportd — the conversations & support processing worker\n"
+    "\n"
+    "Usage: supportd COMMAND [ARGS]\n"
+    "\n"
+    "Commands:\n"
+    "  run                      run every enabled job on its schedule until SIGTERM/SIGINT\n"
+    "  once JOB [--now TIME]    run one tick of one job, then exit\n"
+    "  status                   show each job's schedule, last run and lease holder;\n"
+    "                           exits 1 when an enabled job has not succeeded lately\n"
+    "  dry-run --fixtures DIR   plan the jobs' actions on JSON fixtures (not in this version)\n"
+    "  rules check [DIR]        validate the rule files (not in this version)\n"
+    "  version                  print the version\n"
+    "\n"
+    "Jobs: snooze, message-status, notification, communication-check, and the\n"
+    "diagnostic job probe. Each runs only when its flag is true, e.g.\n"
+    "QM_SUPPORT_SNOOZE=true. Configuration is read from the environment; see\n"
+    "README.md or `supportd run --help`.\n"
+    "\n"
+    "Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.\n";
+
+static const char env_help[] =
+    "Environment:\n"
+    "  MONGO_DB_URL             MongoDB connection string, database in the path (required)\n"
+    "  MONGO_DB_NAME            overrides the database of the URL\n"
+    "  REDIS_HOST REDIS_PORT    Redis (localhost 6379)\n"
+    "  REDIS_PASSWORD REDIS_DB  Redis AUTH password (none), database number (0)\n"
+    "  QM_SUPPORT_<JOB>         true to run the job: SNOOZE, MESSAGE_STATUS, NOTIFICATION,\n"
+    "                           COMMUNICATION_CHECK, PROBE (default false)\n"
+    "  QM_SUPPORT_<JOB>_CRON    5- or 6-field cron (UTC) overriding the job's schedule\n"
+    "  QM_SUPPORT_RULES_DIR     rule files (./rules)\n"
+    "  QM_SUPPORT_REDIS_PREFIX  prefix of every Redis key (qm:support:)\n"
+    "  QM_SUPPORT_LEASE_TTL     seconds a job's lease lives without renewal (60)\n"
+    "  QM_SUPPORT_EMAIL_PROVIDER  sendgrid or smtp (sendgrid)\n"
+    "  QM_SUPPORT_EMAIL_FROM    default From address\n"
+    "  TWILIO_ACCOUNT_SID TWILIO_AUTH_TOKEN TWILIO_API_BASE\n"
+    "  SENDGRID_API_KEY SENDGRID_API_BASE SENDGRID_WEBHOOK_PUBLIC_KEY\n"
+    "  SMTP_URL SMTP_USER SMTP_PASSWORD\n"
+    "  LOG_LEVEL                debug, info, warn, error (info)\n"
+    "  LOG_FORMAT               json or text (json); logs go to stderr\n";
+
+static const char run_help[] =
+    "Usage: supportd run\n"
+    "\n"
+    "Runs every enabled job on its schedule until SIGTERM or SIGINT, which let the\n"
+    "running ticks finish their batch and exit 0. SIGHUP reloads the rules. Any\n"
+    "number of instances may run against one MongoDB and Redis: a per-job lease in\n"
+    "Redis lets one instance at a time run a job's tick. A slot missed while no\n"
+    "instance was up runs once at start-up.\n\n";
+
+static const char once_help[] =
+    "Usage: supportd once JOB [--now TIME]\n"
+    "\n"
+    "Runs one tick of JOB against the configured MongoDB, Redis and providers, then\n"
+    "exits: 0 when the tick succeeded, 1 when it failed or another instance held\n"
+    "the job's lease, 2 on a usage or configuration error. The job's flag need not\n"
+    "be set.\n"
+    "\n"
+    "  --now TIME   the tick's notion of now, ISO 8601 with a zone\n"
+    "               (e.g. 2026-03-01T09:00:00Z)\n\n";
+
+static const char status_help[] =
+    "Usage: supportd status\n"
+    "\n"
+    "Prints, for each job: whether it is enabled, its schedule, its last run and\n"
+    "result, its next run, and which instance holds its lease. Reads Redis only.\n"
+    "Exits 1 when an enabled job has not succeeded within twice its interval (or\n"
+    "Redis cannot be reached), so it can serve as a liveness probe; 0 otherwise.\n\n";
+
+int cli_help(const char *command)
+{
+    if (!command) {
+        fputs(overview, stdout);
+        return 0;
+    }
+    if (!strcmp(command, "run"))
+        fputs(run_help, stdout);
+    else if (!strcmp(command, "once"))
+        fputs(once_help, stdout);
+    else if (!strcmp(command, "status"))
+        fputs(status_help, stdout);
+    else if (!strcmp(command, "version"))
+        fputs("Usage: supportd version\n\nPrints the version.\n", stdout);
+    else
+        return -1;
+    if (strcmp(command, "version"))
+        fputs(env_help, stdout);
+    return 0;
+}
+
+int cli_wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return 1;
+    return 0;
+}
+
+int cli_usage_error(const char *command, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "supportd %s: ", command);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(see supportd %s --help)\n", command);
+    return EXIT_USAGE;
+}

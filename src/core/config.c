@@ -1,0 +1,253 @@
+#include "core/config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <mongoc/mongoc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+const struct job_spec job_specs[JOB_COUNT] = {
+    [JOB_SNOOZE] = {"snooze", "QM_SUPPORT_SNOOZE", "QM_SUPPORT_SNOOZE_CRON", "*/5 * * * *"},
+    [JOB_MESSAGE_STATUS] = {"message-status", "QM_SUPPORT_MESSAGE_STATUS",
+                            "QM_SUPPORT_MESSAGE_STATUS_CRON", "*/30 * * * * *"},
+    [JOB_NOTIFICATION] = {"notification", "QM_SUPPORT_NOTIFICATION",
+                          "QM_SUPPORT_NOTIFICATION_CRON", "*/1 * * * *"},
+    [JOB_COMMUNICATION_CHECK] = {"communication-check", "QM_SUPPORT_COMMUNICATION_CHECK",
+                                 "QM_SUPPORT_COMMUNICATION_CHECK_CRON", "*/10 * * * *"},
+    [JOB_PROBE] = {"probe", "QM_SUPPORT_PROBE", "QM_SUPPORT_PROBE_CRON", "*/1 * * * *"},
+};
+
+int job_find(const char *name)
+{
+    for (int i = 0; i < JOB_COUNT; i++)
+        if (strcmp(job_specs[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+const char *config_getenv_process(const char *name, void *ud)
+{
+    (void)ud;
+    return getenv(name);
+}
+
+/* An empty variable counts as unset: `FOO= supportd run` must not mean FOO="". */
+static const char *get(config_getenv_fn fn, void *ud, const char *name)
+{
+    const char *v = fn(name, ud);
+    return v && *v ? v : NULL;
+}
+
+static int dup_or(char **dst, const char *value, const char *fallback)
+{
+    const char *v = value ? value : fallback;
+    *dst = v ? strdup(v) : NULL;
+    return 0;
+}
+
+static int parse_bool(const char *name, const char *v, bool *out, struct sd_error *err)
+{
+    if (!v) {
+        *out = false;
+        return 0;
+    }
+    if (strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0) {
+        *out = true;
+        return 0;
+    }
+    if (strcasecmp(v, "false") == 0 || strcmp(v, "0") == 0) {
+        *out = false;
+        return 0;
+    }
+    return sd_error_set(err, "%s: \"%s\" is not a boolean (use true or false)", name, v);
+}
+
+static int parse_int(const char *name, const char *v, long lo, long hi, int *out,
+                     struct sd_error *err)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || end == v || *end != '\0')
+        return sd_error_set(err, "%s: \"%s\" is not an integer", name, v);
+    if (n < lo || n > hi)
+        return sd_error_set(err, "%s: %ld is out of range %ld-%ld", name, n, lo, hi);
+    *out = (int)n;
+    return 0;
+}
+
+static int check_url_scheme(const char *name, const char *v, const char *const *schemes,
+                            struct sd_error *err)
+{
+    for (int i = 0; schemes[i]; i++)
+        if (strncasecmp(v, schemes[i], strlen(schemes[i])) == 0 && v[strlen(schemes[i])])
+            return 0;
+    char *clean = log_redact_dup(v);
+    sd_error_set(err, "%s: \"%s\" must start with %s%s%s", name, clean ? clean : "", schemes[0],
+                 schemes[1] ? " or " : "", schemes[1] ? schemes[1] : "");
+    free(clean);
+    return -1;
+}
+
+static int load_mongo(struct config *cfg, config_getenv_fn fn, void *ud, struct sd_error *err)
+{
+    const char *url = get(fn, ud, "MONGO_DB_URL");
+    const char *name = get(fn, ud, "MONGO_DB_NAME");
+    if (!url)
+        return dup_or(&cfg->mongo_db, name, NULL);
+    bson_error_t berr;
+    mongoc_uri_t *uri = mongoc_uri_new_with_error(url, &berr);
+    if (!uri)
+        /* mongoc's message may quote the URL; the redactor strips the password. */
+        return sd_error_set(err, "MONGO_DB_URL: not a valid MongoDB connection string: %s",
+                            berr.message);
+    if (mongoc_uri_get_password(uri))
+        log_add_secret(mongoc_uri_get_password(uri));
+    const char *path_db = mongoc_uri_get_database(uri);
+    cfg->mongo_url = strdup(url);
+    dup_or(&cfg->mongo_db, name, path_db);
+    mongoc_uri_destroy(uri);
+    if (!cfg->mongo_db)
+        return sd_error_set(err, "MONGO_DB_URL: names no database (add /<database> to the URL "
+                                 "or set MONGO_DB_NAME)");
+    return 0;
+}
+
+static int load_jobs(struct config *cfg, config_getenv_fn fn, void *ud, struct sd_error *err)
+{
+    for (int i = 0; i < JOB_COUNT; i++) {
+        const struct job_spec *spec = &job_specs[i];
+        struct job_config *job = &cfg->jobs[i];
+        if (parse_bool(spec->flag_env, get(fn, ud, spec->flag_env), &job->enabled, err))
+            return -1;
+        const char *text = get(fn, ud, spec->cron_env);
+        job->cron_text = strdup(text ? text : spec->default_cron);
+        if (cron_parse(job->cron_text, &job->cron, err))
+            return sd_error_prefix(err, "%s: \"%s\"", spec->cron_env, job->cron_text);
+    }
+    return 0;
+}
+
+static int load_providers(struct config *cfg, config_getenv_fn fn, void *ud,
+                          struct sd_error *err)
+{
+    static const char *const http[] = {"https://", "http://", NULL};
+    static const char *const smtp[] = {"smtp://", "smtps://", NULL};
+    const char *provider = get(fn, ud, "QM_SUPPORT_EMAIL_PROVIDER");
+    if (!provider || strcasecmp(provider, "sendgrid") == 0)
+        cfg->email_provider = EMAIL_SENDGRID;
+    else if (strcasecmp(provider, "smtp") == 0)
+        cfg->email_provider = EMAIL_SMTP;
+    else
+        return sd_error_set(err, "QM_SUPPORT_EMAIL_PROVIDER: \"%s\" is not sendgrid or smtp",
+                            provider);
+
+    /* Secrets first, so that any later message quoting them is redacted. */
+    dup_or(&cfg->twilio_auth_token, get(fn, ud, "TWILIO_AUTH_TOKEN"), NULL);
+    dup_or(&cfg->sendgrid_api_key, get(fn, ud, "SENDGRID_API_KEY"), NULL);
+    dup_or(&cfg->smtp_password, get(fn, ud, "SMTP_PASSWORD"), NULL);
+    log_add_secret(cfg->twilio_auth_token);
+    log_add_secret(cfg->sendgrid_api_key);
+    log_add_secret(cfg->smtp_password);
+
+    dup_or(&cfg->email_from, get(fn, ud, "QM_SUPPORT_EMAIL_FROM"), NULL);
+    if (cfg->email_from && !strchr(cfg->email_from, '@'))
+        return sd_error_set(err, "QM_SUPPORT_EMAIL_FROM: \"%s\" is not an email address",
+                            cfg->email_from);
+    dup_or(&cfg->twilio_account_sid, get(fn, ud, "TWILIO_ACCOUNT_SID"), NULL);
+    if (cfg->twilio_account_sid && strncmp(cfg->twilio_account_sid, "AC", 2) != 0)
+        return sd_error_set(err, "TWILIO_ACCOUNT_SID: \"%s\" does not start with AC",
+                            cfg->twilio_account_sid);
+    dup_or(&cfg->twilio_api_base, get(fn, ud, "TWILIO_API_BASE"), "https://api.twilio.com");
+    if (check_url_scheme("TWILIO_API_BASE", cfg->twilio_api_base, http, err))
+        return -1;
+    dup_or(&cfg->sendgrid_api_base, get(fn, ud, "SENDGRID_API_BASE"), "https://api.sendgrid.com");
+    if (check_url_scheme("SENDGRID_API_BASE", cfg->sendgrid_api_base, http, err))
+        return -1;
+    dup_or(&cfg->sendgrid_webhook_public_key, get(fn, ud, "SENDGRID_WEBHOOK_PUBLIC_KEY"), NULL);
+    dup_or(&cfg->smtp_url, get(fn, ud, "SMTP_URL"), NULL);
+    if (cfg->smtp_url && check_url_scheme("SMTP_URL", cfg->smtp_url, smtp, err))
+        return -1;
+    dup_or(&cfg->smtp_user, get(fn, ud, "SMTP_USER"), NULL);
+    if (cfg->email_provider == EMAIL_SMTP && !cfg->smtp_url)
+        return sd_error_set(err, "SMTP_URL: required when QM_SUPPORT_EMAIL_PROVIDER=smtp");
+    return 0;
+}
+
+static int load_all(struct config *cfg, config_getenv_fn fn, void *ud, struct sd_error *err)
+{
+    const char *v;
+    /* Log settings first: the rest may want to log. */
+    cfg->log_level = LOG_INFO;
+    if ((v = get(fn, ud, "LOG_LEVEL")) && log_parse_level(v, &cfg->log_level))
+        return sd_error_set(err, "LOG_LEVEL: \"%s\" is not debug, info, warn or error", v);
+    cfg->log_json = true;
+    if ((v = get(fn, ud, "LOG_FORMAT"))) {
+        if (strcasecmp(v, "text") == 0)
+            cfg->log_json = false;
+        else if (strcasecmp(v, "json") != 0)
+            return sd_error_set(err, "LOG_FORMAT: \"%s\" is not json or text", v);
+    }
+
+    dup_or(&cfg->redis_password, get(fn, ud, "REDIS_PASSWORD"), NULL);
+    log_add_secret(cfg->redis_password);
+    if (load_mongo(cfg, fn, ud, err))
+        return -1;
+    dup_or(&cfg->redis_host, get(fn, ud, "REDIS_HOST"), "localhost");
+    cfg->redis_port = 6379;
+    if ((v = get(fn, ud, "REDIS_PORT")) && parse_int("REDIS_PORT", v, 1, 65535, &cfg->redis_port, err))
+        return -1;
+    cfg->redis_db = 0;
+    if ((v = get(fn, ud, "REDIS_DB")) && parse_int("REDIS_DB", v, 0, INT_MAX, &cfg->redis_db, err))
+        return -1;
+    if (load_jobs(cfg, fn, ud, err))
+        return -1;
+    dup_or(&cfg->rules_dir, get(fn, ud, "QM_SUPPORT_RULES_DIR"), "./rules");
+    dup_or(&cfg->redis_prefix, get(fn, ud, "QM_SUPPORT_REDIS_PREFIX"), "qm:support:");
+    int ttl_s = 60;
+    if ((v = get(fn, ud, "QM_SUPPORT_LEASE_TTL")) &&
+        parse_int("QM_SUPPORT_LEASE_TTL", v, 1, 86400, &ttl_s, err))
+        return -1;
+    cfg->lease_ttl_ms = ttl_s * 1000;
+    cfg->probe_hold_ms = 0;
+    if ((v = get(fn, ud, "QM_SUPPORT_PROBE_HOLD_MS")) &&
+        parse_int("QM_SUPPORT_PROBE_HOLD_MS", v, 0, 3600000, &cfg->probe_hold_ms, err))
+        return -1;
+    return load_providers(cfg, fn, ud, err);
+}
+
+int config_load(struct config *cfg, config_getenv_fn fn, void *ud, struct sd_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    if (load_all(cfg, fn, ud, err) == 0)
+        return 0;
+    config_free(cfg);
+    return -1;
+}
+
+int config_require_mongo(const struct config *cfg, struct sd_error *err)
+{
+    if (!cfg->mongo_url)
+        return sd_error_set(err, "MONGO_DB_URL: required (a MongoDB connection string such as "
+                                 "mongodb://host:27017/support)");
+    return 0;
+}
+
+void config_free(struct config *cfg)
+{
+    char **strings[] = {&cfg->mongo_url, &cfg->mongo_db, &cfg->redis_host, &cfg->redis_password,
+                        &cfg->rules_dir, &cfg->redis_prefix, &cfg->email_from,
+                        &cfg->twilio_account_sid, &cfg->twilio_auth_token, &cfg->twilio_api_base,
+                        &cfg->sendgrid_api_key, &cfg->sendgrid_api_base,
+                        &cfg->sendgrid_webhook_public_key, &cfg->smtp_url, &cfg->smtp_user,
+                        &cfg->smtp_password};
+    for (size_t i = 0; i < sizeof strings / sizeof *strings; i++) {
+        free(*strings[i]);
+        *strings[i] = NULL;
+    }
+    for (int i = 0; i < JOB_COUNT; i++) {
+        free(cfg->jobs[i].cron_text);
+        cfg->jobs[i].cron_text = NULL;
+    }
+}

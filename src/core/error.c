@@ -1,0 +1,33 @@
+#include "core/error.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int sd_error_set(struct sd_error *err, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int sd_error_prefix(struct sd_error *err, const char *fmt, ...)
+{
+    if (err) {
+        char prefix[256], old[sizeof err->message];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(prefix, sizeof prefix, fmt, ap);
+        va_end(ap);
+        memcpy(old, err->message, sizeof old);
+        /* Truncation is fine here: the start of a message names the thing. */
+        int n = snprintf(err->message, sizeof err->message, "%s: ", prefix);
+        if (n > 0 && (size_t)n < sizeof err->message)
+            memcpy(err->message + n, old, strnlen(old, sizeof err->message - (size_t)n - 1) + 1);
+        err->message[sizeof err->message - 1] = '\0';
+    }
+    return -1;
+}

@@ -1,0 +1,51 @@
+/* job.h — what a job is, and the table of jobs.
+ *
+ * A job is a function run once per tick under its lease. It reads through the
+ * environment it is given and never keeps state between ticks: what must
+ * survive a crash lives in MongoDB or Redis. Every job is collect → decide →
+ * apply, with decide pure so dry-run and tests run the same code.
+ *
+ * A job checks job_should_stop() between batches: on SIGTERM, or when its lease
+ * was lost, it returns after finishing the batch in hand, never half-way
+ * through one.
+ *
+ * Ownership: everything in struct job_env is borrowed for the tick. The job
+ * adds its counters to env->counts (int64 members), which the runner logs and
+ * records. Errors follow core/error.h; a job returns -1 only when the tick as a
+ * whole failed (a bad document is logged and skipped, not a failed tick).
+ */
+#ifndef SD_JOBS_JOB_H
+#define SD_JOBS_JOB_H
+
+#include <bson/bson.h>
+#include <mongoc/mongoc.h>
+#include <stdatomic.h>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "store/lease.h"
+#include "store/redis.h"
+
+struct job_env {
+    const struct config *cfg;
+    mongoc_client_t *mongo;
+    const char *db;
+    struct rds *redis;
+    const struct log_ctx *log;
+    int64_t now_ms;          /* the tick's "now" (--now overrides it) */
+    atomic_bool *stop;       /* process is shutting down */
+    struct lease *lease;     /* NULL when run without one */
+    bson_t *counts;
+};
+
+typedef int (*job_fn)(struct job_env *env, struct sd_error *err);
+
+/* The job's function, or NULL when this version does not implement it. */
+job_fn job_function(int id);
+
+bool job_should_stop(const struct job_env *env);
+
+int job_probe(struct job_env *env, struct sd_error *err);
+
+#endif

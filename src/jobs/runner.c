@@ -1,0 +1,141 @@
+#include "jobs/runner.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "jobs/job.h"
+#include "store/health.h"
+#include "store/lease.h"
+
+void runner_redis_options(const struct config *cfg, struct rds_options *opts)
+{
+    *opts = (struct rds_options){.host = cfg->redis_host,
+                                 .port = cfg->redis_port,
+                                 .password = cfg->redis_password,
+                                 .db = cfg->redis_db,
+                                 .timeout_ms = 5000};
+}
+
+void runner_instance_id(char *buf, size_t size)
+{
+    char host[64] = "unknown";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    snprintf(buf, size, "%s:%d", host, (int)getpid());
+}
+
+int runner_init(struct runner *r, const struct config *cfg, struct store *store,
+                atomic_bool *stop, struct sd_error *err)
+{
+    memset(r, 0, sizeof *r);
+    r->cfg = cfg;
+    r->store = store;
+    r->stop = stop;
+    runner_redis_options(cfg, &r->redis_opts);
+    r->redis = rds_new(&r->redis_opts);
+    if (!r->redis)
+        return sd_error_set(err, "out of memory");
+    runner_instance_id(r->instance, sizeof r->instance);
+    return 0;
+}
+
+void runner_destroy(struct runner *r)
+{
+    rds_destroy(r->redis);
+    r->redis = NULL;
+}
+
+static void log_end(const struct log_ctx *ctx, enum tick_outcome outcome, int64_t duration,
+                    const bson_t *counts, const char *error)
+{
+    bson_t fields = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&fields, "outcome", outcome == TICK_OK ? "ok" : "error");
+    BSON_APPEND_INT64(&fields, "duration_ms", duration);
+    BSON_APPEND_DOCUMENT(&fields, "counts", counts);
+    if (error)
+        BSON_APPEND_UTF8(&fields, "error", error);
+    log_msg(outcome == TICK_OK ? LOG_INFO : LOG_ERROR, ctx, "tick.end", &fields, "%s",
+            outcome == TICK_OK ? "tick finished" : error);
+    bson_destroy(&fields);
+}
+
+enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
+{
+    const struct job_spec *spec = &job_specs[job];
+    char tick[17], key[300], holder[192] = "";
+    struct sd_error err;
+    if (clock_random_hex(tick, 8, &err))
+        snprintf(tick, sizeof tick, "%016llx", (unsigned long long)clock_now_ms());
+    struct log_ctx ctx = {spec->name, tick};
+    job_fn fn = job_function(job);
+    if (!fn) {
+        log_msg(LOG_ERROR, &ctx, "tick.unimplemented", NULL,
+                "job %s is not implemented in this version", spec->name);
+        return TICK_FAILED;
+    }
+
+    snprintf(key, sizeof key, "%slease:%s", r->cfg->redis_prefix, spec->name);
+    struct lease lease;
+    bool held = false;
+    if (lease_acquire(r->redis, key, r->instance, r->cfg->lease_ttl_ms, &lease, &held, holder,
+                      sizeof holder, &err)) {
+        log_msg(LOG_ERROR, &ctx, "tick.end", NULL, "tick failed: %s", err.message);
+        return TICK_FAILED;
+    }
+    if (!held) {
+        char owner[128];
+        lease_token_owner(holder, owner, sizeof owner);
+        bson_t f = BSON_INITIALIZER;
+        BSON_APPEND_UTF8(&f, "holder", owner);
+        log_msg(LOG_INFO, &ctx, "tick.skipped", &f,
+                "another instance (%s) is running this job; skipping this slot", owner);
+        bson_destroy(&f);
+        return TICK_SKIPPED;
+    }
+    if (lease_start_renewal(&lease, &r->redis_opts, &err))
+        log_msg(LOG_WARN, &ctx, "lease.renewal", NULL, "%s", err.message);
+
+    int64_t start = clock_now_ms();
+    char now_text[40];
+    clock_format_iso(now_ms, now_text, sizeof now_text);
+    bson_t f = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&f, "now", now_text);
+    BSON_APPEND_UTF8(&f, "instance", r->instance);
+    log_msg(LOG_INFO, &ctx, "tick.start", &f, "tick started");
+    bson_destroy(&f);
+    if (health_record_start(r->redis, r->cfg->redis_prefix, spec->name, tick, r->instance, start,
+                            &err))
+        log_msg(LOG_WARN, &ctx, "health.write", NULL, "%s", err.message);
+
+    bson_t counts = BSON_INITIALIZER;
+    mongoc_client_t *client = store_pop(r->store);
+    struct job_env env = {.cfg = r->cfg,
+                          .mongo = client,
+                          .db = store_db(r->store),
+                          .redis = r->redis,
+                          .log = &ctx,
+                          .now_ms = now_ms,
+                          .stop = r->stop,
+                          .lease = &lease,
+                          .counts = &counts};
+    int rc = fn(&env, &err);
+    store_push(r->store, client);
+
+    int64_t end = clock_now_ms();
+    enum tick_outcome outcome = rc == 0 ? TICK_OK : TICK_FAILED;
+    char *counts_json = bson_as_relaxed_extended_json(&counts, NULL);
+    log_end(&ctx, outcome, end - start, &counts, rc ? err.message : NULL);
+    struct sd_error herr;
+    if (health_record_end(r->redis, r->cfg->redis_prefix, spec->name, end, end - start,
+                          rc ? err.message : NULL, counts_json, &herr))
+        log_msg(LOG_WARN, &ctx, "health.write", NULL, "%s", herr.message);
+    bson_free(counts_json);
+    bson_destroy(&counts);
+    if (lease_release(r->redis, &lease, &herr))
+        log_msg(LOG_WARN, &ctx, "lease.release", NULL, "%s (it expires by itself)",
+                herr.message);
+    return outcome;
+}

@@ -1,0 +1,52 @@
+/* supportd — entry point: global library set-up and command dispatch. */
+#include <curl/curl.h>
+#include <mongoc/mongoc.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "version.h"
+
+static int dispatch(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        cli_help(argc >= 3 && !strcmp(argv[1], "help") ? argv[2] : NULL);
+        return argc < 2 ? EXIT_USAGE : EXIT_OK;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        if (cli_wants_help(argc - 1, argv + 1))
+            return cli_help("version"), EXIT_OK;
+        printf("supportd %s\n", SUPPORTD_VERSION);
+        return EXIT_OK;
+    }
+    if (cli_wants_help(argc - 1, argv + 1)) {
+        if (cli_help(cmd) == 0)
+            return EXIT_OK;
+    }
+    if (!strcmp(cmd, "run"))
+        return cli_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "once"))
+        return cli_once(argc - 1, argv + 1);
+    if (!strcmp(cmd, "status"))
+        return cli_status(argc - 1, argv + 1);
+    if (!strcmp(cmd, "dry-run") || !strcmp(cmd, "rules")) {
+        fprintf(stderr, "supportd %s: not implemented in this version (it comes with the rules "
+                        "engine)\n",
+                cmd);
+        return EXIT_USAGE;
+    }
+    fprintf(stderr, "supportd: unknown command \"%s\" (see supportd --help)\n", cmd);
+    return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    mongoc_init();
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = dispatch(argc, argv);
+    curl_global_cleanup();
+    mongoc_cleanup();
+    return rc;
+}

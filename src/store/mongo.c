@@ -1,0 +1,67 @@
+#include "store/mongo.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct store {
+    mongoc_client_pool_t *pool;
+    char *db;
+};
+
+struct store *store_new(const char *url, const char *db, struct sd_error *err)
+{
+    bson_error_t berr;
+    mongoc_uri_t *uri = mongoc_uri_new_with_error(url, &berr);
+    if (!uri) {
+        sd_error_set(err, "MONGO_DB_URL: %s", berr.message);
+        return NULL;
+    }
+    if (!mongoc_uri_get_appname(uri))
+        mongoc_uri_set_appname(uri, "supportd");
+    /* mongoc waits 30 s by default; a tick should fail sooner when the
+     * database is away, and try again on its next run. */
+    if (!mongoc_uri_has_option(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS))
+        mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 5000);
+    if (!mongoc_uri_has_option(uri, MONGOC_URI_CONNECTTIMEOUTMS))
+        mongoc_uri_set_option_as_int32(uri, MONGOC_URI_CONNECTTIMEOUTMS, 5000);
+    struct store *s = calloc(1, sizeof *s);
+    s->pool = mongoc_client_pool_new_with_error(uri, &berr);
+    mongoc_uri_destroy(uri);
+    if (!s->pool) {
+        free(s);
+        sd_error_set(err, "MONGO_DB_URL: %s", berr.message);
+        return NULL;
+    }
+    mongoc_client_pool_set_error_api(s->pool, MONGOC_ERROR_API_VERSION_2);
+    s->db = strdup(db);
+    return s;
+}
+
+void store_destroy(struct store *s)
+{
+    if (!s)
+        return;
+    mongoc_client_pool_destroy(s->pool);
+    free(s->db);
+    free(s);
+}
+
+mongoc_client_t *store_pop(struct store *s) { return mongoc_client_pool_pop(s->pool); }
+void store_push(struct store *s, mongoc_client_t *client)
+{
+    mongoc_client_pool_push(s->pool, client);
+}
+const char *store_db(const struct store *s) { return s->db; }
+
+int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err)
+{
+    bson_t cmd = BSON_INITIALIZER, reply;
+    bson_error_t berr;
+    BSON_APPEND_INT32(&cmd, "ping", 1);
+    bool ok = mongoc_client_command_simple(client, db, &cmd, NULL, &reply, &berr);
+    bson_destroy(&cmd);
+    bson_destroy(&reply);
+    if (!ok)
+        return sd_error_set(err, "mongodb ping: %s", berr.message);
+    return 0;
+}

@@ -1,0 +1,44 @@
+/* mongo.h — the MongoDB side: a client pool for the configured database, and
+ * the indexes supportd needs, created at start-up.
+ *
+ * mongoc reconnects by itself: a client whose server went away fails its
+ * operations (after serverSelectionTimeoutMS, 5 s unless the URL says
+ * otherwise) and works again once the server is back, so a database restart
+ * costs failed ticks, never the process.
+ *
+ * Ownership: store_new returns a store freed by store_destroy. store_pop lends a
+ * client that must go back with store_push from the same thread.
+ * Errors follow core/error.h.
+ */
+#ifndef SD_STORE_MONGO_H
+#define SD_STORE_MONGO_H
+
+#include <mongoc/mongoc.h>
+
+#include "core/error.h"
+
+/* Collection names (SPEC §2). */
+#define COLL_CONVERSATION "conversation-conversation"
+#define COLL_MESSAGE "conversation-message"
+#define COLL_ROOM "conversation-room"
+#define COLL_CHANNEL "conversation-channel"
+#define COLL_ALERT "conversation-alert"
+#define COLL_NOTIFICATION "conversation-notification"
+
+struct store;
+
+struct store *store_new(const char *url, const char *db, struct sd_error *err);
+void store_destroy(struct store *s);
+
+mongoc_client_t *store_pop(struct store *s);
+void store_push(struct store *s, mongoc_client_t *client);
+const char *store_db(const struct store *s);
+
+/* Round trip to the server ({ping: 1}). */
+int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err);
+
+/* Creates every index in store/indexes.c. Idempotent; an index that already
+ * exists under another name is accepted (it serves the same queries). */
+int store_ensure_indexes(struct store *s, struct sd_error *err);
+
+#endif

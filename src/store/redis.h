@@ -1,0 +1,48 @@
+/* redis.h — one Redis connection that survives the server going away.
+ *
+ * A `struct rds` is used by one thread at a time (hiredis contexts are not
+ * thread-safe); each thread that talks to Redis owns its own. When a command
+ * fails on I/O, the connection is dropped and re-established on the next call,
+ * at most once per backoff delay (100 ms doubling to 5 s), so a Redis restart
+ * costs failed ticks, never a crash or a busy loop.
+ *
+ * Ownership: rds_new copies the options; rds_destroy frees everything.
+ * rds_command returns a reply the caller frees with freeReplyObject(), or NULL
+ * with err filled. A Redis error reply (REDIS_REPLY_ERROR) is also turned into
+ * NULL + err, so callers handle one failure path.
+ */
+#ifndef SD_STORE_REDIS_H
+#define SD_STORE_REDIS_H
+
+#include <hiredis.h>
+#include <stddef.h>
+
+#include "core/error.h"
+
+struct rds_options {
+    const char *host;
+    int port;
+    const char *password; /* NULL: no AUTH */
+    int db;
+    int timeout_ms;       /* connect and command timeout; 0 = 5000 */
+};
+
+struct rds;
+
+struct rds *rds_new(const struct rds_options *opts);
+void rds_destroy(struct rds *r);
+
+redisReply *rds_command(struct rds *r, struct sd_error *err, const char *fmt, ...);
+redisReply *rds_command_argv(struct rds *r, struct sd_error *err, int argc, const char **argv,
+                             const size_t *argvlen);
+
+/* Pipelining: append n commands, then read n replies with rds_pipeline_read.
+ * If any append or read fails, the connection is reset and the whole pipeline
+ * must be considered failed. */
+int rds_pipeline_append(struct rds *r, struct sd_error *err, const char *fmt, ...);
+redisReply *rds_pipeline_read(struct rds *r, struct sd_error *err);
+
+/* Makes sure a connection is up (connects if needed, honouring backoff). */
+int rds_ensure(struct rds *r, struct sd_error *err);
+
+#endif

@@ -1,0 +1,1 @@
+#define SUPPORTD_VERSION "0.1.0"
