@@ -1,3 +1,5 @@
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,6 +63,14 @@ int cli_run(int argc, char **argv)
     struct store *store = store_new(cfg.mongo_url, cfg.mongo_db, &err);
     if (!store)
         goto usage;
+    /* From here on SIGTERM must end cleanly: hold it until the scheduler
+     * waits for it, even while start-up waits on an absent database. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     bson_t f = BSON_INITIALIZER;
     BSON_APPEND_INT32(&f, "enabled_jobs", enabled);
     log_msg(LOG_INFO, NULL, "startup", &f, "supportd starting");
