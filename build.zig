@@ -62,13 +62,18 @@ pub fn build(b: *std.Build) void {
     b.step("run", "Run supportd with the given arguments").dependOn(&run_cmd.step);
 
     const test_step = b.step("test", "Build and run the cmocka unit tests");
+    const unit_step = b.step("unit", "Build the cmocka unit tests into zig-out/test (scripts/test runs them)");
+    const asan_preload = if (sanitize) asanRuntime(b) else "";
     for (unit_tests) |name| {
         const src = b.fmt("tests/unit/test_{s}.c", .{name});
         const mod = cModule(b, target, optimize, sanitize, flags.items, &.{src});
         mod.linkSystemLibrary("cmocka", .{});
         const t = b.addExecutable(.{ .name = b.fmt("test_{s}", .{name}), .root_module = mod });
         const install = b.addInstallArtifact(t, .{ .dest_dir = .{ .override = .{ .custom = "test" } } });
+        unit_step.dependOn(&install.step);
         const run = b.addRunArtifact(t);
+        // The ASan runtime must be the first library loaded.
+        if (sanitize) run.setEnvironmentVariable("LD_PRELOAD", asan_preload);
         run.step.dependOn(&install.step);
         test_step.dependOn(&run.step);
     }
@@ -102,7 +107,11 @@ fn cModule(
 /// Zig ships no AddressSanitizer runtime; link the system C compiler's
 /// (scripts/setup installs gcc). Its ABI is the one clang's instrumentation
 /// targets (__asan_version_mismatch_check_v8).
+/// At run time it must come first: scripts/test sets LD_PRELOAD to it.
 fn linkAsan(b: *std.Build, mod: *std.Build.Module) void {
-    const path = std.mem.trim(u8, b.run(&.{ "gcc", "-print-file-name=libasan.so" }), " \n");
-    mod.addObjectFile(.{ .cwd_relative = path });
+    mod.addObjectFile(.{ .cwd_relative = asanRuntime(b) });
+}
+
+fn asanRuntime(b: *std.Build) []const u8 {
+    return std.mem.trim(u8, b.run(&.{ "gcc", "-print-file-name=libasan.so" }), " \n");
 }
