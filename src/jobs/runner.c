@@ -1,6 +1,7 @@
 #include "jobs/runner.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -129,9 +130,12 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
     char *counts_json = bson_as_relaxed_extended_json(&counts, NULL);
     log_end(&ctx, outcome, end - start, &counts, rc ? err.message : NULL);
     struct sd_error herr;
+    /* The record is read by other tools: scrub secrets as the logger does. */
+    char *error_text = rc ? log_redact_dup(err.message) : NULL;
     if (health_record_end(r->redis, r->cfg->redis_prefix, spec->name, end, end - start,
-                          rc ? err.message : NULL, counts_json, &herr))
+                          error_text, counts_json, &herr))
         log_msg(LOG_WARN, &ctx, "health.write", NULL, "%s", herr.message);
+    free(error_text);
     bson_free(counts_json);
     bson_destroy(&counts);
     if (lease_release(r->redis, &lease, &herr))
