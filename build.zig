@@ -35,9 +35,13 @@ const core_sources = [_][]const u8{
     "src/cli/once.c",
     "src/cli/run.c",
     "src/cli/status.c",
+    "src/cli/rules.c",
+    "src/rules/marshal.c",
+    "src/rules/engine.c",
+    "src/rules/reload.c",
 };
 
-const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl" };
+const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl", "openssl" };
 
 /// Unit tests: tests/unit/test_<name>.c, one executable each.
 const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log" };

@@ -31,7 +31,9 @@ static int dispatch(int argc, char **argv)
         return cli_once(argc - 1, argv + 1);
     if (!strcmp(cmd, "status"))
         return cli_status(argc - 1, argv + 1);
-    if (!strcmp(cmd, "dry-run") || !strcmp(cmd, "rules")) {
+    if (!strcmp(cmd, "rules"))
+        return cli_rules(argc - 1, argv + 1);
+    if (!strcmp(cmd, "dry-run")) {
         fprintf(stderr, "supportd %s: not implemented in this version (it comes with the rules "
                         "engine)\n",
                 cmd);

@@ -6,16 +6,22 @@
 #define SD_CLI_CLI_H
 
 #include "core/config.h"
+#include "rules/reload.h"
 
 enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 int cli_run(int argc, char **argv);
 int cli_once(int argc, char **argv);
 int cli_status(int argc, char **argv);
+int cli_rules(int argc, char **argv);
 
 /* Shared start-up: load the configuration, set up logging. Prints the error
  * and returns EXIT_USAGE on failure. */
 int cli_load_config(struct config *cfg);
+
+/* Loads the rules of cfg->rules_dir; prints the error (file:line) and returns
+ * NULL when they are invalid: with no last good set there is nothing to run. */
+struct rules_live *cli_load_rules(const struct config *cfg);
 
 /* Prints the help of `command` (NULL: the overview) to stdout. Returns 0, or
  * -1 when there is no such command. */

@@ -4,6 +4,16 @@
 #include "cli/cli.h"
 #include "core/log.h"
 
+struct rules_live *cli_load_rules(const struct config *cfg)
+{
+    struct sd_error err;
+    struct rules_live *live = rules_live_new(cfg->rules_dir, NULL, &err);
+    if (!live)
+        fprintf(stderr, "supportd: QM_SUPPORT_RULES_DIR: rules in %s are invalid: %s\n",
+                cfg->rules_dir, err.message);
+    return live;
+}
+
 int cli_load_config(struct config *cfg)
 {
     struct sd_error err;

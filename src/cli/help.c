@@ -15,7 +15,7 @@ static const char overview[] =
     "  status                   show each job's schedule, last run and lease holder;\n"
     "                           exits 1 when an enabled job has not succeeded lately\n"
     "  dry-run --fixtures DIR   plan the jobs' actions on JSON fixtures (not in this version)\n"
-    "  rules check [DIR]        validate the rule files (not in this version)\n"
+    "  rules check [DIR]        load and validate the rule files (exit 1 with file:line)\n"
     "  version                  print the version\n"
     "\n"
     "Jobs: snooze, message-status, notification, communication-check, and the\n"
@@ -85,6 +85,12 @@ int cli_help(const char *command)
         fputs(once_help, stdout);
     else if (!strcmp(command, "status"))
         fputs(status_help, stdout);
+    else if (!strcmp(command, "rules"))
+        fputs("Usage: supportd rules check [DIR]\n\n"
+              "Loads every rule file of DIR (default $QM_SUPPORT_RULES_DIR, else ./rules) in\n"
+              "the sandbox, checks the functions each must provide and runs their self-tests.\n"
+              "Exits 0 when valid, 1 with file:line messages when not.\n\n",
+              stdout);
     else if (!strcmp(command, "version"))
         fputs("Usage: supportd version\n\nPrints the version.\n", stdout);
     else

@@ -19,9 +19,8 @@ static void on_tick(void *ud, int id, int64_t fire_ms)
 
 static void on_reload(void *ud)
 {
-    (void)ud;
-    /* The rules engine hooks in here; until then there is nothing to reload. */
-    log_msg(LOG_INFO, NULL, "rules.reload", NULL, "no rules engine in this version; nothing to reload");
+    struct sd_error err;
+    rules_live_reload(ud, &err); /* logs the outcome either way */
 }
 
 /* A slot missed while no instance ran (the last recorded start is older than
@@ -60,9 +59,16 @@ int cli_run(int argc, char **argv)
         enabled++;
     }
 
+    struct rules_live *rules = cli_load_rules(&cfg);
+    if (!rules) {
+        config_free(&cfg);
+        return EXIT_USAGE;
+    }
     struct store *store = store_new(cfg.mongo_url, cfg.mongo_db, &err);
-    if (!store)
+    if (!store) {
+        rules_live_destroy(rules);
         goto usage;
+    }
     /* From here on SIGTERM must end cleanly: hold it until the scheduler
      * waits for it, even while start-up waits on an absent database. */
     sigset_t set;
@@ -83,7 +89,9 @@ int cli_run(int argc, char **argv)
     if (store_ensure_indexes(store, &err))
         log_msg(LOG_ERROR, NULL, "startup.indexes", NULL, "%s", err.message);
 
-    struct scheduler s = {.tick = on_tick, .reload = on_reload};
+    if (rules_live_watch(rules, &err))
+        log_msg(LOG_WARN, NULL, "rules.watch", NULL, "%s; reload with SIGHUP", err.message);
+    struct scheduler s = {.tick = on_tick, .reload = on_reload, .reload_ud = rules};
     atomic_init(&s.stop, false);
     struct scheduler_job *jobs = calloc(JOB_COUNT, sizeof *jobs);
     struct runner *runners = calloc(JOB_COUNT, sizeof *runners);
@@ -92,7 +100,7 @@ int cli_run(int argc, char **argv)
         if (!cfg.jobs[i].enabled)
             continue;
         struct runner *r = &runners[s.n_jobs];
-        runner_init(r, &cfg, store, &s.stop, &err);
+        runner_init(r, &cfg, store, rules, &s.stop, &err);
         jobs[s.n_jobs] = (struct scheduler_job){
             .id = i, .cron = cfg.jobs[i].cron, .ud = r,
             .last_fire = first_reference(r, i, &cfg.jobs[i].cron, now_s)};
@@ -112,6 +120,7 @@ int cli_run(int argc, char **argv)
     free(runners);
     free(jobs);
     store_destroy(store);
+    rules_live_destroy(rules);
     log_msg(LOG_INFO, NULL, "shutdown", NULL, "supportd stopped");
     config_free(&cfg);
     return rc;

@@ -141,6 +141,7 @@ void clock_format_iso(int64_t ms, char *buf, size_t size)
 int clock_random_hex(char *buf, size_t nbytes, struct sd_error *err)
 {
     unsigned char raw[64];
+    buf[0] = '\0';
     if (nbytes > sizeof raw)
         return sd_error_set(err, "random id of %zu bytes is too long", nbytes);
     size_t got = 0;

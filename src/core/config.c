@@ -102,8 +102,18 @@ static int load_mongo(struct config *cfg, config_getenv_fn fn, void *ud, struct 
         /* mongoc's message may quote the URL; the redactor strips the password. */
         return sd_error_set(err, "MONGO_DB_URL: not a valid MongoDB connection string: %s",
                             berr.message);
-    if (mongoc_uri_get_password(uri))
+    if (mongoc_uri_get_password(uri)) {
         log_add_secret(mongoc_uri_get_password(uri));
+        /* mongoc decodes %-escapes; the URL as written holds the encoded form. */
+        const char *auth = strstr(url, "://");
+        const char *at = auth ? strchr(auth + 3, '@') : NULL;
+        const char *colon = auth ? memchr(auth + 3, ':', at ? (size_t)(at - auth - 3) : 0) : NULL;
+        if (colon && at > colon + 1) {
+            char *raw = strndup(colon + 1, (size_t)(at - colon - 1));
+            log_add_secret(raw);
+            free(raw);
+        }
+    }
     const char *path_db = mongoc_uri_get_database(uri);
     cfg->mongo_url = strdup(url);
     dup_or(&cfg->mongo_db, name, path_db);

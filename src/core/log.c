@@ -43,19 +43,45 @@ void log_init(enum log_level level, bool json)
 
 enum log_level log_min_level(void) { return min_level; }
 
+/* Caller holds `lock`. */
+static void add_secret_locked(const char *secret)
+{
+    for (int i = 0; i < n_secrets; i++)
+        if (strcmp(secrets[i], secret) == 0)
+            return;
+    if (n_secrets < MAX_SECRETS)
+        secrets[n_secrets++] = strdup(secret);
+}
+
+/* JSON lines carry strings escaped; a secret holding a quote or a backslash
+ * must be found in that form too. */
+static char *json_escaped(const char *s)
+{
+    size_t n = 0;
+    for (const char *p = s; *p; p++)
+        n += (*p == '"' || *p == '\\') ? 2 : 1;
+    char *out = malloc(n + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            *o++ = '\\';
+        *o++ = *p;
+    }
+    *o = '\0';
+    return out;
+}
+
 void log_add_secret(const char *secret)
 {
     if (!secret || strlen(secret) < 4)
         return;
     pthread_mutex_lock(&lock);
-    for (int i = 0; i < n_secrets; i++) {
-        if (strcmp(secrets[i], secret) == 0) {
-            pthread_mutex_unlock(&lock);
-            return;
-        }
-    }
-    if (n_secrets < MAX_SECRETS)
-        secrets[n_secrets++] = strdup(secret);
+    add_secret_locked(secret);
+    char *escaped = json_escaped(secret);
+    if (escaped && strcmp(escaped, secret) != 0)
+        add_secret_locked(escaped);
+    free(escaped);
     pthread_mutex_unlock(&lock);
 }
 
@@ -68,27 +94,50 @@ void log_clear_secrets(void)
     pthread_mutex_unlock(&lock);
 }
 
-/* Caller holds `lock`. */
+/* Finds every occurrence of every secret in the original text, merges the
+ * ones that overlap, and replaces each merged stretch once: overlapping or
+ * nested secrets leave nothing behind, and the mark itself is never searched
+ * again. Caller holds `lock`. */
 static char *redact_locked(const char *text)
 {
-    char *out = strdup(text);
-    for (int i = 0; i < n_secrets && out; i++) {
-        const char *s = secrets[i];
-        size_t slen = strlen(s);
-        const char *hit;
-        while ((hit = strstr(out, s)) != NULL) {
-            static const char mark[] = "[redacted]";
-            size_t pre = (size_t)(hit - out), post = strlen(hit + slen);
-            char *next = malloc(pre + sizeof mark - 1 + post + 1);
-            if (!next)
-                break;
-            memcpy(next, out, pre);
-            memcpy(next + pre, mark, sizeof mark - 1);
-            memcpy(next + pre + sizeof mark - 1, hit + slen, post + 1);
-            free(out);
-            out = next;
+    size_t len = strlen(text);
+    if (n_secrets == 0)
+        return strdup(text);
+    /* ends[i]: the furthest end of a match starting at i (0 = none) */
+    size_t *ends = calloc(len + 1, sizeof *ends);
+    if (!ends)
+        return NULL;
+    size_t matches = 0;
+    for (int i = 0; i < n_secrets; i++) {
+        size_t slen = strlen(secrets[i]);
+        for (const char *p = strstr(text, secrets[i]); p; p = strstr(p + 1, secrets[i])) {
+            size_t at = (size_t)(p - text);
+            if (at + slen > ends[at])
+                ends[at] = at + slen;
+            matches++;
         }
     }
+    static const char mark[] = "[redacted]";
+    char *out = malloc(len + matches * (sizeof mark - 1) + 1), *o = out;
+    if (!out) {
+        free(ends);
+        return NULL;
+    }
+    for (size_t i = 0; i < len;) {
+        if (!ends[i]) {
+            *o++ = text[i++];
+            continue;
+        }
+        size_t stop = ends[i];
+        for (size_t j = i + 1; j < stop; j++)
+            if (ends[j] > stop)
+                stop = ends[j];
+        memcpy(o, mark, sizeof mark - 1);
+        o += sizeof mark - 1;
+        i = stop;
+    }
+    *o = '\0';
+    free(ends);
     return out;
 }
 

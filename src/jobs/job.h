@@ -24,6 +24,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "rules/engine.h"
 #include "store/lease.h"
 #include "store/redis.h"
 
@@ -36,6 +37,7 @@ struct job_env {
     int64_t now_ms;          /* the tick's "now" (--now overrides it) */
     atomic_bool *stop;       /* process is shutting down */
     struct lease *lease;     /* NULL when run without one */
+    struct rules *rules;     /* the rules set of this tick (one version throughout) */
     bson_t *counts;
 };
 

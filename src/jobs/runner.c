@@ -29,9 +29,10 @@ void runner_instance_id(char *buf, size_t size)
 }
 
 int runner_init(struct runner *r, const struct config *cfg, struct store *store,
-                atomic_bool *stop, struct sd_error *err)
+                struct rules_live *rules, atomic_bool *stop, struct sd_error *err)
 {
     memset(r, 0, sizeof *r);
+    r->rules = rules;
     r->cfg = cfg;
     r->store = store;
     r->stop = stop;
@@ -100,11 +101,13 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
         log_msg(LOG_WARN, &ctx, "lease.renewal", NULL, "%s", err.message);
 
     int64_t start = clock_now_ms();
+    struct rules *rules = rules_live_acquire(r->rules);
     char now_text[40];
     clock_format_iso(now_ms, now_text, sizeof now_text);
     bson_t f = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&f, "now", now_text);
     BSON_APPEND_UTF8(&f, "instance", r->instance);
+    BSON_APPEND_UTF8(&f, "rules", rules_version(rules));
     log_msg(LOG_INFO, &ctx, "tick.start", &f, "tick started");
     bson_destroy(&f);
     if (health_record_start(r->redis, r->cfg->redis_prefix, spec->name, tick, r->instance, start,
@@ -121,8 +124,10 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
                           .now_ms = now_ms,
                           .stop = r->stop,
                           .lease = &lease,
+                          .rules = rules,
                           .counts = &counts};
     int rc = fn(&env, &err);
+    rules_live_release(r->rules, rules);
     store_push(r->store, client);
 
     int64_t end = clock_now_ms();

@@ -14,6 +14,7 @@
 #include "core/config.h"
 #include "store/mongo.h"
 #include "store/redis.h"
+#include "rules/reload.h"
 
 enum tick_outcome { TICK_OK, TICK_FAILED, TICK_SKIPPED };
 
@@ -24,10 +25,11 @@ struct runner {
     struct rds *redis;
     char instance[128];      /* "<host>:<pid>" */
     atomic_bool *stop;
+    struct rules_live *rules;  /* borrowed */
 };
 
 int runner_init(struct runner *r, const struct config *cfg, struct store *store,
-                atomic_bool *stop, struct sd_error *err);
+                struct rules_live *rules, atomic_bool *stop, struct sd_error *err);
 void runner_destroy(struct runner *r);
 
 /* Fills opts from cfg (strings borrowed from cfg). */

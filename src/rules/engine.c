@@ -1,0 +1,374 @@
+#include "rules/engine.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules/marshal.h"
+
+#define DEFAULT_INSTRUCTIONS 20000000LL
+#define DEFAULT_MEMORY (64u << 20)
+#define HOOK_EVERY 1000
+#define MAX_FILE_BYTES (1u << 20)
+
+const char *const rules_files[] = {"templates", "notify", "sla", "health", "retry", "queue"};
+const int rules_file_count = 6;
+
+/* What each file must provide: "f:" a function, "t:" a table. */
+static const char *const required[][3] = {
+    {"f:render", NULL, NULL},     /* templates */
+    {"f:recipients", NULL, NULL}, /* notify */
+    {"f:policy", NULL, NULL},     /* sla */
+    {"t:thresholds", NULL, NULL}, /* health */
+    {"f:decide", NULL, NULL},     /* retry */
+    {"f:score", NULL, NULL},      /* queue */
+};
+
+struct rules {
+    lua_State *L;
+    pthread_mutex_t mu;
+    size_t mem_used, mem_limit;
+    long long budget, remaining;
+    char version[13];
+};
+
+/* The single place rule memory comes from: returning NULL over the cap makes
+ * Lua raise a memory error inside the rule instead of growing the process. */
+static void *rules_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct rules *r = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        r->mem_used -= old;
+        return NULL;
+    }
+    if (nsize > old && r->mem_used + (nsize - old) > r->mem_limit)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p)
+        r->mem_used = r->mem_used - old + nsize;
+    return p;
+}
+
+/* Counts instructions; once the budget is spent it fires on every
+ * instruction, so a rule that catches the error with pcall gets it again at
+ * once instead of running on (the Redis approach, reference/build.md §5). */
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    void *ud;
+    lua_getallocf(L, &ud);
+    struct rules *r = ud;
+    r->remaining -= HOOK_EVERY;
+    if (r->remaining <= 0) {
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, "instruction budget of %I exceeded (an endless loop?)",
+                   (lua_Integer)r->budget);
+    }
+}
+
+/* Message handler: adds the innermost rules-file location when the message
+ * lacks one (errors raised inside C functions such as string.rep). */
+static int on_error(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = luaL_typename(L, 1);
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        lua_getinfo(L, "Sl", &ar);
+        if (ar.source[0] == '@' && ar.currentline > 0) {
+            if (!strstr(msg, ar.short_src))
+                lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, msg);
+            else
+                lua_pushstring(L, msg);
+            return 1;
+        }
+    }
+    lua_pushstring(L, msg);
+    return 1;
+}
+
+/* Runs the function below nargs arguments under budget; leaves one result. */
+static int protected_call(struct rules *r, int nargs, struct sd_error *err)
+{
+    int base = lua_gettop(r->L) - nargs;
+    lua_pushcfunction(r->L, on_error);
+    lua_insert(r->L, base);
+    r->remaining = r->budget;
+    lua_sethook(r->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    int status = lua_pcall(r->L, nargs, 1, base);
+    lua_sethook(r->L, NULL, 0, 0);
+    lua_remove(r->L, base);
+    if (status == LUA_OK)
+        return 0;
+    if (status == LUA_ERRMEM)
+        sd_error_set(err, "memory cap of %zu MiB exceeded", r->mem_limit >> 20);
+    else
+        sd_error_set(err, "%s", lua_tostring(r->L, -1) ? lua_tostring(r->L, -1) : "error");
+    lua_pop(r->L, 1);
+    lua_gc(r->L, LUA_GCCOLLECT);
+    return -1;
+}
+
+static void open_sandbox(lua_State *L)
+{
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},     {LUA_STRLIBNAME, luaopen_string},
+                                    {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
+                                    {LUA_UTF8LIBNAME, luaopen_utf8}, {LUA_OSLIBNAME, luaopen_os}};
+    for (size_t i = 0; i < sizeof libs / sizeof *libs; i++) {
+        luaL_requiref(L, libs[i].name, libs[i].func, 1);
+        lua_pop(L, 1);
+    }
+    /* print would write into dry-run's JSON on stdout. */
+    static const char *const removed[] = {"dofile", "loadfile", "load",  "require",
+                                          "collectgarbage", "print", NULL};
+    for (int i = 0; removed[i]; i++) {
+        lua_pushnil(L);
+        lua_setglobal(L, removed[i]);
+    }
+    lua_getglobal(L, LUA_STRLIBNAME);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump"); /* bytecode out is as unwanted as bytecode in */
+    lua_pop(L, 1);
+    /* os: time, date and clock only. */
+    lua_getglobal(L, LUA_OSLIBNAME);
+    lua_createtable(L, 0, 3);
+    static const char *const kept[] = {"time", "date", "clock"};
+    for (int i = 0; i < 3; i++) {
+        lua_getfield(L, -2, kept[i]);
+        lua_setfield(L, -2, kept[i]);
+    }
+    lua_setglobal(L, LUA_OSLIBNAME);
+    lua_pop(L, 1);
+}
+
+static char *read_file(const char *path, size_t *len, struct sd_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        sd_error_set(err, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(MAX_FILE_BYTES + 1);
+    *len = fread(buf, 1, MAX_FILE_BYTES + 1, f);
+    fclose(f);
+    if (*len > MAX_FILE_BYTES) {
+        free(buf);
+        sd_error_set(err, "%s: larger than %u bytes", path, MAX_FILE_BYTES);
+        return NULL;
+    }
+    buf[*len] = '\0';
+    return buf;
+}
+
+/* Trusted helper, loaded by us (not a rule): runs a module's self-tests.
+ * A test is {name=, fn=, args={...}, expect=<value>}; tables in expect are
+ * compared on the keys they name, strings in expect_match are Lua patterns. */
+static const char self_test_lua[] =
+    "local M, file = ...\n"
+    "local function same(want, got, path)\n"
+    "  if type(want) ~= 'table' then\n"
+    "    if want ~= got then return path .. ': expected ' .. tostring(want) .. ', got ' .. tostring(got) end\n"
+    "    return nil\n"
+    "  end\n"
+    "  if type(got) ~= 'table' then return path .. ': expected a table, got ' .. tostring(got) end\n"
+    "  for k, v in pairs(want) do\n"
+    "    local e = same(v, got[k], path .. '.' .. tostring(k)); if e then return e end\n"
+    "  end\n"
+    "end\n"
+    "for i, t in ipairs(M.tests or {}) do\n"
+    "  local name = t.name or ('#' .. i)\n"
+    "  local fn = M[t.fn]\n"
+    "  if type(fn) ~= 'function' then error(file .. ': self-test ' .. name .. ': no function ' .. tostring(t.fn), 0) end\n"
+    "  local got = fn(table.unpack(t.args or {}))\n"
+    "  local e = nil\n"
+    "  if t.expect ~= nil then e = same(t.expect, got, 'result') end\n"
+    "  if not e and t.expect_match then\n"
+    "    for k, pat in pairs(t.expect_match) do\n"
+    "      local v = type(got) == 'table' and got[k] or nil\n"
+    "      if type(v) ~= 'string' or not v:find(pat) then e = 'result.' .. k .. ': ' .. tostring(v) .. ' does not match ' .. pat; break end\n"
+    "    end\n"
+    "  end\n"
+    "  if e then error(file .. ': self-test ' .. name .. ' failed: ' .. e, 0) end\n"
+    "end\n";
+
+static int load_module(struct rules *r, const char *dir, int index, EVP_MD_CTX *md,
+                       struct sd_error *err)
+{
+    const char *name = rules_files[index];
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.lua", dir, name);
+    size_t len;
+    char *src = read_file(path, &len, err);
+    if (!src)
+        return -1;
+    EVP_DigestUpdate(md, name, strlen(name) + 1);
+    EVP_DigestUpdate(md, src, len);
+
+    lua_State *L = r->L;
+    char chunkname[1100];
+    snprintf(chunkname, sizeof chunkname, "@%s", path);
+    int status = luaL_loadbufferx(L, src, len, chunkname, "t");
+    free(src);
+    if (status != LUA_OK) {
+        sd_error_set(err, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    /* Own environment per file, reading through to the sandbox globals. */
+    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 1);
+    lua_pushglobaltable(L);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_setupvalue(L, -2, 1);
+    if (protected_call(r, 0, err)) {
+        if (!strstr(err->message, path)) /* memory errors carry no location */
+            sd_error_prefix(err, "%s", path);
+        return -1;
+    }
+    if (!lua_istable(L, -1)) {
+        sd_error_set(err, "%s: must return a table (got %s)", path, luaL_typename(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    for (int i = 0; i < 3 && required[index][i]; i++) {
+        const char *want = required[index][i];
+        lua_getfield(L, -1, want + 2);
+        bool ok = want[0] == 'f' ? lua_isfunction(L, -1) : lua_istable(L, -1);
+        lua_pop(L, 1);
+        if (!ok) {
+            lua_pop(L, 1);
+            return sd_error_set(err, "%s: the returned table has no %s `%s`", path,
+                                want[0] == 'f' ? "function" : "table", want + 2);
+        }
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, "supportd.modules");
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+    /* Self-tests run with the module table as argument. */
+    if (luaL_loadbufferx(L, self_test_lua, sizeof self_test_lua - 1, "=self-test", "t") != LUA_OK) {
+        lua_pop(L, 2);
+        return sd_error_set(err, "self-test runner failed to compile");
+    }
+    lua_insert(L, -2);
+    lua_pushstring(L, path);
+    if (protected_call(r, 2, err))
+        return -1;
+    lua_pop(L, 1);
+    return 0;
+}
+
+struct rules *rules_load(const char *dir, const struct rules_limits *limits, struct sd_error *err)
+{
+    struct rules *r = calloc(1, sizeof *r);
+    r->mem_limit = limits && limits->memory_bytes ? limits->memory_bytes : DEFAULT_MEMORY;
+    r->budget = limits && limits->instructions ? limits->instructions : DEFAULT_INSTRUCTIONS;
+    r->L = lua_newstate(rules_alloc, r);
+    if (!r->L) {
+        free(r);
+        sd_error_set(err, "%s: cannot create a Lua state", dir);
+        return NULL;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    open_sandbox(r->L);
+    lua_newtable(r->L);
+    lua_setfield(r->L, LUA_REGISTRYINDEX, "supportd.modules");
+
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    for (int i = 0; i < rules_file_count; i++) {
+        if (load_module(r, dir, i, md, err)) {
+            EVP_MD_CTX_free(md);
+            rules_destroy(r);
+            return NULL;
+        }
+    }
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
+    EVP_DigestFinal_ex(md, digest, &dlen);
+    EVP_MD_CTX_free(md);
+    for (int i = 0; i < 6; i++)
+        snprintf(r->version + 2 * i, 3, "%02x", digest[i]);
+    return r;
+}
+
+void rules_destroy(struct rules *r)
+{
+    if (!r)
+        return;
+    lua_close(r->L);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+const char *rules_version(const struct rules *r) { return r->version; }
+
+/* Pushes modules[module][field]; returns its Lua type. */
+static int push_member(lua_State *L, const char *module, const char *field)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "supportd.modules");
+    lua_getfield(L, -1, module);
+    lua_remove(L, -2);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        return LUA_TNIL;
+    }
+    lua_getfield(L, -1, field);
+    lua_remove(L, -2);
+    return lua_type(L, -1);
+}
+
+int rules_call(struct rules *r, const char *module, const char *fn, const bson_t *args,
+               bson_t *out, struct sd_error *err)
+{
+    pthread_mutex_lock(&r->mu);
+    lua_State *L = r->L;
+    int top = lua_gettop(L), rc = 0;
+    if (push_member(L, module, fn) != LUA_TFUNCTION) {
+        rc = sd_error_set(err, "%s.lua: no function %s", module, fn);
+        goto done;
+    }
+    int nargs = 0;
+    bson_iter_t it;
+    if (args && bson_iter_init(&it, args)) {
+        while (bson_iter_next(&it)) {
+            marshal_push_value(L, &it);
+            nargs++;
+        }
+    }
+    if (protected_call(r, nargs, err)) {
+        rc = sd_error_prefix(err, "%s.%s", module, fn);
+        goto done;
+    }
+    if (marshal_append(L, -1, out, "result", err))
+        rc = sd_error_prefix(err, "%s.lua: %s returned", module, fn);
+done:
+    lua_settop(L, top);
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+int rules_get(struct rules *r, const char *module, const char *field, bson_t *out,
+              struct sd_error *err)
+{
+    pthread_mutex_lock(&r->mu);
+    int top = lua_gettop(r->L);
+    push_member(r->L, module, field);
+    int rc = marshal_append(r->L, -1, out, "result", err);
+    if (rc)
+        sd_error_prefix(err, "%s.lua: %s", module, field);
+    lua_settop(r->L, top);
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
