@@ -33,12 +33,8 @@ static int dispatch(int argc, char **argv)
         return cli_status(argc - 1, argv + 1);
     if (!strcmp(cmd, "rules"))
         return cli_rules(argc - 1, argv + 1);
-    if (!strcmp(cmd, "dry-run")) {
-        fprintf(stderr, "supportd %s: not implemented in this version (it comes with the rules "
-                        "engine)\n",
-                cmd);
-        return EXIT_USAGE;
-    }
+    if (!strcmp(cmd, "dry-run"))
+        return cli_dry_run(argc - 1, argv + 1);
     fprintf(stderr, "supportd: unknown command \"%s\" (see supportd --help)\n", cmd);
     return EXIT_USAGE;
 }

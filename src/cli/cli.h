@@ -14,6 +14,7 @@ int cli_run(int argc, char **argv);
 int cli_once(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_rules(int argc, char **argv);
+int cli_dry_run(int argc, char **argv);
 
 /* Shared start-up: load the configuration, set up logging. Prints the error
  * and returns EXIT_USAGE on failure. */

@@ -14,7 +14,7 @@ static const char overview[] =
     "  once JOB [--now TIME]    run one tick of one job, then exit\n"
     "  status                   show each job's schedule, last run and lease holder;\n"
     "                           exits 1 when an enabled job has not succeeded lately\n"
-    "  dry-run --fixtures DIR   plan the jobs' actions on JSON fixtures (not in this version)\n"
+    "  dry-run --fixtures DIR   plan the jobs' actions on JSON fixtures, touching nothing\n"
     "  rules check [DIR]        load and validate the rule files (exit 1 with file:line)\n"
     "  version                  print the version\n"
     "\n"
@@ -85,6 +85,16 @@ int cli_help(const char *command)
         fputs(once_help, stdout);
     else if (!strcmp(command, "status"))
         fputs(status_help, stdout);
+    else if (!strcmp(command, "dry-run"))
+        fputs("Usage: supportd dry-run --fixtures DIR [--job JOB] [--now TIME] [--format json|text]\n\n"
+              "Runs the jobs' decision logic (the same code as production) on JSON fixtures\n"
+              "and prints the planned actions to stdout. No database, Redis or network is\n"
+              "touched; the same input gives byte-identical output. DIR holds one Extended\n"
+              "JSON array per collection (conversation-conversation.json,\n"
+              "conversation-room.json, ...) and optionally meta.json {\"now\": ISO 8601},\n"
+              "used when --now is not given. Rules come from $QM_SUPPORT_RULES_DIR\n"
+              "(./rules). Jobs with a dry-run in this version: snooze.\n\n",
+              stdout);
     else if (!strcmp(command, "rules"))
         fputs("Usage: supportd rules check [DIR]\n\n"
               "Loads every rule file of DIR (default $QM_SUPPORT_RULES_DIR, else ./rules) in\n"

@@ -49,5 +49,6 @@ job_fn job_function(int id);
 bool job_should_stop(const struct job_env *env);
 
 int job_probe(struct job_env *env, struct sd_error *err);
+int job_snooze(struct job_env *env, struct sd_error *err);
 
 #endif

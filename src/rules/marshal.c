@@ -2,6 +2,7 @@
 
 #include <lauxlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_DEPTH 64
@@ -106,6 +107,11 @@ static lua_Integer sequence_length(lua_State *L, int idx)
 static int append_depth(lua_State *L, int idx, bson_t *out, const char *key, int depth,
                         struct sd_error *err);
 
+static int compare_keys(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 static int append_table(lua_State *L, int idx, bson_t *out, const char *key, int depth,
                         struct sd_error *err)
 {
@@ -129,29 +135,55 @@ static int append_table(lua_State *L, int idx, bson_t *out, const char *key, int
         bson_append_array_end(out, &child);
         return 0;
     }
-    bson_append_document_begin(out, key, -1, &child);
+    /* Lua's table order changes from run to run (string hashes are seeded);
+     * fields go out sorted so the same rules give the same bytes. */
+    size_t n_keys = 0, cap = 16;
+    char **keys = malloc(cap * sizeof *keys);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
+        lua_pop(L, 1);
         char numkey[24];
         const char *k;
-        if (lua_type(L, -2) == LUA_TSTRING) {
-            k = lua_tostring(L, -2);
-        } else if (lua_isinteger(L, -2)) {
-            snprintf(numkey, sizeof numkey, "%lld", (long long)lua_tointeger(L, -2));
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            k = lua_tostring(L, -1);
+        } else if (lua_isinteger(L, -1)) {
+            snprintf(numkey, sizeof numkey, "%lld", (long long)lua_tointeger(L, -1));
             k = numkey;
         } else {
             sd_error_set(err, "%s: a key of type %s cannot become a field name", key,
-                         luaL_typename(L, -2));
-            lua_pop(L, 2);
+                         luaL_typename(L, -1));
+            lua_pop(L, 1);
+            for (size_t i = 0; i < n_keys; i++)
+                free(keys[i]);
+            free(keys);
             return -1;
         }
-        int rc = append_depth(L, -1, &child, k, depth + 1, err);
-        lua_pop(L, 1);
-        if (rc) {
-            lua_pop(L, 1);
-            return sd_error_prefix(err, "%s", key);
-        }
+        if (n_keys == cap)
+            keys = realloc(keys, (cap *= 2) * sizeof *keys);
+        keys[n_keys++] = strdup(k);
     }
+    qsort(keys, n_keys, sizeof *keys, compare_keys);
+    bson_append_document_begin(out, key, -1, &child);
+    int rc = 0;
+    for (size_t i = 0; i < n_keys; i++) {
+        if (rc == 0) {
+            char *end;
+            long long num = strtoll(keys[i], &end, 10);
+            lua_getfield(L, idx, keys[i]);
+            if (lua_isnil(L, -1) && *end == '\0') {
+                lua_pop(L, 1);
+                lua_rawgeti(L, idx, num);
+            }
+            rc = append_depth(L, -1, &child, keys[i], depth + 1, err);
+            lua_pop(L, 1);
+            if (rc)
+                sd_error_prefix(err, "%s", key);
+        }
+        free(keys[i]);
+    }
+    free(keys);
+    if (rc)
+        return -1;
     bson_append_document_end(out, &child);
     return 0;
 }

@@ -1,0 +1,25 @@
+/* dryrun.h — the jobs' collect → decide on fixtures instead of the databases:
+ * the same decide functions production runs, a fixture source for collect,
+ * and the plan as the sink. No database, Redis or network is touched.
+ *
+ * Plan: { now, rules, jobs: { <job>: { actions: [...], skipped: [...] } } },
+ * actions and skipped in ascending target id, so the same input gives the same
+ * bytes. Ownership: appends to a caller-owned plan; errors per core/error.h.
+ */
+#ifndef SD_JOBS_DRYRUN_H
+#define SD_JOBS_DRYRUN_H
+
+#include <bson/bson.h>
+
+#include "core/log.h"
+#include "jobs/fixtures.h"
+#include "rules/engine.h"
+
+/* job NULL = every job that has a decide step in this version. */
+int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job, int64_t now_ms,
+                bson_t *plan, struct sd_error *err);
+
+/* True when the job can be dry-run in this version. */
+bool dryrun_supports(const char *job);
+
+#endif

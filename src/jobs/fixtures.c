@@ -1,0 +1,161 @@
+#include "jobs/fixtures.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "store/mongo.h"
+
+static const char *const collections[] = {COLL_CONVERSATION, COLL_ROOM, COLL_MESSAGE,
+                                          COLL_CHANNEL, COLL_ALERT, COLL_NOTIFICATION};
+#define N_COLLECTIONS (sizeof collections / sizeof *collections)
+
+struct fixtures {
+    bson_t *docs[N_COLLECTIONS]; /* {"docs": [...]} as parsed */
+    const bson_t **views[N_COLLECTIONS];
+    bson_t *view_storage[N_COLLECTIONS];
+    size_t counts[N_COLLECTIONS];
+    int64_t now_ms;
+    char prefix[128];
+};
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap)
+            buf = realloc(buf, cap *= 2);
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+/* Parses a JSON file, wrapped so a top-level array becomes a document. */
+static bson_t *parse(const char *path, const char *text, size_t len, bool wrap,
+                     struct sd_error *err)
+{
+    bson_error_t berr;
+    bson_t *doc;
+    if (wrap) {
+        char *wrapped = malloc(len + 16);
+        int n = snprintf(wrapped, 16, "{\"docs\":");
+        memcpy(wrapped + n, text, len);
+        wrapped[n + len] = '}';
+        doc = bson_new_from_json((const uint8_t *)wrapped, (ssize_t)(n + len + 1), &berr);
+        free(wrapped);
+    } else {
+        doc = bson_new_from_json((const uint8_t *)text, (ssize_t)len, &berr);
+    }
+    if (!doc)
+        sd_error_set(err, "%s: not valid Extended JSON: %s", path, berr.message);
+    return doc;
+}
+
+struct fixtures *fixtures_load(const char *dir, struct sd_error *err)
+{
+    struct fixtures *f = calloc(1, sizeof *f);
+    f->now_ms = -1;
+    snprintf(f->prefix, sizeof f->prefix, "qm:support:");
+    char path[1024];
+    for (size_t c = 0; c < N_COLLECTIONS; c++) {
+        snprintf(path, sizeof path, "%s/%s.json", dir, collections[c]);
+        size_t len;
+        char *text = slurp(path, &len);
+        if (!text) {
+            if (errno == ENOENT)
+                continue;
+            sd_error_set(err, "%s: %s", path, strerror(errno));
+            goto fail;
+        }
+        f->docs[c] = parse(path, text, len, true, err);
+        free(text);
+        if (!f->docs[c])
+            goto fail;
+        bson_iter_t it, arr;
+        if (!bson_iter_init_find(&it, f->docs[c], "docs") || !BSON_ITER_HOLDS_ARRAY(&it)) {
+            sd_error_set(err, "%s: must hold a JSON array of documents", path);
+            goto fail;
+        }
+        size_t n = 0;
+        bson_iter_recurse(&it, &arr);
+        while (bson_iter_next(&arr))
+            n++;
+        f->view_storage[c] = calloc(n + 1, sizeof(bson_t));
+        f->views[c] = calloc(n + 1, sizeof(bson_t *));
+        bson_iter_recurse(&it, &arr);
+        size_t i = 0;
+        while (bson_iter_next(&arr)) {
+            if (!BSON_ITER_HOLDS_DOCUMENT(&arr)) {
+                sd_error_set(err, "%s: element %zu is not a document", path, i);
+                goto fail;
+            }
+            uint32_t dlen;
+            const uint8_t *data;
+            bson_iter_document(&arr, &dlen, &data);
+            bson_init_static(&f->view_storage[c][i], data, dlen);
+            f->views[c][i] = &f->view_storage[c][i];
+            i++;
+        }
+        f->counts[c] = i;
+    }
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    size_t len;
+    char *text = slurp(path, &len);
+    if (text) {
+        bson_t *meta = parse(path, text, len, false, err);
+        free(text);
+        if (!meta)
+            goto fail;
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, meta, "now") && BSON_ITER_HOLDS_UTF8(&it) &&
+            clock_parse_iso(bson_iter_utf8(&it, NULL), &f->now_ms, err)) {
+            bson_destroy(meta);
+            sd_error_prefix(err, "%s: now", path);
+            goto fail;
+        }
+        if (bson_iter_init_find(&it, meta, "redis_prefix") && BSON_ITER_HOLDS_UTF8(&it))
+            snprintf(f->prefix, sizeof f->prefix, "%s", bson_iter_utf8(&it, NULL));
+        bson_destroy(meta);
+    }
+    return f;
+fail:
+    fixtures_destroy(f);
+    return NULL;
+}
+
+void fixtures_destroy(struct fixtures *f)
+{
+    if (!f)
+        return;
+    for (size_t c = 0; c < N_COLLECTIONS; c++) {
+        free(f->views[c]);
+        free(f->view_storage[c]);
+        if (f->docs[c])
+            bson_destroy(f->docs[c]);
+    }
+    free(f);
+}
+
+const bson_t *const *fixtures_docs(const struct fixtures *f, const char *collection, size_t *n)
+{
+    for (size_t c = 0; c < N_COLLECTIONS; c++) {
+        if (strcmp(collections[c], collection) == 0) {
+            *n = f->counts[c];
+            return f->views[c];
+        }
+    }
+    *n = 0;
+    return NULL;
+}
+
+int64_t fixtures_now(const struct fixtures *f) { return f->now_ms; }
+const char *fixtures_redis_prefix(const struct fixtures *f) { return f->prefix; }

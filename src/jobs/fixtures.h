@@ -1,0 +1,36 @@
+/* fixtures.h — the JSON fixtures dry-run reads instead of MongoDB, Redis and
+ * the providers.
+ *
+ * A fixtures folder holds one file per collection, named after it
+ * (conversation-conversation.json, conversation-room.json,
+ * conversation-message.json, conversation-channel.json, …), each a JSON array
+ * of documents in MongoDB Extended JSON ({"$oid": …}, {"$date": …}); and
+ * optionally meta.json: {"now": "<ISO 8601>", "redis_prefix": "…"}, whose
+ * "now" is used when --now is not given, so a fixture set plans the same way
+ * whenever it runs. A missing collection file is an empty collection.
+ *
+ * Ownership: fixtures_load returns a set freed by fixtures_destroy; the
+ * documents it lends stay valid until then. Errors name the file and the
+ * position libbson reports.
+ */
+#ifndef SD_JOBS_FIXTURES_H
+#define SD_JOBS_FIXTURES_H
+
+#include <bson/bson.h>
+#include <stddef.h>
+
+#include "core/error.h"
+
+struct fixtures;
+
+struct fixtures *fixtures_load(const char *dir, struct sd_error *err);
+void fixtures_destroy(struct fixtures *f);
+
+/* The documents of a collection (NULL, 0 when it has none). */
+const bson_t *const *fixtures_docs(const struct fixtures *f, const char *collection, size_t *n);
+
+/* meta.json's "now", in ms; -1 when absent. */
+int64_t fixtures_now(const struct fixtures *f);
+const char *fixtures_redis_prefix(const struct fixtures *f);
+
+#endif

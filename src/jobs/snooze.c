@@ -1,0 +1,457 @@
+/* snooze — collect and apply around snooze_decide (see snooze.h).
+ *
+ * Crash safety rests on a completion marker written in the same update that
+ * wakes the ticket: `supportd_unsnooze: {pending: true, at, reason, queue:
+ * {key, member, score}, notifications: [outbox entries]}`. After the update,
+ * the tick adds the marked tickets to their queues (ZADD: idempotent) and
+ * inserts their outbox entries (unique keys: a repeat is a no-op), then
+ * removes the marker. A process killed at any instant leaves either an
+ * unchanged snoozed ticket (found again as due) or a marked one (finished by
+ * the next tick, by the index on supportd_unsnooze.pending), so no woken
+ * ticket misses its queue and no notification is sent twice.
+ *
+ * Race safety: the wake-up is conditional on what was read ({_id, status:
+ * "snoozed", updated_at: <as read>}); the platform bumps updated_at on every
+ * change, so a ticket an agent re-snoozed, closed or reassigned meanwhile is
+ * left alone (counted as a conflict) and reconsidered next tick. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "jobs/job.h"
+#include "jobs/seam.h"
+#include "jobs/snooze.h"
+#include "outbox/outbox.h"
+#include "store/mongo.h"
+
+#define BATCH 500
+#define MAX_BATCHES 1000        /* a tick's bound: ~500k tickets */
+#define CHANGED_SKEW_MS 60000   /* clock skew between platform writers and us */
+
+struct tick {
+    struct job_env *env;
+    mongoc_collection_t *convs;
+    int64_t wall_ms;
+    int64_t found, woken, conflicts, queued, enqueued, duplicates, bad, batches;
+};
+
+static void counts_to(struct tick *t)
+{
+    bson_t *c = t->env->counts;
+    BSON_APPEND_INT64(c, "found", t->found);
+    BSON_APPEND_INT64(c, "woken", t->woken);
+    BSON_APPEND_INT64(c, "conflicts", t->conflicts);
+    BSON_APPEND_INT64(c, "queued", t->queued);
+    BSON_APPEND_INT64(c, "notifications", t->enqueued);
+    BSON_APPEND_INT64(c, "duplicate_notifications", t->duplicates);
+    BSON_APPEND_INT64(c, "bad_documents", t->bad);
+    BSON_APPEND_INT64(c, "batches", t->batches);
+}
+
+/* Runs a find and appends every document to docs (owned copies). */
+static int find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts,
+                    bson_t ***docs, size_t *n, struct sd_error *err)
+{
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
+    const bson_t *doc;
+    size_t cap = *n + 64;
+    *docs = realloc(*docs, cap * sizeof **docs);
+    while (mongoc_cursor_next(cur, &doc)) {
+        if (*n == cap)
+            *docs = realloc(*docs, (cap *= 2) * sizeof **docs);
+        (*docs)[(*n)++] = bson_copy(doc);
+    }
+    bson_error_t berr;
+    int rc = 0;
+    if (mongoc_cursor_error(cur, &berr))
+        rc = sd_error_set(err, "reading %s: %s", mongoc_collection_get_name(coll), berr.message);
+    mongoc_cursor_destroy(cur);
+    return rc;
+}
+
+static void free_docs(bson_t **docs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        bson_destroy(docs[i]);
+    free(docs);
+}
+
+/* { "<room id hex>": room } for the rooms of these tickets, one query. */
+static int load_rooms(struct tick *t, bson_t **docs, size_t n, bson_t *rooms,
+                      struct sd_error *err)
+{
+    bson_t filter = BSON_INITIALIZER, in, ids;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
+    uint32_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, docs[i], "room_id") && BSON_ITER_HOLDS_OID(&it)) {
+            char idx[12];
+            snprintf(idx, sizeof idx, "%u", k++);
+            BSON_APPEND_OID(&ids, idx, bson_iter_oid(&it));
+        }
+    }
+    bson_append_array_end(&in, &ids);
+    bson_append_document_end(&filter, &in);
+    bson_t **found = NULL;
+    size_t n_found = 0;
+    mongoc_collection_t *coll = mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_ROOM);
+    int rc = k ? find_all(coll, &filter, NULL, &found, &n_found, err) : 0;
+    mongoc_collection_destroy(coll);
+    bson_destroy(&filter);
+    for (size_t i = 0; i < n_found; i++) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, found[i], "_id") && BSON_ITER_HOLDS_OID(&it)) {
+            char hex[25];
+            bson_oid_to_string(bson_iter_oid(&it), hex);
+            BSON_APPEND_DOCUMENT(rooms, hex, found[i]);
+        }
+    }
+    free_docs(found, n_found);
+    return rc;
+}
+
+/* The conditional wake-up of every planned ticket, one unordered bulk write. */
+static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error *err)
+{
+    bson_t opts = BSON_INITIALIZER;
+    BSON_APPEND_BOOL(&opts, "ordered", false);
+    mongoc_bulk_operation_t *bulk =
+        mongoc_collection_create_bulk_operation_with_opts(t->convs, &opts);
+    bson_destroy(&opts);
+    bson_iter_t it;
+    int planned = 0;
+    bson_iter_init(&it, actions);
+    while (bson_iter_next(&it)) {
+        bson_t action, filter = BSON_INITIALIZER, update = BSON_INITIALIZER, set, marker, unset;
+        uint32_t len;
+        const uint8_t *data;
+        bson_iter_document(&it, &len, &data);
+        bson_init_static(&action, data, len);
+        bson_iter_t f;
+        bson_iter_init_find(&f, &action, "conversation_id");
+        BSON_APPEND_OID(&filter, "_id", bson_iter_oid(&f));
+        BSON_APPEND_UTF8(&filter, "status", "snoozed");
+        if (bson_iter_init_find(&f, &action, "read_updated_at")) {
+            BSON_APPEND_DATE_TIME(&filter, "updated_at", bson_iter_date_time(&f));
+        } else {
+            bson_t exists;
+            BSON_APPEND_DOCUMENT_BEGIN(&filter, "updated_at", &exists);
+            BSON_APPEND_BOOL(&exists, "$exists", false);
+            bson_append_document_end(&filter, &exists);
+        }
+        BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+        bson_iter_t a;
+        bson_iter_init_find(&a, &action, "after");
+        bson_iter_t sub;
+        bson_iter_recurse(&a, &sub);
+        while (bson_iter_next(&sub))
+            bson_append_iter(&set, NULL, 0, &sub);
+        BSON_APPEND_DATE_TIME(&set, "unsnoozed_at", t->wall_ms);
+        BSON_APPEND_DATE_TIME(&set, "updated_at", t->wall_ms);
+        BSON_APPEND_DOCUMENT_BEGIN(&set, "supportd_unsnooze", &marker);
+        BSON_APPEND_BOOL(&marker, "pending", true);
+        BSON_APPEND_DATE_TIME(&marker, "at", t->wall_ms);
+        const char *copy[] = {"reason", "queue", "notifications"};
+        for (int i = 0; i < 3; i++)
+            if (bson_iter_init_find(&a, &action, copy[i]))
+                bson_append_iter(&marker, NULL, 0, &a);
+        bson_append_document_end(&set, &marker);
+        bson_append_document_end(&update, &set);
+        BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
+        BSON_APPEND_UTF8(&unset, "snooze", "");
+        bson_append_document_end(&update, &unset);
+        bson_error_t berr;
+        if (!mongoc_bulk_operation_update_one_with_opts(bulk, &filter, &update, NULL, &berr)) {
+            bson_destroy(&filter);
+            bson_destroy(&update);
+            mongoc_bulk_operation_destroy(bulk);
+            return sd_error_set(err, "building the wake-up write: %s", berr.message);
+        }
+        bson_destroy(&filter);
+        bson_destroy(&update);
+        planned++;
+    }
+    if (planned == 0) {
+        mongoc_bulk_operation_destroy(bulk);
+        return 0;
+    }
+    seam_wait("snooze_before_write");
+    bson_t reply;
+    bson_error_t berr;
+    bool ok = mongoc_bulk_operation_execute(bulk, &reply, &berr);
+    bson_iter_t r;
+    int64_t matched = 0;
+    if (bson_iter_init_find(&r, &reply, "nMatched"))
+        matched = bson_iter_as_int64(&r);
+    bson_destroy(&reply);
+    mongoc_bulk_operation_destroy(bulk);
+    if (!ok)
+        return sd_error_set(err, "waking %d tickets: %s", planned, berr.message);
+    t->woken += matched;
+    t->conflicts += planned - matched;
+    return 0;
+}
+
+/* Queues and notifies every marked ticket, then removes the markers. */
+static int finish_marked(struct tick *t, struct sd_error *err)
+{
+    for (int round = 0; round < MAX_BATCHES && !job_should_stop(t->env); round++) {
+        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
+        BSON_APPEND_BOOL(&filter, "supportd_unsnooze.pending", true);
+        BSON_APPEND_INT64(&opts, "limit", BATCH);
+        BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+        BSON_APPEND_INT32(&proj, "supportd_unsnooze", 1);
+        bson_append_document_end(&opts, &proj);
+        bson_t **docs = NULL;
+        size_t n = 0;
+        int rc = find_all(t->convs, &filter, &opts, &docs, &n, err);
+        bson_destroy(&filter);
+        bson_destroy(&opts);
+        if (rc || n == 0) {
+            free_docs(docs, n);
+            return rc;
+        }
+        seam_wait("snooze_before_finish");
+        /* Queue first: one pipeline for the batch. */
+        struct sd_error rerr;
+        int appended = 0;
+        const bson_t **entries = calloc(n * 8 + 1, sizeof *entries);
+        bson_t *owned = calloc(n * 8 + 1, sizeof *owned);
+        size_t n_entries = 0;
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            bson_iter_t it, q;
+            const char *key = NULL, *member = NULL;
+            double score = 0;
+            if (bson_iter_init(&it, docs[i]) &&
+                bson_iter_find_descendant(&it, "supportd_unsnooze.queue", &q) &&
+                BSON_ITER_HOLDS_DOCUMENT(&q)) {
+                bson_iter_t f;
+                bson_iter_recurse(&q, &f);
+                while (bson_iter_next(&f)) {
+                    if (!strcmp(bson_iter_key(&f), "key") && BSON_ITER_HOLDS_UTF8(&f))
+                        key = bson_iter_utf8(&f, NULL);
+                    else if (!strcmp(bson_iter_key(&f), "member") && BSON_ITER_HOLDS_UTF8(&f))
+                        member = bson_iter_utf8(&f, NULL);
+                    else if (!strcmp(bson_iter_key(&f), "score") && BSON_ITER_HOLDS_NUMBER(&f))
+                        score = bson_iter_as_double(&f);
+                }
+            }
+            if (key && member) {
+                if (rds_pipeline_append(t->env->redis, &rerr, "ZADD %s %.17g %s", key, score,
+                                        member))
+                    rc = sd_error_set(err, "queue: %s", rerr.message);
+                else
+                    appended++;
+            }
+            bson_iter_t nl, e;
+            if (bson_iter_init(&it, docs[i]) &&
+                bson_iter_find_descendant(&it, "supportd_unsnooze.notifications", &nl) &&
+                BSON_ITER_HOLDS_ARRAY(&nl) && bson_iter_recurse(&nl, &e)) {
+                while (bson_iter_next(&e) && n_entries < n * 8) {
+                    uint32_t len;
+                    const uint8_t *data;
+                    if (!BSON_ITER_HOLDS_DOCUMENT(&e))
+                        continue;
+                    bson_iter_document(&e, &len, &data);
+                    bson_init_static(&owned[n_entries], data, len);
+                    entries[n_entries] = &owned[n_entries];
+                    n_entries++;
+                }
+            }
+        }
+        for (int i = 0; i < appended; i++) {
+            redisReply *rep = rds_pipeline_read(t->env->redis, &rerr);
+            if (!rep) {
+                rc = sd_error_set(err, "queue: %s", rerr.message);
+                break;
+            }
+            freeReplyObject(rep);
+        }
+        if (rc == 0)
+            t->queued += appended;
+        int inserted = 0;
+        if (rc == 0 && n_entries) {
+            if (outbox_enqueue(t->env->mongo, t->env->db, entries, n_entries, &inserted, err))
+                rc = -1;
+            else {
+                t->enqueued += inserted;
+                t->duplicates += (int64_t)n_entries - inserted;
+            }
+        }
+        free(entries);
+        free(owned);
+        if (rc == 0) {
+            /* Markers go only once queue and outbox hold their effects. */
+            bson_t ids_filter = BSON_INITIALIZER, in, ids, update = BSON_INITIALIZER, unset;
+            BSON_APPEND_DOCUMENT_BEGIN(&ids_filter, "_id", &in);
+            BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
+            for (size_t i = 0; i < n; i++) {
+                bson_iter_t it;
+                char idx[12];
+                snprintf(idx, sizeof idx, "%zu", i);
+                if (bson_iter_init_find(&it, docs[i], "_id"))
+                    bson_append_iter(&ids, idx, -1, &it);
+            }
+            bson_append_array_end(&in, &ids);
+            bson_append_document_end(&ids_filter, &in);
+            BSON_APPEND_BOOL(&ids_filter, "supportd_unsnooze.pending", true);
+            BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
+            BSON_APPEND_UTF8(&unset, "supportd_unsnooze", "");
+            bson_append_document_end(&update, &unset);
+            bson_error_t berr;
+            if (!mongoc_collection_update_many(t->convs, &ids_filter, &update, NULL, NULL, &berr))
+                rc = sd_error_set(err, "clearing unsnooze markers: %s", berr.message);
+            bson_destroy(&ids_filter);
+            bson_destroy(&update);
+        }
+        free_docs(docs, n);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* decide + conditional write for one batch of read tickets. */
+static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err)
+{
+    bson_t rooms = BSON_INITIALIZER, actions = BSON_INITIALIZER, skipped = BSON_INITIALIZER;
+    int rc = load_rooms(t, docs, n, &rooms, err);
+    if (rc == 0) {
+        uint32_t n_actions = 0, n_skipped = 0;
+        struct snooze_input in = {.conversations = (const bson_t *const *)docs,
+                                  .n_conversations = n,
+                                  .rooms = &rooms,
+                                  .now_ms = t->env->now_ms,
+                                  .redis_prefix = t->env->cfg->redis_prefix,
+                                  .rules = t->env->rules,
+                                  .log = t->env->log};
+        t->bad += snooze_decide(&in, &actions, &n_actions, &skipped, &n_skipped, false);
+        rc = write_wakeups(t, &actions, err);
+    }
+    bson_destroy(&rooms);
+    bson_destroy(&actions);
+    bson_destroy(&skipped);
+    t->batches++;
+    return rc;
+}
+
+/* Due tickets: status snoozed and snooze.until <= now, oldest first. */
+static int sweep_due(struct tick *t, struct sd_error *err)
+{
+    for (int round = 0; round < MAX_BATCHES && !job_should_stop(t->env); round++) {
+        bson_t filter = BSON_INITIALIZER, until, opts = BSON_INITIALIZER, sort;
+        BSON_APPEND_UTF8(&filter, "status", "snoozed");
+        BSON_APPEND_DOCUMENT_BEGIN(&filter, "snooze.until", &until);
+        BSON_APPEND_DATE_TIME(&until, "$lte", t->env->now_ms);
+        bson_append_document_end(&filter, &until);
+        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+        BSON_APPEND_INT32(&sort, "snooze.until", 1);
+        bson_append_document_end(&opts, &sort);
+        BSON_APPEND_INT64(&opts, "limit", BATCH);
+        bson_t **docs = NULL;
+        size_t n = 0;
+        int rc = find_all(t->convs, &filter, &opts, &docs, &n, err);
+        bson_destroy(&filter);
+        bson_destroy(&opts);
+        int64_t woken_before = t->woken;
+        if (rc == 0 && n)
+            rc = process(t, docs, n, err);
+        if (rc == 0 && n)
+            rc = finish_marked(t, err);
+        t->found += (int64_t)n;
+        free_docs(docs, n);
+        /* Done when the batch was short, or made no progress (every ticket in
+         * it conflicted or failed: they wait for the next tick). */
+        if (rc || n < BATCH || t->woken == woken_before)
+            return rc;
+    }
+    return 0;
+}
+
+/* Snoozed tickets changed since the last tick (all of them on the first
+ * tick): a customer reply can wake them early, and a malformed snooze that no
+ * date query finds is caught here. Paged by _id. */
+static int sweep_changed(struct tick *t, int64_t since, struct sd_error *err)
+{
+    bson_oid_t last;
+    bool have_last = false;
+    for (int round = 0; round < MAX_BATCHES && !job_should_stop(t->env); round++) {
+        bson_t filter = BSON_INITIALIZER, cond, opts = BSON_INITIALIZER, sort;
+        BSON_APPEND_UTF8(&filter, "status", "snoozed");
+        if (since >= 0) {
+            BSON_APPEND_DOCUMENT_BEGIN(&filter, "updated_at", &cond);
+            BSON_APPEND_DATE_TIME(&cond, "$gte", since);
+            bson_append_document_end(&filter, &cond);
+        }
+        if (have_last) {
+            BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &cond);
+            BSON_APPEND_OID(&cond, "$gt", &last);
+            bson_append_document_end(&filter, &cond);
+        }
+        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+        BSON_APPEND_INT32(&sort, "_id", 1);
+        bson_append_document_end(&opts, &sort);
+        BSON_APPEND_INT64(&opts, "limit", BATCH);
+        bson_t **docs = NULL;
+        size_t n = 0;
+        int rc = find_all(t->convs, &filter, &opts, &docs, &n, err);
+        bson_destroy(&filter);
+        bson_destroy(&opts);
+        bson_iter_t it;
+        if (n && bson_iter_init_find(&it, docs[n - 1], "_id") && BSON_ITER_HOLDS_OID(&it)) {
+            bson_oid_copy(bson_iter_oid(&it), &last);
+            have_last = true;
+        }
+        if (rc == 0 && n)
+            rc = process(t, docs, n, err);
+        if (rc == 0 && n)
+            rc = finish_marked(t, err);
+        free_docs(docs, n);
+        if (rc || n < BATCH)
+            return rc;
+    }
+    return 0;
+}
+
+static int64_t read_checkpoint(struct tick *t, char *key, size_t size)
+{
+    snprintf(key, size, "%ssnooze:changed_since", t->env->cfg->redis_prefix);
+    struct sd_error err;
+    redisReply *rep = rds_command(t->env->redis, &err, "GET %s", key);
+    int64_t v = -1;
+    if (rep && rep->type == REDIS_REPLY_STRING)
+        v = strtoll(rep->str, NULL, 10);
+    if (rep)
+        freeReplyObject(rep);
+    return v;
+}
+
+int job_snooze(struct job_env *env, struct sd_error *err)
+{
+    struct tick t = {.env = env, .wall_ms = clock_now_ms()};
+    t.convs = mongoc_client_get_collection(env->mongo, env->db, COLL_CONVERSATION);
+    char key[300];
+    int64_t checkpoint = read_checkpoint(&t, key, sizeof key);
+    /* Markers left by a tick that died first, then the due sweep, then the
+     * changed sweep. */
+    int rc = finish_marked(&t, err);
+    if (rc == 0)
+        rc = sweep_due(&t, err);
+    if (rc == 0)
+        rc = sweep_changed(&t, checkpoint < 0 ? -1 : checkpoint - CHANGED_SKEW_MS, err);
+    if (rc == 0 && !job_should_stop(env)) {
+        redisReply *rep = rds_command(env->redis, err, "SET %s %lld", key, (long long)t.wall_ms);
+        if (!rep)
+            rc = -1;
+        else
+            freeReplyObject(rep);
+    }
+    if (rc == 0)
+        rc = outbox_deliver_for_job(env, &(struct outbox_counts){0}, err);
+    counts_to(&t);
+    mongoc_collection_destroy(t.convs);
+    return rc;
+}
