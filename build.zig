@@ -3,7 +3,14 @@
 //!   zig build                      zig-out/bin/supportd against the system's libraries (pkg-config)
 //!   zig build test                 build and run the cmocka unit tests
 //!   zig build -Dsanitize=true      AddressSanitizer + UBSan (the test script uses it)
+//!   zig build -Dstatic=true -Doptimize=ReleaseSafe
+//!                                  the release binary: static x86_64-linux-musl, libraries
+//!                                  built from pinned sources (vendor/static.zig)
 const std = @import("std");
+const vendor = @import("vendor/static.zig");
+
+/// The vendored static libraries with -Dstatic=true, else null (system libraries).
+var static_libs: ?*vendor.Libs = null;
 
 const c_flags = [_][]const u8{
     "-std=c11",
@@ -22,6 +29,7 @@ const core_sources = [_][]const u8{
     "src/core/cron.c",
     "src/core/config.c",
     "src/core/scheduler.c",
+    "src/core/cabundle.c",
     "src/store/redis.c",
     "src/store/lease.c",
     "src/store/health.c",
@@ -38,23 +46,37 @@ const core_sources = [_][]const u8{
     "src/cli/rules.c",
     "src/cli/dry_run.c",
     "src/jobs/seam.c",
+    "src/jobs/snooze.c",
     "src/jobs/snooze_decide.c",
     "src/jobs/fixtures.c",
     "src/jobs/dryrun.c",
     "src/rules/marshal.c",
     "src/rules/engine.c",
     "src/rules/reload.c",
+    "src/providers/http.c",
+    "src/providers/twilio.c",
+    "src/providers/sendgrid.c",
+    "src/providers/smtp.c",
+    "src/providers/signature.c",
+    "src/outbox/enqueue.c",
+    "src/outbox/claim.c",
+    "src/outbox/dispatch.c",
+    "src/outbox/deliver.c",
+    "src/jobs/outbox.c",
 };
 
 const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl", "openssl" };
 
 /// Unit tests: tests/unit/test_<name>.c, one executable each.
-const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log" };
+const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "marshal", "signature", "http", "smtp", "outbox", "clients", "cabundle" };
 
 pub fn build(b: *std.Build) void {
-    const target = b.standardTargetOptions(.{});
+    const static = b.option(bool, "static", "Release build: one static x86_64-linux-musl binary (vendor/)") orelse false;
+    const target = if (static) vendor.target(b) else b.standardTargetOptions(.{});
     const optimize = b.standardOptimizeOption(.{});
     const sanitize = b.option(bool, "sanitize", "Build with AddressSanitizer and UBSan") orelse false;
+    if (static and sanitize) std.debug.panic("-Dstatic and -Dsanitize do not mix (ASan comes from the system's glibc toolchain)", .{});
+    if (static) static_libs = vendor.build(b);
 
     var flags: std.ArrayList([]const u8) = .empty;
     flags.appendSlice(b.allocator, &c_flags) catch @panic("OOM");
@@ -107,7 +129,7 @@ fn cModule(
     mod.addIncludePath(b.path("src"));
     mod.addCSourceFiles(.{ .files = &core_sources, .flags = flags });
     mod.addCSourceFiles(.{ .files = extra, .flags = flags });
-    for (system_libs) |lib| mod.linkSystemLibrary(lib, .{});
+    if (static_libs) |libs| libs.link(mod) else for (system_libs) |lib| mod.linkSystemLibrary(lib, .{});
     mod.linkSystemLibrary("pthread", .{});
     if (sanitize) linkAsan(b, mod);
     return mod;

@@ -39,7 +39,7 @@ int cli_status(int argc, char **argv)
            "RESULT", "NEXT RUN", "LEASE HOLDER");
     for (int i = 0; i < JOB_COUNT; i++) {
         const struct job_config *jc = &cfg.jobs[i];
-        if (i == JOB_PROBE && !jc->enabled)
+        if ((i == JOB_PROBE || i == JOB_OUTBOX) && !jc->enabled)
             continue; /* diagnostic job: shown only when enabled */
         struct job_health h;
         struct sd_error err;

@@ -16,6 +16,7 @@ const struct job_spec job_specs[JOB_COUNT] = {
     [JOB_COMMUNICATION_CHECK] = {"communication-check", "QM_SUPPORT_COMMUNICATION_CHECK",
                                  "QM_SUPPORT_COMMUNICATION_CHECK_CRON", "*/10 * * * *"},
     [JOB_PROBE] = {"probe", "QM_SUPPORT_PROBE", "QM_SUPPORT_PROBE_CRON", "*/1 * * * *"},
+    [JOB_OUTBOX] = {"outbox", "QM_SUPPORT_OUTBOX", "QM_SUPPORT_OUTBOX_CRON", "*/1 * * * *"},
 };
 
 int job_find(const char *name)
@@ -139,6 +140,22 @@ static int load_jobs(struct config *cfg, config_getenv_fn fn, void *ud, struct s
     return 0;
 }
 
+/* smtps://user:password@host: the password is a secret like SMTP_PASSWORD. */
+static void register_url_password(const char *url)
+{
+    const char *p = url ? strstr(url, "://") : NULL;
+    if (!p)
+        return;
+    p += 3;
+    size_t auth = strcspn(p, "/?#");
+    const char *at = memchr(p, '@', auth), *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+    if (colon) {
+        char *pw = strndup(colon + 1, (size_t)(at - colon - 1));
+        log_add_secret(pw);
+        free(pw);
+    }
+}
+
 static int load_providers(struct config *cfg, config_getenv_fn fn, void *ud,
                           struct sd_error *err)
 {
@@ -177,6 +194,7 @@ static int load_providers(struct config *cfg, config_getenv_fn fn, void *ud,
         return -1;
     dup_or(&cfg->sendgrid_webhook_public_key, get(fn, ud, "SENDGRID_WEBHOOK_PUBLIC_KEY"), NULL);
     dup_or(&cfg->smtp_url, get(fn, ud, "SMTP_URL"), NULL);
+    register_url_password(cfg->smtp_url);
     if (cfg->smtp_url && check_url_scheme("SMTP_URL", cfg->smtp_url, smtp, err))
         return -1;
     dup_or(&cfg->smtp_user, get(fn, ud, "SMTP_USER"), NULL);
@@ -223,6 +241,10 @@ static int load_all(struct config *cfg, config_getenv_fn fn, void *ud, struct sd
     cfg->probe_hold_ms = 0;
     if ((v = get(fn, ud, "QM_SUPPORT_PROBE_HOLD_MS")) &&
         parse_int("QM_SUPPORT_PROBE_HOLD_MS", v, 0, 3600000, &cfg->probe_hold_ms, err))
+        return -1;
+    cfg->http_timeout_ms = 15000;
+    if ((v = get(fn, ud, "QM_SUPPORT_HTTP_TIMEOUT_MS")) &&
+        parse_int("QM_SUPPORT_HTTP_TIMEOUT_MS", v, 100, 300000, &cfg->http_timeout_ms, err))
         return -1;
     return load_providers(cfg, fn, ud, err);
 }

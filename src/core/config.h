@@ -17,13 +17,16 @@
 #include "core/log.h"
 
 /* The scheduled jobs. JOB_PROBE is a diagnostic job (connectivity check that
- * can hold its lease for a while); it is off unless QM_SUPPORT_PROBE=true. */
+ * can hold its lease for a while); it is off unless QM_SUPPORT_PROBE=true.
+ * JOB_OUTBOX is another: it only delivers pending outbox entries (what every
+ * job does at the end of its tick), off unless QM_SUPPORT_OUTBOX=true. */
 enum job_id {
     JOB_SNOOZE,
     JOB_MESSAGE_STATUS,
     JOB_NOTIFICATION,
     JOB_COMMUNICATION_CHECK,
     JOB_PROBE,
+    JOB_OUTBOX,
     JOB_COUNT
 };
 
@@ -66,6 +69,7 @@ struct config {
     bool log_json;
     int lease_ttl_ms;     /* QM_SUPPORT_LEASE_TTL (seconds) */
     int probe_hold_ms;    /* QM_SUPPORT_PROBE_HOLD_MS */
+    int http_timeout_ms;  /* QM_SUPPORT_HTTP_TIMEOUT_MS: per provider request attempt */
 };
 
 /* Looks a variable up; returns NULL when unset. `ud` is passed through. */

@@ -7,9 +7,20 @@ job_fn job_function(int id)
     switch (id) {
     case JOB_PROBE:
         return job_probe;
+    case JOB_OUTBOX:
+        return job_outbox;
+    case JOB_SNOOZE:
+        return job_snooze;
     default:
-        return NULL; /* snooze, message-status, notification, communication-check: to come */
+        return NULL; /* message-status, notification, communication-check: to come */
     }
+}
+
+bool job_uses_lease(int id)
+{
+    /* Outbox delivery claims each entry in Redis: a job lease would only make
+     * instances take turns. */
+    return id != JOB_OUTBOX;
 }
 
 bool job_should_stop(const struct job_env *env)

@@ -81,9 +81,10 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
 
     snprintf(key, sizeof key, "%slease:%s", r->cfg->redis_prefix, spec->name);
     struct lease lease;
-    bool held = false;
-    if (lease_acquire(r->redis, key, r->instance, r->cfg->lease_ttl_ms, &lease, &held, holder,
-                      sizeof holder, &err)) {
+    bool use_lease = job_uses_lease(job);
+    bool held = !use_lease;
+    if (use_lease && lease_acquire(r->redis, key, r->instance, r->cfg->lease_ttl_ms, &lease,
+                                   &held, holder, sizeof holder, &err)) {
         log_msg(LOG_ERROR, &ctx, "tick.end", NULL, "tick failed: %s", err.message);
         return TICK_FAILED;
     }
@@ -97,7 +98,7 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
         bson_destroy(&f);
         return TICK_SKIPPED;
     }
-    if (lease_start_renewal(&lease, &r->redis_opts, &err))
+    if (use_lease && lease_start_renewal(&lease, &r->redis_opts, &err))
         log_msg(LOG_WARN, &ctx, "lease.renewal", NULL, "%s", err.message);
 
     int64_t start = clock_now_ms();
@@ -123,10 +124,13 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
                           .log = &ctx,
                           .now_ms = now_ms,
                           .stop = r->stop,
-                          .lease = &lease,
+                          .lease = use_lease ? &lease : NULL,
                           .rules = rules,
                           .counts = &counts};
+    uint64_t commands0 = store_thread_commands(), trips0 = rds_round_trips(r->redis);
     int rc = fn(&env, &err);
+    BSON_APPEND_INT64(&counts, "db_commands", (int64_t)(store_thread_commands() - commands0));
+    BSON_APPEND_INT64(&counts, "redis_round_trips", (int64_t)(rds_round_trips(r->redis) - trips0));
     rules_live_release(r->rules, rules);
     store_push(r->store, client);
 
@@ -143,7 +147,7 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
     free(error_text);
     bson_free(counts_json);
     bson_destroy(&counts);
-    if (lease_release(r->redis, &lease, &herr))
+    if (use_lease && lease_release(r->redis, &lease, &herr))
         log_msg(LOG_WARN, &ctx, "lease.release", NULL, "%s (it expires by itself)",
                 herr.message);
     return outcome;

@@ -28,6 +28,7 @@
 #define BATCH 500
 #define MAX_BATCHES 1000        /* a tick's bound: ~500k tickets */
 #define CHANGED_SKEW_MS 60000   /* clock skew between platform writers and us */
+#define OUTBOX_LIMIT 1000       /* entries delivered per tick; the rest next tick */
 
 struct tick {
     struct job_env *env;
@@ -274,7 +275,8 @@ static int finish_marked(struct tick *t, struct sd_error *err)
             t->queued += appended;
         int inserted = 0;
         if (rc == 0 && n_entries) {
-            if (outbox_enqueue(t->env->mongo, t->env->db, entries, n_entries, &inserted, err))
+            if (outbox_enqueue(t->env->mongo, t->env->db, entries, n_entries, t->wall_ms,
+                               &inserted, err))
                 rc = -1;
             else {
                 t->enqueued += inserted;
@@ -416,14 +418,21 @@ static int sweep_changed(struct tick *t, int64_t since, struct sd_error *err)
     return 0;
 }
 
+/* "<ms> <rules version>": the changed sweep starts from there. A different
+ * rules version means a full sweep, so that switching wake-on-reply back on
+ * also wakes tickets whose reply came while it was off. */
 static int64_t read_checkpoint(struct tick *t, char *key, size_t size)
 {
     snprintf(key, size, "%ssnooze:changed_since", t->env->cfg->redis_prefix);
     struct sd_error err;
     redisReply *rep = rds_command(t->env->redis, &err, "GET %s", key);
     int64_t v = -1;
-    if (rep && rep->type == REDIS_REPLY_STRING)
-        v = strtoll(rep->str, NULL, 10);
+    char *end;
+    if (rep && rep->type == REDIS_REPLY_STRING) {
+        v = strtoll(rep->str, &end, 10);
+        if (*end != ' ' || strcmp(end + 1, rules_version(t->env->rules)) != 0)
+            v = -1;
+    }
     if (rep)
         freeReplyObject(rep);
     return v;
@@ -443,15 +452,18 @@ int job_snooze(struct job_env *env, struct sd_error *err)
     if (rc == 0)
         rc = sweep_changed(&t, checkpoint < 0 ? -1 : checkpoint - CHANGED_SKEW_MS, err);
     if (rc == 0 && !job_should_stop(env)) {
-        redisReply *rep = rds_command(env->redis, err, "SET %s %lld", key, (long long)t.wall_ms);
+        char value[64];
+        snprintf(value, sizeof value, "%lld %s", (long long)t.wall_ms, rules_version(env->rules));
+        redisReply *rep = rds_command(env->redis, err, "SET %s %s", key, value);
         if (!rep)
             rc = -1;
         else
             freeReplyObject(rep);
     }
-    if (rc == 0)
-        rc = outbox_deliver_for_job(env, &(struct outbox_counts){0}, err);
     counts_to(&t);
+    /* SPEC §2: the job that enqueues delivers in the same tick. */
+    if (rc == 0 && !job_should_stop(env))
+        rc = job_deliver_outbox(env, OUTBOX_LIMIT, err);
     mongoc_collection_destroy(t.convs);
     return rc;
 }

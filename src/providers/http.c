@@ -8,27 +8,9 @@
 #include <strings.h>
 #include <time.h>
 
+#include "core/cabundle.h"
 #include "core/clock.h"
 #include "core/log.h"
-
-/* core/cabundle (another module) finds the system CA bundle for the static
- * build. Until it is there, libcurl's compiled-in default is used, which is
- * right for the development build against the system's libcurl. */
-#if defined(__has_include)
-#if __has_include("core/cabundle.h")
-#include "core/cabundle.h"
-#define HAVE_CABUNDLE 1
-#endif
-#endif
-
-static const char *ca_bundle(void)
-{
-#ifdef HAVE_CABUNDLE
-    return cabundle_path();
-#else
-    return NULL;
-#endif
-}
 
 struct http_client {
     CURL *curl;
@@ -228,7 +210,8 @@ static int attempt(struct http_client *c, const struct http_request *req,
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
-    const char *ca = ca_bundle();
+    /* The static build has no compiled-in CA path: look where the distro keeps it. */
+    const char *ca = cabundle_path();
     if (ca)
         curl_easy_setopt(h, CURLOPT_CAINFO, ca);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_timeout_ms);

@@ -5,9 +5,9 @@
  * one thread at a time; each thread or tick makes its own.
  *
  * Every request:
- *   - verifies TLS (peer and host name), always; the CA bundle comes from
- *     core/cabundle when that module is present (static builds), else libcurl's
- *     compiled-in default;
+ *   - verifies TLS (peer and host name), always; the CA bundle is
+ *     core/cabundle's (the static build has no compiled-in path), else
+ *     libcurl's default;
  *   - has a connect timeout and a total timeout per attempt;
  *   - is retried with exponential backoff and jitter, honouring Retry-After:
  *       on 429 and on connection failures before anything was sent — always

@@ -10,7 +10,7 @@
 
 #define API "2010-04-01"
 
-static const char *acct(const struct twilio *t, const char *sid)
+static const char *account_of(const struct twilio *t, const char *sid)
 {
     return sid && *sid ? sid : t->account_sid;
 }
@@ -120,7 +120,7 @@ static void read_message(const bson_t *doc, struct twilio_message *out)
 int twilio_send_sms(const struct twilio *t, const struct twilio_sms *sms,
                     struct twilio_message *out, struct provider_status *st, struct sd_error *err)
 {
-    const char *sid = acct(t, sms->account_sid);
+    const char *sid = account_of(t, sms->account_sid);
     provider_status_init(st);
     memset(out, 0, sizeof *out);
     char *form = NULL;
@@ -160,7 +160,7 @@ int twilio_fetch_message(const struct twilio *t, const char *account_sid, const 
                          struct twilio_message *out, struct provider_status *st,
                          struct sd_error *err)
 {
-    const char *sid = acct(t, account_sid);
+    const char *sid = account_of(t, account_sid);
     memset(out, 0, sizeof *out);
     char *esid = http_escape(msid), rest[200];
     snprintf(rest, sizeof rest, "/Messages/%s.json", esid ? esid : "");
@@ -181,7 +181,7 @@ int twilio_find_message(const struct twilio *t, const struct twilio_sms *sms, in
                         struct twilio_message *out, bool *found, struct provider_status *st,
                         struct sd_error *err)
 {
-    const char *sid = acct(t, sms->account_sid);
+    const char *sid = account_of(t, sms->account_sid);
     *found = false;
     memset(out, 0, sizeof *out);
     char *q = NULL;
@@ -238,7 +238,7 @@ int twilio_fetch_account(const struct twilio *t, const char *account_sid,
                          struct twilio_account *out, struct provider_status *st,
                          struct sd_error *err)
 {
-    const char *sid = acct(t, account_sid);
+    const char *sid = account_of(t, account_sid);
     memset(out, 0, sizeof *out);
     char *url = url_for(t, sid, ".json");
     bson_t *doc;
@@ -259,7 +259,7 @@ int twilio_fetch_balance(const struct twilio *t, const char *account_sid,
                          struct twilio_balance *out, struct provider_status *st,
                          struct sd_error *err)
 {
-    const char *sid = acct(t, account_sid);
+    const char *sid = account_of(t, account_sid);
     memset(out, 0, sizeof *out);
     char *url = url_for(t, sid, "/Balance.json");
     bson_t *doc;
@@ -286,7 +286,7 @@ int twilio_lookup_number(const struct twilio *t, const char *account_sid, const 
                          struct twilio_number *out, struct provider_status *st,
                          struct sd_error *err)
 {
-    const char *sid = acct(t, account_sid);
+    const char *sid = account_of(t, account_sid);
     memset(out, 0, sizeof *out);
     char *q = NULL;
     size_t len = 0;

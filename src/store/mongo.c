@@ -3,6 +3,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cabundle.h"
+
+static _Thread_local uint64_t thread_commands;
+
+static void on_command_started(const mongoc_apm_command_started_t *event)
+{
+    (void)event;
+    thread_commands++;
+}
+
+uint64_t store_thread_commands(void) { return thread_commands; }
+
 struct store {
     mongoc_client_pool_t *pool;
     char *db;
@@ -24,6 +36,13 @@ struct store *store_new(const char *url, const char *db, struct sd_error *err)
         mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 5000);
     if (!mongoc_uri_has_option(uri, MONGOC_URI_CONNECTTIMEOUTMS))
         mongoc_uri_set_option_as_int32(uri, MONGOC_URI_CONNECTTIMEOUTMS, 5000);
+    /* The static binary has no compiled-in CA store: unless the URL names a
+     * tlsCAFile, verify against the system's bundle (core/cabundle.h). */
+    if (mongoc_uri_get_tls(uri) && !mongoc_uri_has_option(uri, MONGOC_URI_TLSCAFILE)) {
+        const char *ca = cabundle_path();
+        if (ca)
+            mongoc_uri_set_option_as_utf8(uri, MONGOC_URI_TLSCAFILE, ca);
+    }
     struct store *s = calloc(1, sizeof *s);
     s->pool = mongoc_client_pool_new_with_error(uri, &berr);
     mongoc_uri_destroy(uri);
@@ -33,6 +52,10 @@ struct store *store_new(const char *url, const char *db, struct sd_error *err)
         return NULL;
     }
     mongoc_client_pool_set_error_api(s->pool, MONGOC_ERROR_API_VERSION_2);
+    mongoc_apm_callbacks_t *apm = mongoc_apm_callbacks_new();
+    mongoc_apm_set_command_started_cb(apm, on_command_started);
+    mongoc_client_pool_set_apm_callbacks(s->pool, apm, NULL);
+    mongoc_apm_callbacks_destroy(apm);
     s->db = strdup(db);
     return s;
 }

@@ -34,6 +34,10 @@ mongoc_client_t *store_pop(struct store *s);
 void store_push(struct store *s, mongoc_client_t *client);
 const char *store_db(const struct store *s);
 
+/* Database commands this thread has sent (counted by mongoc's APM started
+ * callback), so a tick can report its own. */
+uint64_t store_thread_commands(void);
+
 /* Round trip to the server ({ping: 1}). */
 int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err);
 

@@ -18,6 +18,8 @@ struct rds {
     int timeout_ms;
     redisContext *ctx;
     int64_t next_attempt_ms; /* no reconnect before this */
+    uint64_t round_trips;
+    bool pipeline_open;      /* replies pending: the next read is a round trip */
     int backoff_ms;
 };
 
@@ -127,8 +129,11 @@ static redisReply *check(struct rds *r, redisReply *reply, struct sd_error *err)
  * once on a fresh connection hides that without hiding a real outage. Only
  * used for single commands, which are all safe to resend (idempotent by
  * design: SET NX, compare-and-delete scripts, HSET). */
+uint64_t rds_round_trips(const struct rds *r) { return r->round_trips; }
+
 redisReply *rds_command(struct rds *r, struct sd_error *err, const char *fmt, ...)
 {
+    r->round_trips++;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool fresh = r->ctx == NULL;
         if (rds_ensure(r, err))
@@ -147,6 +152,7 @@ redisReply *rds_command(struct rds *r, struct sd_error *err, const char *fmt, ..
 redisReply *rds_command_argv(struct rds *r, struct sd_error *err, int argc, const char **argv,
                              const size_t *argvlen)
 {
+    r->round_trips++;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool fresh = r->ctx == NULL;
         if (rds_ensure(r, err))
@@ -172,6 +178,7 @@ int rds_pipeline_append(struct rds *r, struct sd_error *err, const char *fmt, ..
         failed(r);
         return -1;
     }
+    r->pipeline_open = true;
     return 0;
 }
 
@@ -180,6 +187,11 @@ redisReply *rds_pipeline_read(struct rds *r, struct sd_error *err)
     if (!r->ctx) {
         sd_error_set(err, "redis %s:%d: connection lost during pipeline", r->host, r->port);
         return NULL;
+    }
+    /* The first read flushes the whole pipeline: that is the round trip. */
+    if (r->pipeline_open) {
+        r->round_trips++;
+        r->pipeline_open = false;
     }
     void *reply = NULL;
     if (redisGetReply(r->ctx, &reply) != REDIS_OK)

@@ -42,6 +42,9 @@ redisReply *rds_command_argv(struct rds *r, struct sd_error *err, int argc, cons
 int rds_pipeline_append(struct rds *r, struct sd_error *err, const char *fmt, ...);
 redisReply *rds_pipeline_read(struct rds *r, struct sd_error *err);
 
+/* Round trips made on this connection (a command, or one pipeline read). */
+uint64_t rds_round_trips(const struct rds *r);
+
 /* Makes sure a connection is up (connects if needed, honouring backoff). */
 int rds_ensure(struct rds *r, struct sd_error *err);
 

@@ -113,6 +113,7 @@ static void test_defaults(void **state)
         [JOB_NOTIFICATION] = "*/1 * * * *",
         [JOB_COMMUNICATION_CHECK] = "*/10 * * * *",
         [JOB_PROBE] = "*/1 * * * *",
+        [JOB_OUTBOX] = "*/1 * * * *",
     };
     for (int i = 0; i < JOB_COUNT; i++) {
         assert_false(cfg.jobs[i].enabled);

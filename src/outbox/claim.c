@@ -1,0 +1,76 @@
+#include "outbox/claim.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/clock.h"
+
+/* reference/providers.md §9: never DEL a key another client may now hold. */
+static const char release_script[] =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+    "else return 0 end";
+
+static void parse_sent(const char *value, struct outbox_claim *c)
+{
+    const char *p = value + strlen("sent:");
+    const char *colon = strchr(p, ':');
+    if (!colon) {
+        snprintf(c->sent_provider, sizeof c->sent_provider, "unknown");
+        snprintf(c->sent_id, sizeof c->sent_id, "%s", p);
+        return;
+    }
+    snprintf(c->sent_provider, sizeof c->sent_provider, "%.*s", (int)(colon - p), p);
+    snprintf(c->sent_id, sizeof c->sent_id, "%s", colon + 1);
+}
+
+int claim_acquire(struct rds *r, const char *prefix, const char *entry_id, const char *owner,
+                  int ttl_ms, struct outbox_claim *c, struct sd_error *err)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->key, sizeof c->key, "%soutbox:claim:%s", prefix, entry_id);
+    char rnd[17];
+    if (clock_random_hex(rnd, 8, err))
+        return -1;
+    snprintf(c->token, sizeof c->token, "claimed:%s/%s", owner, rnd);
+    redisReply *rep = rds_command(r, err, "SET %s %s NX PX %d", c->key, c->token, ttl_ms);
+    if (!rep)
+        return sd_error_prefix(err, "claiming outbox entry %s", entry_id);
+    bool ours = rep->type == REDIS_REPLY_STATUS;
+    freeReplyObject(rep);
+    if (ours) {
+        c->state = CLAIM_OURS;
+        return 0;
+    }
+    rep = rds_command(r, err, "GET %s", c->key);
+    if (!rep)
+        return sd_error_prefix(err, "reading the claim of outbox entry %s", entry_id);
+    c->state = CLAIM_TAKEN;
+    if (rep->type == REDIS_REPLY_STRING && strncmp(rep->str, "sent:", 5) == 0) {
+        c->state = CLAIM_SENT;
+        parse_sent(rep->str, c);
+    }
+    freeReplyObject(rep);
+    return 0;
+}
+
+int claim_mark_sent(struct rds *r, const struct outbox_claim *c, const char *provider,
+                    const char *message_id, long long ttl_ms, struct sd_error *err)
+{
+    char value[256];
+    snprintf(value, sizeof value, "sent:%s:%s", provider, message_id ? message_id : "");
+    redisReply *rep = rds_command(r, err, "SET %s %s PX %lld", c->key, value, ttl_ms);
+    if (!rep)
+        return sd_error_prefix(err, "recording the send in %s", c->key);
+    freeReplyObject(rep);
+    return 0;
+}
+
+int claim_release(struct rds *r, const struct outbox_claim *c, struct sd_error *err)
+{
+    redisReply *rep = rds_command(r, err, "EVAL %s 1 %s %s", release_script, c->key, c->token);
+    if (!rep)
+        return sd_error_prefix(err, "releasing %s", c->key);
+    freeReplyObject(rep);
+    return 0;
+}

@@ -1,0 +1,165 @@
+"""CLI contract (SPEC §1): commands, help, exit codes 0/1/2, configuration errors
+that name the bad variable, and `once probe` against the real services."""
+
+import re
+
+import pytest
+
+from conftest import parse_log_lines
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def test_version(sd):
+    cp = sd.cli("version")
+    assert cp.returncode == EXIT_OK, cp.stderr
+    assert re.search(r"\bsupportd\s+\d+\.\d+\.\d+", cp.stdout), cp.stdout
+
+
+def test_help_lists_commands(sd):
+    cp = sd.cli("--help")
+    assert cp.returncode == EXIT_OK, cp.stderr
+    for word in ("run", "once", "status", "version"):
+        assert re.search(rf"\b{word}\b", cp.stdout), f"--help does not mention {word}:\n{cp.stdout}"
+    assert "QM_SUPPORT_" in cp.stdout, cp.stdout
+
+
+@pytest.mark.parametrize("args", [("once", "--help"), ("help", "once")])
+def test_once_help(sd, args):
+    cp = sd.cli(*args)
+    assert cp.returncode == EXIT_OK, cp.stderr
+    assert "once" in cp.stdout and "--now" in cp.stdout, cp.stdout
+    for var in ("MONGO_DB_URL", "REDIS_HOST", "QM_SUPPORT_REDIS_PREFIX"):
+        assert var in cp.stdout, f"once --help does not mention {var}:\n{cp.stdout}"
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_command_help(sd, command):
+    cp = sd.cli(command, "--help", MONGO_DB_URL=None)
+    assert cp.returncode == EXIT_OK, cp.stderr
+    assert command in cp.stdout and "MONGO_DB_URL" in cp.stdout, cp.stdout
+
+
+def test_no_arguments_is_usage_error(sd):
+    cp = sd.cli()
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+
+
+def test_unknown_command(sd):
+    cp = sd.cli("frobnicate")
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert "frobnicate" in cp.stderr, cp.stderr
+
+
+@pytest.mark.parametrize("args", [("run",), ("once", "probe")])
+def test_missing_mongo_url(sd, args):
+    cp = sd.cli(*args, MONGO_DB_URL=None)
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert "MONGO_DB_URL" in cp.stderr, cp.stderr
+
+
+@pytest.mark.parametrize("args", [("run",), ("once", "probe"), ("status",)])
+def test_bad_cron_names_variable_and_field(sd, args):
+    cp = sd.cli(*args, QM_SUPPORT_SNOOZE_CRON="61 * * * *")
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert "QM_SUPPORT_SNOOZE_CRON" in cp.stderr, cp.stderr
+    assert "minute" in cp.stderr.lower(), cp.stderr
+
+
+@pytest.mark.parametrize("args", [("run",), ("once", "probe"), ("status",)])
+def test_bad_redis_port(sd, args):
+    cp = sd.cli(*args, REDIS_PORT="abc")
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert "REDIS_PORT" in cp.stderr, cp.stderr
+
+
+@pytest.mark.parametrize("var,value", [
+    ("QM_SUPPORT_PROBE", "maybe"),
+    ("QM_SUPPORT_LEASE_TTL", "0"),
+    ("QM_SUPPORT_PROBE_CRON", "* * *"),
+    ("LOG_LEVEL", "loud"),
+])
+def test_other_bad_variables_are_named(sd, var, value):
+    cp = sd.cli("run", **{var: value})
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert var in cp.stderr, cp.stderr
+
+
+def test_once_unknown_job(sd):
+    cp = sd.cli("once", "nosuchjob")
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert "nosuchjob" in cp.stderr, cp.stderr
+
+
+def test_once_without_job(sd):
+    cp = sd.cli("once")
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+
+
+def test_once_snooze_not_implemented(sd):
+    cp = sd.cli("once", "snooze")
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert "not implemented" in cp.stderr, cp.stderr
+
+
+def test_run_with_unimplemented_job_enabled(sd):
+    cp = sd.cli("run", QM_SUPPORT_SNOOZE="true")
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert "QM_SUPPORT_SNOOZE" in cp.stderr, cp.stderr
+
+
+def test_once_bad_now(sd):
+    cp = sd.cli("once", "probe", "--now", "garbage")
+    assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
+    assert "--now" in cp.stderr, cp.stderr
+
+
+def test_once_probe_succeeds_and_records_health(sd):
+    cp = sd.cli("once", "probe")
+    assert cp.returncode == EXIT_OK, cp.stderr
+    events, _ = parse_log_lines(cp.stderr)
+    starts = [e for e in events if e.get("event") == "tick.start"]
+    ends = [e for e in events if e.get("event") == "tick.end"]
+    assert len(starts) == 1 and len(ends) == 1, cp.stderr
+    assert starts[0].get("job") == "probe" and ends[0].get("job") == "probe"
+    assert starts[0].get("tick") and starts[0]["tick"] == ends[0].get("tick")
+    assert ends[0].get("outcome") == "ok", ends[0]
+    assert isinstance(ends[0].get("duration_ms"), int)
+
+    h = sd.health("probe")
+    assert h.get("last_result") == "ok", h
+    assert h.get("last_tick") == starts[0]["tick"], h
+    assert int(h.get("runs", 0)) == 1, h
+    assert int(h.get("last_success", 0)) > 0, h
+    assert int(h["last_end"]) >= int(h["last_start"]) > 0, h
+    assert h.get("last_instance", "").startswith(sd.hostname + ":"), h
+    # the lease was released (compare-and-delete) at the end of the tick
+    assert sd.lease("probe") is None
+
+
+def test_once_probe_now_option(sd):
+    cp = sd.cli("once", "probe", "--now", "2026-03-01T09:00:00Z")
+    assert cp.returncode == EXIT_OK, cp.stderr
+    events, _ = parse_log_lines(cp.stderr)
+    start = next(e for e in events if e.get("event") == "tick.start")
+    assert start.get("now", "").startswith("2026-03-01T09:00:00"), start
+
+
+def test_indexes_created(sd):
+    cp = sd.cli("once", "probe")
+    assert cp.returncode == EXIT_OK, cp.stderr
+    db = sd.mongo_client[sd.db_name]
+
+    conv = {ix["name"]: ix for ix in db["conversation-conversation"].list_indexes()}
+    assert "supportd_snooze_due" in conv, sorted(conv)
+    assert list(conv["supportd_snooze_due"]["key"].items()) == [("status", 1), ("snooze.until", 1)]
+
+    for coll in ("conversation-notification", "conversation-alert"):
+        ixs = {ix["name"]: ix for ix in db[coll].list_indexes()}
+        assert "supportd_key" in ixs, (coll, sorted(ixs))
+        assert ixs["supportd_key"].get("unique") is True, (coll, ixs["supportd_key"])
+        assert list(ixs["supportd_key"]["key"].items()) == [("key", 1)]
+
+    # a second start-up finds them in place and still succeeds
+    cp = sd.cli("once", "probe")
+    assert cp.returncode == EXIT_OK, cp.stderr

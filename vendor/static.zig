@@ -1,0 +1,87 @@
+//! The release build: one fully static x86_64-linux-musl supportd
+//! (`zig build -Dstatic=true -Doptimize=ReleaseSafe`).
+//!
+//! The third-party libraries come from the Debian source packages pinned in
+//! vendor/manifest.txt, fetched into .cache/vendor/src/ by scripts/vendor-fetch:
+//!   - OpenSSL, curl, libmongoc + libbson: built by their own build systems with
+//!     `zig cc -target x86_64-linux-musl` as the compiler, by scripts/build-static-deps
+//!     (which runs vendor-fetch first), into .cache/static/<name>/. That script runs at
+//!     the start of every static build and returns at once when its stamps are current.
+//!   - Lua and hiredis: compiled here by Zig (lua.zig, hiredis.zig); Zig's cache
+//!     keeps them.
+//! Every library is built without UBSan and optimized (their own Release settings, or
+//! ReleaseFast here), whatever -Doptimize says for supportd itself.
+const std = @import("std");
+const lua = @import("lua.zig");
+const hiredis = @import("hiredis.zig");
+
+/// The release target: baseline x86_64 (no CPU features beyond the ABI's), musl libc
+/// linked in statically.
+pub fn target(b: *std.Build) std.Build.ResolvedTarget {
+    return b.resolveTargetQuery(.{ .cpu_arch = .x86_64, .os_tag = .linux, .abi = .musl });
+}
+
+/// Archives built by scripts/build-static-deps, in link order (a library before what it
+/// uses), relative to the repository root.
+const archives = [_][]const u8{
+    ".cache/static/mongoc/lib/libmongoc-static-1.0.a",
+    ".cache/static/mongoc/lib/libbson-static-1.0.a",
+    ".cache/static/curl/lib/libcurl.a",
+    ".cache/static/openssl/lib/libssl.a",
+    ".cache/static/openssl/lib/libcrypto.a",
+};
+const include_dirs = [_][]const u8{
+    ".cache/static/mongoc/include",
+    ".cache/static/curl/include",
+    ".cache/static/openssl/include",
+};
+
+pub const Libs = struct {
+    lua: lua.Lua,
+    hiredis: hiredis.Hiredis,
+    strip: bool,
+
+    /// Puts the static libraries and their headers into `mod` (instead of the system
+    /// libraries of the development build), and strips it unless -Dstrip=false.
+    pub fn link(self: *const Libs, mod: *std.Build.Module) void {
+        const b = mod.owner;
+        // -isystem: the libraries' headers are not held to supportd's -Werror.
+        for (include_dirs) |dir| mod.addSystemIncludePath(b.path(dir));
+        for (self.lua.include) |dir| mod.addSystemIncludePath(dir);
+        mod.addSystemIncludePath(self.hiredis.include);
+        // Only matter on Windows, but say what these headers are used for.
+        mod.addCMacro("BSON_STATIC", "1");
+        mod.addCMacro("MONGOC_STATIC", "1");
+        mod.addCMacro("CURL_STATICLIB", "1");
+        mod.linkLibrary(self.lua.lib);
+        mod.linkLibrary(self.hiredis.lib);
+        for (archives) |a| mod.addObjectFile(b.path(a));
+        mod.strip = self.strip;
+    }
+};
+
+pub fn build(b: *std.Build) *Libs {
+    const strip = b.option(bool, "strip", "With -Dstatic: strip the binary (default true)") orelse true;
+    const t = target(b);
+
+    // Fetches the sources and builds the libraries that have their own build systems.
+    // It has side effects (no declared outputs), so it runs on every static build; it
+    // keeps its own stamps and does nothing when they are current.
+    const deps = b.addSystemCommand(&.{b.pathFromRoot("scripts/build-static-deps")});
+    deps.setCwd(b.path("."));
+    deps.setEnvironmentVariable("ZIG", b.graph.zig_exe);
+    deps.setName("build-static-deps (OpenSSL, curl, mongoc)");
+
+    const libs = b.allocator.create(Libs) catch @panic("OOM");
+    libs.* = .{
+        .lua = lua.build(b, b.path(".cache/vendor/src/lua"), t, .ReleaseFast),
+        .hiredis = hiredis.build(b, b.path(".cache/vendor/src/hiredis"), t, .ReleaseFast),
+        .strip = strip,
+    };
+    // Every compilation that links these libraries depends on lua and hiredis (through
+    // linkLibrary), and those wait for the script: so supportd's compile step starts
+    // only once the sources are fetched and the archives above exist.
+    libs.lua.lib.step.dependOn(&deps.step);
+    libs.hiredis.lib.step.dependOn(&deps.step);
+    return libs;
+}
