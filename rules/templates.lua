@@ -120,7 +120,7 @@ local sample = { conversation = { subject = "Fish & <chips>", contact = { name =
                  event = { reason = "snooze ended", due = 1772469000000 } }
 M.tests = {
   { name = "subject is not escaped", fn = "render", args = { "ticket.unsnoozed", sample },
-    expect = { subject = "Back from snooze: Fish & <chips>" } },
+    expect_match = { subject = "Fish & <chips>" } },
   { name = "html is escaped", fn = "render", args = { "ticket.unsnoozed", sample },
     expect_match = { html = "Fish &amp; &lt;chips&gt;", text = "Hello Anna" } },
   { name = "dates format in UTC", fn = "render", args = { "ticket.sla_warning", sample },

@@ -1,0 +1,105 @@
+"""dry-run and rules check: golden plans on fixtures, byte-identical output,
+clear errors for bad fixtures and bad rules. No database, Redis or network:
+these run with none of them configured.
+
+UPDATE_GOLDEN=1 rewrites the expected plans (review the diff before committing).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+FIXTURES = REPO / "tests" / "fixtures"
+BIN = os.environ.get("SUPPORTD_BIN") or str(REPO / "zig-out" / "bin" / "supportd")
+
+
+def run(*args, rules=REPO / "rules", **env_extra):
+    env = {"PATH": os.environ["PATH"], "QM_SUPPORT_RULES_DIR": str(rules), **env_extra}
+    if os.environ.get("SUPPORTD_LD_PRELOAD"):
+        env["LD_PRELOAD"] = os.environ["SUPPORTD_LD_PRELOAD"]
+    # Unreachable servers: dry-run must not try them.
+    env.update(MONGO_DB_URL="mongodb://127.0.0.1:1/none", REDIS_HOST="127.0.0.1", REDIS_PORT="1")
+    return subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("fmt,golden", [("json", "expected-plan.json"), ("text", "expected-plan.txt")])
+def test_golden_plan_of_the_demo_fixtures(fmt, golden):
+    cp = run("dry-run", "--fixtures", str(FIXTURES / "demo"), "--format", fmt)
+    assert cp.returncode == 0, cp.stderr
+    path = FIXTURES / "demo" / golden
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(cp.stdout)
+    assert cp.stdout == path.read_text()
+
+
+def test_same_input_gives_byte_identical_output():
+    outs = {run("dry-run", "--fixtures", str(FIXTURES / "demo")).stdout for _ in range(3)}
+    assert len(outs) == 1 and outs.pop().startswith("{")
+
+
+def test_shipped_fixtures_plan_the_demo_data():
+    cp = run("dry-run", "--fixtures", str(REPO / "rules" / "fixtures"), "--job", "snooze",
+             "--format", "text")
+    assert cp.returncode == 0, cp.stderr
+    assert "unsnooze" in cp.stdout and "Back from snooze" in cp.stdout
+
+
+def test_now_flag_changes_the_plan():
+    early = run("dry-run", "--fixtures", str(FIXTURES / "demo"), "--now", "2026-02-01T00:00:00Z",
+                "--format", "text")
+    assert early.returncode == 0, early.stderr
+    # A month earlier only the malformed snooze (woken whatever the time) and
+    # the early reply are due.
+    assert "(snooze ended)" not in early.stdout
+    assert "snooze.until missing or not a date" in early.stdout
+
+
+def test_malformed_fixture_names_file_and_position():
+    cp = run("dry-run", "--fixtures", str(FIXTURES / "bad-json"))
+    assert cp.returncode == 2
+    assert "bad-json/conversation-conversation.json" in cp.stderr and "position 140" in cp.stderr
+    cp = run("dry-run", "--fixtures", str(FIXTURES / "not-array"))
+    assert cp.returncode == 2 and "conversation-room.json" in cp.stderr and "array" in cp.stderr
+
+
+def test_dry_run_usage_errors():
+    assert run("dry-run").returncode == 2
+    assert run("dry-run", "--fixtures", str(FIXTURES / "demo"), "--job", "nope").returncode == 2
+    assert run("dry-run", "--fixtures", str(FIXTURES / "demo"), "--format", "xml").returncode == 2
+    cp = run("dry-run", "--fixtures", str(FIXTURES / "demo"), "--now", "yesterday")
+    assert cp.returncode == 2 and "--now" in cp.stderr
+
+
+def copy_rules(tmp_path: Path) -> Path:
+    d = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", d, ignore=shutil.ignore_patterns("fixtures"))
+    return d
+
+
+def test_rules_check_ok_and_errors_with_file_and_line(tmp_path):
+    cp = run("rules", "check", str(REPO / "rules"))
+    assert cp.returncode == 0 and "ok" in cp.stdout, cp.stderr
+    rules = copy_rules(tmp_path)
+    queue = rules / "queue.lua"
+    text = queue.read_text()
+    queue.write_text(text.replace("function M.score(", "function M.scores("))
+    cp = run("rules", "check", str(rules))
+    assert cp.returncode == 1 and "queue.lua" in cp.stderr and "`score`" in cp.stderr
+    queue.write_text(text + "\nlocal = 1\n")
+    cp = run("rules", "check", str(rules))
+    lines = len(text.splitlines())
+    assert cp.returncode == 1 and f"queue.lua:{lines + 2}:" in cp.stderr, cp.stderr
+
+
+def test_dry_run_with_broken_rules_fails_clearly(tmp_path):
+    rules = copy_rules(tmp_path)
+    (rules / "templates.lua").write_text("return {}\n")
+    cp = run("dry-run", "--fixtures", str(FIXTURES / "demo"), rules=rules)
+    assert cp.returncode == 2 and "templates.lua" in cp.stderr and "render" in cp.stderr
