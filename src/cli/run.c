@@ -71,12 +71,7 @@ int cli_run(int argc, char **argv)
     }
     /* From here on SIGTERM must end cleanly: hold it until the scheduler
      * waits for it, even while start-up waits on an absent database. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    scheduler_block_signals();
     bson_t f = BSON_INITIALIZER;
     BSON_APPEND_INT32(&f, "enabled_jobs", enabled);
     log_msg(LOG_INFO, NULL, "startup", &f, "supportd starting");

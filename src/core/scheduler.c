@@ -56,13 +56,25 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static void stop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
+void scheduler_block_signals(void)
+{
+    sigset_t set;
+    stop_signals(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
 int scheduler_run(struct scheduler *s, struct sd_error *err)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    stop_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
     struct worker *workers = calloc((size_t)s->n_jobs, sizeof *workers);

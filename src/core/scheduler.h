@@ -47,6 +47,10 @@ struct scheduler {
     atomic_bool stop;            /* set on SIGTERM/SIGINT; ticks poll it */
 };
 
+/* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (threads it creates
+ * later inherit the mask), so they wait for scheduler_run's sigwait. */
+void scheduler_block_signals(void);
+
 /* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in the job
  * threads it creates), runs until SIGTERM/SIGINT, joins the job threads.
  * Returns 0, or -1 if a thread could not be started. */

@@ -340,31 +340,46 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
     return rc;
 }
 
+/* Reads one batch (filter, sorted by sort_field, at most BATCH), decides
+ * and applies it; *n says how many it read, *last_id the last one's _id. */
+static int run_batch(struct tick *t, bson_t *filter, const char *sort_field, size_t *n,
+                     bson_oid_t *last_id, struct sd_error *err)
+{
+    bson_t opts = BSON_INITIALIZER, sort;
+    BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+    BSON_APPEND_INT32(&sort, sort_field, 1);
+    bson_append_document_end(&opts, &sort);
+    BSON_APPEND_INT64(&opts, "limit", BATCH);
+    bson_t **docs = NULL;
+    *n = 0;
+    int rc = find_all(t->convs, filter, &opts, &docs, n, err);
+    bson_destroy(filter);
+    bson_destroy(&opts);
+    bson_iter_t it;
+    if (*n && bson_iter_init_find(&it, docs[*n - 1], "_id") && BSON_ITER_HOLDS_OID(&it))
+        bson_oid_copy(bson_iter_oid(&it), last_id);
+    if (rc == 0 && *n)
+        rc = process(t, docs, *n, err);
+    if (rc == 0 && *n)
+        rc = finish_marked(t, err);
+    free_docs(docs, *n);
+    return rc;
+}
+
 /* Due tickets: status snoozed and snooze.until <= now, oldest first. */
 static int sweep_due(struct tick *t, struct sd_error *err)
 {
     for (int round = 0; round < MAX_BATCHES && !job_should_stop(t->env); round++) {
-        bson_t filter = BSON_INITIALIZER, until, opts = BSON_INITIALIZER, sort;
+        bson_t filter = BSON_INITIALIZER, until;
         BSON_APPEND_UTF8(&filter, "status", "snoozed");
         BSON_APPEND_DOCUMENT_BEGIN(&filter, "snooze.until", &until);
         BSON_APPEND_DATE_TIME(&until, "$lte", t->env->now_ms);
         bson_append_document_end(&filter, &until);
-        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-        BSON_APPEND_INT32(&sort, "snooze.until", 1);
-        bson_append_document_end(&opts, &sort);
-        BSON_APPEND_INT64(&opts, "limit", BATCH);
-        bson_t **docs = NULL;
-        size_t n = 0;
-        int rc = find_all(t->convs, &filter, &opts, &docs, &n, err);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
         int64_t woken_before = t->woken;
-        if (rc == 0 && n)
-            rc = process(t, docs, n, err);
-        if (rc == 0 && n)
-            rc = finish_marked(t, err);
+        size_t n;
+        bson_oid_t last;
+        int rc = run_batch(t, &filter, "snooze.until", &n, &last, err);
         t->found += (int64_t)n;
-        free_docs(docs, n);
         /* Done when the batch was short, or made no progress (every ticket in
          * it conflicted or failed: they wait for the next tick). */
         if (rc || n < BATCH || t->woken == woken_before)
@@ -381,7 +396,7 @@ static int sweep_changed(struct tick *t, int64_t since, struct sd_error *err)
     bson_oid_t last;
     bool have_last = false;
     for (int round = 0; round < MAX_BATCHES && !job_should_stop(t->env); round++) {
-        bson_t filter = BSON_INITIALIZER, cond, opts = BSON_INITIALIZER, sort;
+        bson_t filter = BSON_INITIALIZER, cond;
         BSON_APPEND_UTF8(&filter, "status", "snoozed");
         if (since >= 0) {
             BSON_APPEND_DOCUMENT_BEGIN(&filter, "updated_at", &cond);
@@ -393,25 +408,9 @@ static int sweep_changed(struct tick *t, int64_t since, struct sd_error *err)
             BSON_APPEND_OID(&cond, "$gt", &last);
             bson_append_document_end(&filter, &cond);
         }
-        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-        BSON_APPEND_INT32(&sort, "_id", 1);
-        bson_append_document_end(&opts, &sort);
-        BSON_APPEND_INT64(&opts, "limit", BATCH);
-        bson_t **docs = NULL;
-        size_t n = 0;
-        int rc = find_all(t->convs, &filter, &opts, &docs, &n, err);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
-        bson_iter_t it;
-        if (n && bson_iter_init_find(&it, docs[n - 1], "_id") && BSON_ITER_HOLDS_OID(&it)) {
-            bson_oid_copy(bson_iter_oid(&it), &last);
-            have_last = true;
-        }
-        if (rc == 0 && n)
-            rc = process(t, docs, n, err);
-        if (rc == 0 && n)
-            rc = finish_marked(t, err);
-        free_docs(docs, n);
+        size_t n;
+        int rc = run_batch(t, &filter, "_id", &n, &last, err);
+        have_last = have_last || n > 0;
         if (rc || n < BATCH)
             return rc;
     }

@@ -334,3 +334,18 @@ def test_redis_down_during_the_tick_then_next_tick_completes(world, tmp_path, re
     assert cp.returncode == 0, cp.stderr
     assert set(world.queue()) == {str(oid) for oid in ids}
     assert len(world.outbox()) == 4 and len(world.mails_to(world.anna["email"])) == 4
+
+
+def test_database_restart_under_a_running_daemon(world):
+    """FerretDB goes away under `supportd run`: ticks fail (logged), the
+    process stays up, and once the database is back the due work is done."""
+    d = world.sd.start("run", QM_SUPPORT_SNOOZE="true", QM_SUPPORT_SNOOZE_CRON="* * * * * *",
+                       **world.env())
+    d.wait_for("tick.end", outcome="ok")
+    services_script("restart-ferretdb", timeout=120)
+    # Work that became due while the database was away or just back.
+    oid = world.ticket(datetime.now(timezone.utc) - timedelta(seconds=1), assignee=world.anna)
+    wait_until(lambda: world.conv(oid)["status"] == "open", 30, what="the ticket to wake")
+    assert d.alive()
+    wait_until(lambda: len(world.mails_to(world.anna["email"])) == 1, 20, what="the email")
+    assert d.terminate_and_wait() == 0
