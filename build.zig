@@ -141,6 +141,11 @@ fn cModule(
 /// At run time it must come first: scripts/test sets LD_PRELOAD to it.
 fn linkAsan(b: *std.Build, mod: *std.Build.Module) void {
     mod.addObjectFile(.{ .cwd_relative = asanRuntime(b) });
+    // What gcc's -fsanitize=address links too: starts ASan from .preinit_array,
+    // before any library constructor. Started later (inside libp11-kit's), it
+    // corrupts a glibc locale lock and the process hangs in strerror at exit.
+    const preinit = std.mem.trim(u8, b.run(&.{ "gcc", "-print-file-name=libasan_preinit.o" }), " \n");
+    mod.addObjectFile(.{ .cwd_relative = preinit });
 }
 
 fn asanRuntime(b: *std.Build) []const u8 {

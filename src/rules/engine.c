@@ -96,6 +96,15 @@ static int on_error(lua_State *L)
     return 1;
 }
 
+static const char *cap_text(const struct rules *r, char *buf, size_t size)
+{
+    if (r->mem_limit >= (1u << 20))
+        snprintf(buf, size, "%zu MiB", r->mem_limit >> 20);
+    else
+        snprintf(buf, size, "%zu KiB", r->mem_limit >> 10);
+    return buf;
+}
+
 /* Runs the function below nargs arguments under budget; leaves one result. */
 static int protected_call(struct rules *r, int nargs, struct sd_error *err)
 {
@@ -109,8 +118,9 @@ static int protected_call(struct rules *r, int nargs, struct sd_error *err)
     lua_remove(r->L, base);
     if (status == LUA_OK)
         return 0;
+    char cap[32];
     if (status == LUA_ERRMEM)
-        sd_error_set(err, "memory cap of %zu MiB exceeded", r->mem_limit >> 20);
+        sd_error_set(err, "memory cap of %s exceeded", cap_text(r, cap, sizeof cap));
     else
         sd_error_set(err, "%s", lua_tostring(r->L, -1) ? lua_tostring(r->L, -1) : "error");
     lua_pop(r->L, 1);
@@ -118,7 +128,34 @@ static int protected_call(struct rules *r, int nargs, struct sd_error *err)
     return -1;
 }
 
+static const char xpcall_lua[] =
+    "local pcall, pack, unpack = pcall, table.pack, table.unpack\n"
+    "return function(f, h, ...)\n"
+    "  local r = pack(pcall(f, ...))\n"
+    "  if r[1] then return unpack(r, 1, r.n) end\n"
+    "  return false, h(r[2])\n"
+    "end\n";
+
+static int safe_setmetatable(lua_State *L)
+{
+    if (lua_istable(L, 2) && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+        return luaL_error(L, "__gc metamethods are not allowed in rules");
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 2, 1);
+    return 1;
+}
+
+static int open_sandbox_p(lua_State *L);
 static void open_sandbox(lua_State *L)
+{
+    lua_pushcfunction(L, open_sandbox_p);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+        lua_pop(L, 1);
+}
+
+static int open_sandbox_p(lua_State *L)
 {
     static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},     {LUA_STRLIBNAME, luaopen_string},
                                     {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
@@ -148,6 +185,13 @@ static void open_sandbox(lua_State *L)
     }
     lua_setglobal(L, LUA_OSLIBNAME);
     lua_pop(L, 1);
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, safe_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
+    luaL_loadbuffer(L, xpcall_lua, sizeof xpcall_lua - 1, "=xpcall");
+    lua_call(L, 0, 1);
+    lua_setglobal(L, "xpcall");
+    return 0;
 }
 
 static char *read_file(const char *path, size_t *len, struct sd_error *err)
@@ -220,6 +264,8 @@ static int load_module(struct rules *r, const char *dir, int index, EVP_MD_CTX *
     free(src);
     if (status != LUA_OK) {
         sd_error_set(err, "%s", lua_tostring(L, -1));
+        if (!strstr(err->message, path))
+            sd_error_prefix(err, "%s", path);
         lua_pop(L, 1);
         return -1;
     }
@@ -258,13 +304,20 @@ static int load_module(struct rules *r, const char *dir, int index, EVP_MD_CTX *
     /* Self-tests run with the module table as argument. */
     if (luaL_loadbufferx(L, self_test_lua, sizeof self_test_lua - 1, "=self-test", "t") != LUA_OK) {
         lua_pop(L, 2);
-        return sd_error_set(err, "self-test runner failed to compile");
+        return sd_error_set(err, "%s: cannot run the self-tests (memory cap too small?)", path);
     }
     lua_insert(L, -2);
     lua_pushstring(L, path);
     if (protected_call(r, 2, err))
         return -1;
     lua_pop(L, 1);
+    return 0;
+}
+
+static int init_registry(lua_State *L)
+{
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "supportd.modules");
     return 0;
 }
 
@@ -281,8 +334,12 @@ struct rules *rules_load(const char *dir, const struct rules_limits *limits, str
     }
     pthread_mutex_init(&r->mu, NULL);
     open_sandbox(r->L);
-    lua_newtable(r->L);
-    lua_setfield(r->L, LUA_REGISTRYINDEX, "supportd.modules");
+    lua_pushcfunction(r->L, init_registry);
+    if (lua_pcall(r->L, 0, 0, 0) != LUA_OK) {
+        rules_destroy(r);
+        sd_error_set(err, "%s: memory cap too small", dir);
+        return NULL;
+    }
 
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     EVP_DigestInit_ex(md, EVP_sha256(), NULL);
@@ -329,6 +386,22 @@ static int push_member(lua_State *L, const char *module, const char *field)
     return lua_type(L, -1);
 }
 
+static int push_args(lua_State *L)
+{
+    const bson_t *args = lua_touserdata(L, 1);
+    lua_pop(L, 1);
+    int nargs = 0;
+    bson_iter_t it;
+    if (args && bson_iter_init(&it, args)) {
+        while (bson_iter_next(&it)) {
+            luaL_checkstack(L, 2, "too many arguments");
+            marshal_push_value(L, &it);
+            nargs++;
+        }
+    }
+    return nargs;
+}
+
 int rules_call(struct rules *r, const char *module, const char *fn, const bson_t *args,
                bson_t *out, struct sd_error *err)
 {
@@ -339,14 +412,20 @@ int rules_call(struct rules *r, const char *module, const char *fn, const bson_t
         rc = sd_error_set(err, "%s.lua: no function %s", module, fn);
         goto done;
     }
-    int nargs = 0;
-    bson_iter_t it;
-    if (args && bson_iter_init(&it, args)) {
-        while (bson_iter_next(&it)) {
-            marshal_push_value(L, &it);
-            nargs++;
-        }
+    int before = lua_gettop(L);
+    lua_pushcfunction(L, push_args);
+    lua_pushlightuserdata(L, (void *)args);
+    int st = lua_pcall(L, 1, LUA_MULTRET, 0);
+    if (st != LUA_OK) {
+        char cap[32];
+        if (st == LUA_ERRMEM)
+            rc = sd_error_set(err, "%s.%s: arguments exceed the memory cap of %s", module, fn,
+                              cap_text(r, cap, sizeof cap));
+        else
+            rc = sd_error_set(err, "%s.%s: %s", module, fn, lua_tostring(L, -1));
+        goto done;
     }
+    int nargs = lua_gettop(L) - before;
     if (protected_call(r, nargs, err)) {
         rc = sd_error_prefix(err, "%s.%s", module, fn);
         goto done;

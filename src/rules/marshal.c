@@ -9,6 +9,8 @@
 
 void marshal_push_value(lua_State *L, const bson_iter_t *it)
 {
+    if (!lua_checkstack(L, 3))
+        luaL_error(L, "document nested too deeply");
     switch (bson_iter_type(it)) {
     case BSON_TYPE_UTF8: {
         uint32_t len;
@@ -119,6 +121,8 @@ static int append_table(lua_State *L, int idx, bson_t *out, const char *key, int
         return sd_error_set(err, "table nested deeper than %d levels at \"%s\" (a cycle?)",
                             MAX_DEPTH, key);
     idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, 3))
+        return sd_error_set(err, "%s: out of Lua stack", key);
     bson_t child;
     lua_Integer n = sequence_length(L, idx);
     if (n > 0) {

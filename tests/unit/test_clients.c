@@ -11,11 +11,14 @@
 
 #include <curl/curl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+extern char **environ;
 
 #include "core/clock.h"
 #include "core/log.h"
@@ -47,15 +50,21 @@ static int start_fake(void **state)
     int fds[2];
     if (pipe(fds))
         return -1;
-    fake_pid = fork();
-    if (fake_pid == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execlp(py, py, script, (char *)NULL);
-        _exit(127);
-    }
+    /* posix_spawn, not fork: a forked ASan process has been seen to deadlock
+     * in libp11-kit's exit handler (glibc's locale lock). */
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+    posix_spawn_file_actions_addclose(&fa, fds[0]);
+    posix_spawn_file_actions_addclose(&fa, fds[1]);
+    char *const args[] = {(char *)py, (char *)script, NULL};
+    int rc = posix_spawnp(&fake_pid, py, &fa, NULL, args, environ);
+    posix_spawn_file_actions_destroy(&fa);
     close(fds[1]);
+    if (rc != 0) {
+        fprintf(stderr, "test_clients: cannot run %s: %s\n", py, strerror(rc));
+        return -1;
+    }
     FILE *f = fdopen(fds[0], "r");
     char line[64] = "";
     int port = 0;
@@ -631,5 +640,7 @@ int main(void)
         cmocka_unit_test(test_retry_after_too_long_goes_back),
         cmocka_unit_test(test_answer_too_large_and_refused),
     };
+    if (getenv("TEST_FILTER"))
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
     return cmocka_run_group_tests(tests, start_fake, stop_fake);
 }
