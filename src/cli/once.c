@@ -74,11 +74,15 @@ int cli_once(int argc, char **argv)
     struct rules_live *rules = cli_load_rules(&cfg);
     if (!rules) {
         rc = EXIT_USAGE;
-    } else if (store_ensure_indexes(store, &err)) {
-        log_msg(LOG_ERROR, NULL, "startup.indexes", NULL, "%s", err.message);
-    } else if (runner_init(&runner, &cfg, store, rules, &stop_requested, &err) == 0) {
-        rc = runner_tick(&runner, job, now_ms) == TICK_OK ? EXIT_OK : EXIT_RUNTIME;
-        runner_destroy(&runner);
+    } else {
+        /* As in `run`: an absent database fails the tick (logged and recorded
+         * where `status` sees it), not start-up. */
+        if (store_ensure_indexes(store, &err))
+            log_msg(LOG_ERROR, NULL, "startup.indexes", NULL, "%s", err.message);
+        if (runner_init(&runner, &cfg, store, rules, &stop_requested, &err) == 0) {
+            rc = runner_tick(&runner, job, now_ms) == TICK_OK ? EXIT_OK : EXIT_RUNTIME;
+            runner_destroy(&runner);
+        }
     }
     rules_live_destroy(rules);
     store_destroy(store);

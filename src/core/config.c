@@ -97,24 +97,35 @@ static int load_mongo(struct config *cfg, config_getenv_fn fn, void *ud, struct 
     const char *name = get(fn, ud, "MONGO_DB_NAME");
     if (!url)
         return dup_or(&cfg->mongo_db, name, NULL);
+    /* The password as written (between "user:" and the last '@' before any
+     * '?') is a secret before mongoc sees the URL: mongoc splits at the first
+     * '@' and may quote the rest in its errors. An unescaped '@' inside the
+     * userinfo is refused, as the connection-string spec requires. */
+    const char *auth = strstr(url, "://");
+    const char *query = auth ? strchr(auth + 3, '?') : NULL;
+    const char *last_at = NULL;
+    for (const char *p = auth ? auth + 3 : url; *p && (!query || p < query); p++)
+        if (*p == '@')
+            last_at = p;
+    if (auth && last_at) {
+        const char *colon = memchr(auth + 3, ':', (size_t)(last_at - auth - 3));
+        if (colon && last_at > colon + 1) {
+            char *raw = strndup(colon + 1, (size_t)(last_at - colon - 1));
+            log_add_secret(raw);
+            free(raw);
+        }
+        if (memchr(auth + 3, '@', (size_t)(last_at - auth - 3)))
+            return sd_error_set(err, "MONGO_DB_URL: the user name or password holds an unescaped "
+                                     "'@' (write it as %%40)");
+    }
     bson_error_t berr;
     mongoc_uri_t *uri = mongoc_uri_new_with_error(url, &berr);
     if (!uri)
         /* mongoc's message may quote the URL; the redactor strips the password. */
         return sd_error_set(err, "MONGO_DB_URL: not a valid MongoDB connection string: %s",
                             berr.message);
-    if (mongoc_uri_get_password(uri)) {
-        log_add_secret(mongoc_uri_get_password(uri));
-        /* mongoc decodes %-escapes; the URL as written holds the encoded form. */
-        const char *auth = strstr(url, "://");
-        const char *at = auth ? strchr(auth + 3, '@') : NULL;
-        const char *colon = auth ? memchr(auth + 3, ':', at ? (size_t)(at - auth - 3) : 0) : NULL;
-        if (colon && at > colon + 1) {
-            char *raw = strndup(colon + 1, (size_t)(at - colon - 1));
-            log_add_secret(raw);
-            free(raw);
-        }
-    }
+    if (mongoc_uri_get_password(uri))
+        log_add_secret(mongoc_uri_get_password(uri)); /* decoded form */
     const char *path_db = mongoc_uri_get_database(uri);
     cfg->mongo_url = strdup(url);
     dup_or(&cfg->mongo_db, name, path_db);

@@ -85,7 +85,10 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
     bool held = !use_lease;
     if (use_lease && lease_acquire(r->redis, key, r->instance, r->cfg->lease_ttl_ms, &lease,
                                    &held, holder, sizeof holder, &err)) {
-        log_msg(LOG_ERROR, &ctx, "tick.end", NULL, "tick failed: %s", err.message);
+        /* Redis is where the health record lives too: only the log can say it. */
+        bson_t none = BSON_INITIALIZER;
+        log_end(&ctx, TICK_FAILED, 0, &none, err.message);
+        bson_destroy(&none);
         return TICK_FAILED;
     }
     if (!held) {

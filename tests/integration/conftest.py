@@ -53,6 +53,16 @@ ASAN_NOT_FIRST = "ASan runtime does not come first"
 
 DEFAULT_TIMEOUT = 20.0
 
+# Seen with the ASan test build: libasan, only LD_PRELOADed, initialises after
+# libp11-kit's constructor (pulled in by libcurl) has called newlocale(); ASan's
+# lazy init inside it corrupts glibc's __libc_setlocale_lock, and after any
+# strerror() (e.g. "Connection refused") exit() deadlocks in p11-kit's
+# destructor (freelocale). The build must run __asan_init from .preinit_array
+# (build.zig links gcc's libasan_preinit.o for that); an older binary hangs.
+EXIT_HANG_HINT = ("; with LD_PRELOADed libasan this may be the known exit deadlock in "
+                  "libp11-kit's destructor after a strerror() (see EXIT_HANG_HINT in conftest.py)"
+                  if os.environ.get("SUPPORTD_LD_PRELOAD") else "")
+
 
 # ---------------------------------------------------------------- helpers ----
 
@@ -217,8 +227,11 @@ class Daemon:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            hint = ""
+            if any(e.get("event") == "shutdown" for e in self.events()):
+                hint = f" although it logged shutdown: hung in exit handlers{EXIT_HANG_HINT}"
             raise AssertionError(
-                f"{self.name} (pid {self.pid}) did not exit within {timeout:.1f}s\n"
+                f"{self.name} (pid {self.pid}) did not exit within {timeout:.1f}s{hint}\n"
                 f"--- stderr ---\n{self.tail()}") from None
 
     def kill(self) -> None:
@@ -309,15 +322,21 @@ class Supportd:
         assert not found, f"{what}: sanitizer report ({found}):\n{text[-6000:]}"
 
     # -- one-shot commands --
-    def cli(self, *args: str, env: dict | None = None, timeout: float = 60,
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 30,
             **overrides) -> subprocess.CompletedProcess:
         """Runs `supportd ARGS` to completion. env: a full environment (else
         self.env(**overrides))."""
         self._check_binary()
         full_env = env if env is not None else self.env(**overrides)
-        cp = subprocess.run([self.bin, *args], env=full_env, cwd=self.tmp_path,
-                            capture_output=True, text=True, timeout=timeout,
-                            stdin=subprocess.DEVNULL)
+        try:
+            cp = subprocess.run([self.bin, *args], env=full_env, cwd=self.tmp_path,
+                                capture_output=True, text=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            raise AssertionError(
+                f"supportd {' '.join(args)} did not exit within {timeout:.0f}s (killed)"
+                f"{EXIT_HANG_HINT if err else ''}\n--- stderr so far ---\n{err[-4000:]}") from None
         self._check_output(cp.stderr + cp.stdout, f"supportd {' '.join(args)}")
         assert cp.returncode >= 0, (
             f"supportd {' '.join(args)} died of signal {-cp.returncode}\n{cp.stderr}")
