@@ -80,9 +80,10 @@ static int update_pending(mongoc_collection_t *coll, const struct item *it, cons
     return 0;
 }
 
+/* One line per entry outcome, with the entry's id and key as fields. */
 static void log_entry(struct outbox_ctx *ctx, enum log_level level, const char *event,
                       const struct item *it, const char *provider, const char *message_id,
-                      const struct provider_status *st, const char *fmt, const char *text)
+                      const struct provider_status *st, const char *text)
 {
     bson_t f = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&f, "entry_id", it->id_text);
@@ -96,7 +97,7 @@ static void log_entry(struct outbox_ctx *ctx, enum log_level level, const char *
         BSON_APPEND_UTF8(&f, "code", st->code);
     if (st && st->http_status)
         BSON_APPEND_INT32(&f, "http_status", (int32_t)st->http_status);
-    log_msg(level, ctx->log, event, &f, fmt, it->id_text, text ? text : "");
+    log_msg(level, ctx->log, event, &f, "outbox entry %s %s", it->id_text, text);
     bson_destroy(&f);
 }
 
@@ -189,15 +190,15 @@ static void record_failure(struct outbox_ctx *ctx, mongoc_collection_t *coll, st
     const char *provider = msg ? msg->provider : NULL;
     if (give_up) {
         stats->failed++;
-        log_entry(ctx, LOG_ERROR, "outbox.failed", it, provider, NULL, st,
-                  "outbox entry %s failed: %s", message);
+        char text[700];
+        snprintf(text, sizeof text, "failed: %s", message);
+        log_entry(ctx, LOG_ERROR, "outbox.failed", it, provider, NULL, st, text);
     } else {
         stats->retried++;
         char text[700];
-        snprintf(text, sizeof text, "%s (attempt %d, next in %lld s)", message, attempts,
-                 (long long)(wait / 1000));
-        log_entry(ctx, LOG_WARN, "outbox.retry", it, provider, NULL, st,
-                  "outbox entry %s will be retried: %s", text);
+        snprintf(text, sizeof text, "will be retried: %s (attempt %d, next in %lld s)", message,
+                 attempts, (long long)(wait / 1000));
+        log_entry(ctx, LOG_WARN, "outbox.retry", it, provider, NULL, st, text);
     }
 }
 
@@ -218,10 +219,7 @@ static void record_accepted(struct outbox_ctx *ctx, mongoc_collection_t *coll, s
     else
         stats->sent++;
     log_entry(ctx, LOG_INFO, found_later ? "outbox.recovered" : "outbox.sent", it, provider,
-              message_id, NULL,
-              found_later ? "outbox entry %s had reached the provider already%s"
-                          : "outbox entry %s sent%s",
-              "");
+              message_id, NULL, found_later ? "had reached the provider already" : "sent");
 }
 
 /* Re-reads the entry under our claim: still pending and due? */
@@ -317,8 +315,7 @@ static void deliver_claimed(struct outbox_ctx *ctx, mongoc_collection_t *coll, s
         }
         if (!message_id[0]) /* accepted, but the answer lacked the id */
             log_entry(ctx, LOG_WARN, "outbox.no_message_id", it, msg.provider, NULL, &st,
-                      "outbox entry %s was accepted but the provider's answer carried no "
-                      "message id%s", "");
+                      "was accepted but the provider's answer carried no message id");
         record_accepted(ctx, coll, it, msg.provider, message_id, false, now_ms, stats);
     } else {
         record_failure(ctx, coll, it, &msg, &st, &err, now_ms, stats);
@@ -347,8 +344,7 @@ static int deliver_one(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct
         if (modified > 0) {
             stats->recovered++;
             log_entry(ctx, LOG_INFO, "outbox.recovered", it, it->claim.sent_provider,
-                      it->claim.sent_id, NULL, "outbox entry %s had been sent; recorded it%s",
-                      "");
+                      it->claim.sent_id, NULL, "had been sent (claim says so); recorded it");
         } else {
             stats->skipped++;
         }

@@ -39,17 +39,19 @@ static int answer_error(const char *what, const struct http_response *resp,
         snprintf(detail, sizeof detail, ": %s%s%s%s", m, field[0] ? " (field " : "", field,
                  field[0] ? ")" : "");
     if (s == 401)
-        sd_error_set(err, "SendGrid rejected the API key (401 Unauthorized) on %s%s", what, detail);
+        sd_error_set(err, "SendGrid rejected the API key (401 Unauthorized) for the %s%s", what,
+                     detail);
     else if (s == 403)
-        sd_error_set(err, "SendGrid refused %s (403 Forbidden)%s", what, detail);
+        sd_error_set(err, "SendGrid refused the %s (403 Forbidden)%s", what, detail);
     else if (s == 429)
-        sd_error_set(err, "SendGrid is rate limiting %s (429 Too Many Requests, %d attempts)",
+        sd_error_set(err, "SendGrid is rate limiting the %s (429 Too Many Requests, %d attempts)",
                      what, resp->attempts);
     else if (s >= 500)
-        sd_error_set(err, "SendGrid failed on %s (%ld %s, %d attempt%s)%s", what, s,
+        sd_error_set(err, "SendGrid failed on the %s (%ld %s, %d attempt%s)%s", what, s,
                      http_reason(s), resp->attempts, resp->attempts == 1 ? "" : "s", detail);
     else
-        sd_error_set(err, "SendGrid rejected %s (%ld %s)%s", what, s, http_reason(s), detail);
+        sd_error_set(err, "SendGrid rejected the %s (%ld %s)%s", what, s, http_reason(s),
+                     detail);
     free(clean);
     (void)st;
     return -1;
@@ -163,7 +165,7 @@ int sendgrid_send(const struct sendgrid *sg, const struct mail *m, char *message
         st->cls = PROVIDER_TRANSIENT;
         return sd_error_set(err, "out of memory");
     }
-    int rc = call(sg, "the mail send", "POST", "/v3/mail/send", json, false, false, NULL,
+    int rc = call(sg, "mail send", "POST", "/v3/mail/send", json, false, false, NULL,
                   message_id, size, st, err);
     bson_free(json);
     if (rc == 0 && !message_id[0])
@@ -176,7 +178,7 @@ int sendgrid_scopes(const struct sendgrid *sg, struct sendgrid_scopes *out,
 {
     memset(out, 0, sizeof *out);
     bson_t *doc;
-    if (call(sg, "the scopes check", "GET", "/v3/scopes", NULL, true, true, &doc, NULL, 0, st,
+    if (call(sg, "scopes check", "GET", "/v3/scopes", NULL, true, true, &doc, NULL, 0, st,
              err))
         return -1;
     bson_t list;
@@ -204,7 +206,7 @@ int sendgrid_find_domain(const struct sendgrid *sg, const char *domain,
     snprintf(path, sizeof path, "/v3/whitelabel/domains?domain=%s", q);
     free(q);
     bson_t *doc;
-    if (call(sg, "the domain lookup", "GET", path, NULL, true, true, &doc, NULL, 0, st, err))
+    if (call(sg, "domain lookup", "GET", path, NULL, true, true, &doc, NULL, 0, st, err))
         return sd_error_prefix(err, "domain %s", domain);
     /* The answer is an array (read as {"0": …}); the filter may still match
      * sub-domains, so take the exact domain. */
@@ -256,7 +258,7 @@ int sendgrid_validate_domain(const struct sendgrid *sg, int64_t id,
     snprintf(path, sizeof path, "/v3/whitelabel/domains/%lld/validate", (long long)id);
     bson_t *doc;
     /* Validation changes nothing on SendGrid's side: safe to retry. */
-    if (call(sg, "the domain validation", "POST", path, NULL, true, true, &doc, NULL, 0, st, err))
+    if (call(sg, "domain validation", "POST", path, NULL, true, true, &doc, NULL, 0, st, err))
         return sd_error_prefix(err, "domain id %lld", (long long)id);
     out->valid = json_bool(doc, "valid");
     bson_t results;

@@ -121,7 +121,8 @@ static char *port_variant(const char *url)
         snprintf(v, n, "%.*s:%s%s", (int)(host - url + hlen), url, port, host + hlen);
         return v;
     }
-    if ((size_t)(host + hlen - colon - 1) == strlen(port) && !strncmp(colon + 1, port, strlen(port))) {
+    size_t plen = strlen(port);
+    if ((size_t)(host + hlen - colon - 1) == plen && !strncmp(colon + 1, port, plen)) {
         snprintf(v, n, "%.*s%s", (int)(colon - url), url, host + hlen);
         return v;
     }

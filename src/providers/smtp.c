@@ -273,7 +273,8 @@ static curl_mime *build_body(CURL *h, const struct mail *m)
         }
         curl_mime_subparts(part, alt); /* part owns alt from here */
         curl_mime_type(part, "multipart/alternative");
-    } else if (!add_text(mime, html ? m->html : (text ? m->text : ""), html ? html_type : text_type)) {
+    } else if (!add_text(mime, html ? m->html : (text ? m->text : ""),
+                         html ? html_type : text_type)) {
         curl_mime_free(mime);
         return NULL;
     }

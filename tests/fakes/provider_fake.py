@@ -23,7 +23,7 @@ in reference/providers.md):
 
 Control API (never recorded):
   GET  /_fake/requests[?path=substr]  recorded requests: method, path, query,
-                                      headers, body, json, form, time
+                                      headers, body, json, form, time, client_port
   GET  /_fake/sent                    what was accepted: {"twilio": [messages],
                                       "sendgrid": [{"message_id", "json"}]}
   POST /_fake/reset                   forget requests, faults, messages; default state
@@ -165,7 +165,9 @@ class Handler(BaseHTTPRequestHandler):
         rec = {"method": method, "path": path, "query": query,
                "headers": {k: v for k, v in self.headers.items()},
                "body": body.decode("utf-8", "replace"), "json": None, "form": None,
-               "time": time.time()}
+               "time": time.time(),
+               # the client's port: equal ports = one reused connection
+               "client_port": self.client_address[1]}
         ctype = self.headers.get("Content-Type", "")
         if "json" in ctype:
             try:

@@ -7,8 +7,11 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/config.h"
+#include "core/log.h"
 #include "outbox/outbox.h"
 #include "providers/json.h"
 #include "providers/sendgrid.h"
@@ -85,11 +88,57 @@ static void test_sendgrid_json(void **state)
     bson_free(json);
 }
 
+/* The configuration this module added: the outbox job, the provider
+ * timeout, and the password inside SMTP_URL being treated as a secret. */
+static const char *const *env_vars;
+static const char *lookup(const char *name, void *ud)
+{
+    (void)ud;
+    for (const char *const *p = env_vars; *p; p += 2)
+        if (strcmp(p[0], name) == 0)
+            return p[1];
+    return NULL;
+}
+
+static void test_config(void **state)
+{
+    (void)state;
+    struct config cfg;
+    struct sd_error err;
+    static const char *const none[] = {NULL};
+    env_vars = none;
+    assert_int_equal(config_load(&cfg, lookup, NULL, &err), 0);
+    assert_int_equal(cfg.http_timeout_ms, 15000);
+    assert_false(cfg.jobs[JOB_OUTBOX].enabled);
+    assert_int_equal(job_find("outbox"), JOB_OUTBOX);
+    assert_string_equal(job_specs[JOB_OUTBOX].flag_env, "QM_SUPPORT_OUTBOX");
+    config_free(&cfg);
+
+    static const char *const set[] = {
+        "QM_SUPPORT_HTTP_TIMEOUT_MS", "800", "QM_SUPPORT_OUTBOX", "true",
+        "SMTP_URL", "smtps://mailer:pw-in-url-77@smtp.example.com", NULL};
+    env_vars = set;
+    assert_int_equal(config_load(&cfg, lookup, NULL, &err), 0);
+    assert_int_equal(cfg.http_timeout_ms, 800);
+    assert_true(cfg.jobs[JOB_OUTBOX].enabled);
+    char *clean = log_redact_dup("connecting to smtps://mailer:pw-in-url-77@smtp.example.com");
+    assert_null(strstr(clean, "pw-in-url-77"));
+    free(clean);
+    config_free(&cfg);
+    log_clear_secrets();
+
+    static const char *const bad[] = {"QM_SUPPORT_HTTP_TIMEOUT_MS", "50", NULL};
+    env_vars = bad;
+    assert_int_equal(config_load(&cfg, lookup, NULL, &err), -1);
+    assert_non_null(strstr(err.message, "QM_SUPPORT_HTTP_TIMEOUT_MS"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_backoff_doubles_and_caps),
         cmocka_unit_test(test_sendgrid_json),
+        cmocka_unit_test(test_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,338 @@
+"""The notification outbox (SPEC §2 `conversation-notification`) delivered by
+the real binary — `supportd once outbox` — through the fake Twilio/SendGrid
+server: hand-inserted entries go out once, every injected fault ends in its
+documented outcome, two deliverers never send an entry twice, and no secret
+reaches the logs (checked after every test by the `providers` fixture)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pymongo
+import pytest
+
+from conftest import parse_log_lines
+from fakes_fixtures import *  # noqa: F401,F403  (provider_fake, providers)
+
+
+def naive_utc(dt: datetime) -> datetime:
+    return dt.astimezone(timezone.utc).replace(tzinfo=None) if dt.tzinfo else dt
+
+
+def tick_counts(cp_or_text) -> dict:
+    text = cp_or_text if isinstance(cp_or_text, str) else cp_or_text.stderr
+    ends = [e for e in parse_log_lines(text)[0] if e.get("event") == "tick.end"]
+    assert ends, f"no tick.end in:\n{text[-3000:]}"
+    return ends[-1].get("counts", {})
+
+
+# ---- delivered once ---------------------------------------------------------
+
+def test_email_entry_delivered_once_via_sendgrid(providers):
+    e = providers.entry("email", subject="Grüße — Ticket #42", from_name="Support Team")
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+
+    sent = providers.fake.sent()["sendgrid"]
+    assert len(sent) == 1, sent
+    body = sent[0]["json"]
+    assert body["personalizations"] == [{"to": [{"email": "ann@example.org",
+                                                  "name": "Ann Agent"}]}]
+    assert body["from"] == {"email": "support@example.com", "name": "Support Team"}
+    assert body["subject"] == "Grüße — Ticket #42"
+    assert body["content"] == [{"type": "text/plain", "value": "Hello Ann,\n.a reply\n"},
+                               {"type": "text/html", "value": "<p>Hello Ann,</p>"}]
+    assert body["custom_args"] == {"supportd_key": e["key"]}
+    req = providers.fake.requests("/v3/mail/send")[0]
+    assert req["headers"]["Authorization"] == "Bearer " + providers.secrets["SENDGRID_API_KEY"]
+
+    doc = providers.get(e)
+    assert doc["status"] == "sent"
+    assert doc["provider"] == "sendgrid"
+    assert doc["provider_message_id"] == sent[0]["message_id"]
+    assert doc["attempts"] == 1
+    assert doc["sent_at"] is not None and doc["error"] is None
+    assert tick_counts(cp)["outbox_sent"] == 1
+
+    # A second tick finds nothing to do.
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert len(providers.fake.sent()["sendgrid"]) == 1
+    assert tick_counts(cp)["outbox_due"] == 0
+
+
+def test_sms_entry_delivered_via_twilio(providers):
+    e = providers.entry("sms")
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    msgs = providers.fake.sent()["twilio"]
+    assert len(msgs) == 1, msgs
+    req = providers.fake.requests("/Messages.json")[0]
+    assert req["method"] == "POST"
+    assert req["path"] == f"/2010-04-01/Accounts/{providers.twilio_sid}/Messages.json"
+    assert req["form"] == {"To": "+15551234567", "From": "+15557654321",
+                           "Body": "Your ticket #42 was updated.",
+                           "StatusCallback": "https://hooks.example.com/twilio"}
+    doc = providers.get(e)
+    assert doc["status"] == "sent" and doc["provider"] == "twilio"
+    assert doc["provider_message_id"] == msgs[0]["sid"]
+    assert "send_started_at" not in doc
+
+
+def test_sms_sender_and_subaccount_from_channel(providers):
+    """An SMS entry without from/account_sid/status_callback takes them from
+    its channel (a sub-account of the main credentials)."""
+    sub = "AC" + "5" * 32
+    providers.fake.state(subaccounts=[sub])
+    db = providers.sd.mongo_client[providers.sd.db_name]
+    ch = db["conversation-channel"].insert_one({
+        "type": "sms", "provider": "twilio", "phone_number": "+15550001111",
+        "account_sid": sub, "webhook_url": "https://hooks.example.com/ch1", "active": True})
+    e = providers.entry("sms", channel_id=ch.inserted_id)
+    providers.coll.update_one({"_id": e["_id"]}, {"$unset": {"from": "", "status_callback": ""}})
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    req = providers.fake.requests("/Messages.json")[0]
+    assert req["path"] == f"/2010-04-01/Accounts/{sub}/Messages.json"
+    assert req["form"]["From"] == "+15550001111"
+    assert req["form"]["StatusCallback"] == "https://hooks.example.com/ch1"
+    assert providers.get(e)["status"] == "sent"
+
+
+# ---- faults -----------------------------------------------------------------
+
+def test_429_with_retry_after_then_202_delivers_exactly_once(providers):
+    providers.fake.fault(match="/v3/mail/send", status=429, retry_after=1, times=1)
+    e = providers.entry("email")
+    t0 = time.monotonic()
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert time.monotonic() - t0 >= 1.0  # waited out Retry-After: 1
+    assert len(providers.fake.requests("/v3/mail/send")) == 2
+    assert len(providers.fake.sent()["sendgrid"]) == 1
+    doc = providers.get(e)
+    assert doc["status"] == "sent" and doc["attempts"] == 1
+
+
+def test_401_ends_failed_with_readable_error(providers):
+    wrong = "SG.it-wrong-key-" + providers.twilio_sid[-8:]
+    providers.watch.append(wrong)
+    e = providers.entry("email")
+    cp = providers.run(SENDGRID_API_KEY=wrong)
+    assert cp.returncode == 0, cp.stderr  # a bad entry is not a failed tick
+    doc = providers.get(e)
+    assert doc["status"] == "failed"
+    assert doc["attempts"] == 1
+    assert doc["failed_at"] is not None
+    assert doc["error"]["code"] == "http_401"
+    assert "SendGrid rejected the API key (401 Unauthorized)" in doc["error"]["message"]
+    assert providers.fake.sent()["sendgrid"] == []
+    failed = [ev for ev in parse_log_lines(cp.stderr)[0] if ev.get("event") == "outbox.failed"]
+    assert failed and failed[0]["entry_id"] == str(e["_id"]), cp.stderr
+    # Failed entries are not retried.
+    providers.run(SENDGRID_API_KEY=wrong)
+    assert len(providers.fake.requests("/v3/mail/send")) == 1
+
+
+def test_500_leaves_entry_pending_with_backoff(providers):
+    providers.fake.fault(match="/v3/mail/send", status=500, times=0)
+    e = providers.entry("email")
+    before = datetime.now(timezone.utc).replace(tzinfo=None)
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    doc = providers.get(e)
+    assert doc["status"] == "pending"
+    assert doc["attempts"] == 1
+    assert doc["error"]["code"] == "http_500"
+    assert "500" in doc["error"]["message"]
+    # Backoff after the first failure: 30 s to 1 min.
+    wait = (doc["next_attempt_at"] - before).total_seconds()
+    assert 25 <= wait <= 65, wait
+    # A send is not retried in-process on 5xx (it may have been accepted).
+    assert len(providers.fake.requests("/v3/mail/send")) == 1
+    # Not due yet: the next tick leaves it alone...
+    providers.run()
+    assert len(providers.fake.requests("/v3/mail/send")) == 1
+    # ...and once due (and the provider healthy again) it goes out.
+    providers.fake.reset(twilio_sid=providers.twilio_sid,
+                         twilio_token=providers.secrets["TWILIO_AUTH_TOKEN"],
+                         sendgrid_key=providers.secrets["SENDGRID_API_KEY"])
+    later = (datetime.now(timezone.utc) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cp = providers.run("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    doc = providers.get(e)
+    assert doc["status"] == "sent" and doc["attempts"] == 2 and doc["error"] is None
+
+
+def test_permanent_after_max_attempts(providers):
+    providers.fake.fault(match="/v3/mail/send", status=503, times=0)
+    e = providers.entry("email", attempts=7)
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    doc = providers.get(e)
+    assert doc["status"] == "failed" and doc["attempts"] == 8
+    assert doc["error"]["message"].startswith("gave up after 8 attempts:")
+
+
+def test_timeout_leaves_entry_pending(providers):
+    providers.fake.fault(match="/v3/mail/send", delay_ms=3000, times=1)
+    e = providers.entry("email")
+    t0 = time.monotonic()
+    cp = providers.run(QM_SUPPORT_HTTP_TIMEOUT_MS="800")
+    assert cp.returncode == 0, cp.stderr
+    assert time.monotonic() - t0 < 10
+    doc = providers.get(e)
+    assert doc["status"] == "pending" and doc["attempts"] == 1
+    assert doc["error"]["code"] == "timeout"
+    assert "no answer within 800 ms" in doc["error"]["message"]
+
+
+def test_malformed_answers(providers):
+    """Twilio 201 with a body that is not JSON: the message was accepted, so the
+    entry is sent (its SID found by a lookup), never resent. SendGrid 400 with
+    a body that is not JSON: failed, with the status as the reason."""
+    providers.fake.fault(match="/Messages.json", method="POST", body="not json{")
+    sms = providers.entry("sms")
+    providers.fake.fault(match="/v3/mail/send", status=400, body="not json{")
+    mail = providers.entry("email")
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    msgs = providers.fake.sent()["twilio"]
+    assert len(msgs) == 1
+    doc = providers.get(sms)
+    assert doc["status"] == "sent"
+    assert doc["provider_message_id"] == msgs[0]["sid"]
+    doc = providers.get(mail)
+    assert doc["status"] == "failed"
+    assert "400 Bad Request" in doc["error"]["message"]
+
+
+def test_twilio_5xx_but_accepted_is_looked_up_not_resent(providers):
+    """Twilio answers 500 yet created the message: the next attempt asks
+    Twilio first and records the SID instead of sending again."""
+    providers.fake.fault(match="/Messages.json", method="POST", status=500, accept=True)
+    e = providers.entry("sms")
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    doc = providers.get(e)
+    assert doc["status"] == "pending" and doc["attempts"] == 1
+    assert doc.get("send_started_at") is not None
+    later = (datetime.now(timezone.utc) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cp = providers.run("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    msgs = providers.fake.sent()["twilio"]
+    assert len(msgs) == 1, msgs
+    assert len([r for r in providers.fake.requests("/Messages.json") if r["method"] == "POST"]) == 1
+    doc = providers.get(e)
+    assert doc["status"] == "sent" and doc["provider_message_id"] == msgs[0]["sid"]
+    assert any(ev.get("event") == "outbox.recovered" for ev in parse_log_lines(cp.stderr)[0])
+
+
+def test_twilio_invalid_number_fails(providers):
+    e = providers.entry("sms", recipient={"role": "customer", "phone": "12345"})
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    doc = providers.get(e)
+    assert doc["status"] == "failed"
+    assert doc["error"]["code"] == "twilio_21211"
+    assert "not a valid phone number" in doc["error"]["message"]
+
+
+def test_invalid_entries_fail_and_the_rest_goes_on(providers):
+    bad = providers.entry("email", recipient={"role": "agent"})  # no email
+    weird = providers.entry("fax")
+    good = providers.entry("email")
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert providers.get(bad)["status"] == "failed"
+    assert "recipient.email" in providers.get(bad)["error"]["message"]
+    assert providers.get(weird)["status"] == "failed"
+    assert providers.get(good)["status"] == "sent"
+
+
+def test_provider_not_configured_waits(providers):
+    e = providers.entry("email")
+    cp = providers.run(SENDGRID_API_KEY=None)
+    assert cp.returncode == 0, cp.stderr
+    doc = providers.get(e)
+    assert doc["status"] == "pending"
+    assert doc["error"]["code"] == "not_configured"
+    assert "SENDGRID_API_KEY" in doc["error"]["message"]
+
+
+# ---- claims -----------------------------------------------------------------
+
+def test_sent_marker_in_redis_is_recorded_not_resent(providers, redis_client):
+    """A deliverer died after the provider accepted the entry but before
+    MongoDB heard of it: the claim says "sent:…", so the next one records it."""
+    e = providers.entry("email")
+    redis_client.set(providers.sd.key(f"outbox:claim:{e['_id']}"), "sent:sendgrid:MSGID123",
+                     px=60000)
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert providers.fake.requests("/v3/mail/send") == []
+    doc = providers.get(e)
+    assert doc["status"] == "sent" and doc["provider_message_id"] == "MSGID123"
+    assert doc["provider"] == "sendgrid"
+
+
+def test_entry_claimed_elsewhere_is_left_alone(providers, redis_client):
+    e = providers.entry("email")
+    key = providers.sd.key(f"outbox:claim:{e['_id']}")
+    redis_client.set(key, "claimed:otherhost:1/abcd", px=60000)
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert providers.fake.requests("/v3/mail/send") == []
+    assert providers.get(e)["status"] == "pending"
+    assert providers.get(e)["attempts"] == 0
+    assert redis_client.get(key) == "claimed:otherhost:1/abcd"  # never deleted another's claim
+    assert tick_counts(cp)["outbox_skipped"] == 1
+
+
+def test_sent_entry_keeps_marker_and_claim_released_on_retry(providers, redis_client):
+    ok = providers.entry("email")
+    providers.run()
+    mark = redis_client.get(providers.sd.key(f"outbox:claim:{ok['_id']}"))
+    assert mark == "sent:sendgrid:" + providers.get(ok)["provider_message_id"]
+    ttl = redis_client.pttl(providers.sd.key(f"outbox:claim:{ok['_id']}"))
+    assert 6 * 86400 * 1000 < ttl <= 7 * 86400 * 1000
+    providers.fake.fault(match="/v3/mail/send", status=503, times=0)
+    retry = providers.entry("email")
+    providers.run()
+    assert redis_client.exists(providers.sd.key(f"outbox:claim:{retry['_id']}")) == 0
+
+
+def test_duplicate_key_rejected_by_unique_index(providers):
+    providers.run()  # creates the indexes
+    names = {ix["name"]: ix for ix in providers.coll.list_indexes()}
+    assert names["supportd_key"].get("unique") is True
+    providers.entry("email", key="dup:1")
+    with pytest.raises(pymongo.errors.DuplicateKeyError):
+        providers.entry("email", key="dup:1")
+
+
+def test_two_concurrent_deliverers_send_each_entry_once(providers):
+    # Slow sends so the two processes overlap for the whole batch.
+    providers.fake.fault(match="/v3/mail/send", delay_ms=50, times=0)
+    entries = [providers.entry("email", key=f"race:{i}",
+                               recipient={"role": "agent", "email": f"agent{i}@example.org"})
+               for i in range(50)]
+    a = providers.start("A")
+    b = providers.start("B")
+    assert a.wait_exit(120) == 0, a.tail()
+    assert b.wait_exit(120) == 0, b.tail()
+    providers.outputs += [a.stderr(), b.stderr()]
+
+    sent = providers.fake.sent()["sendgrid"]
+    keys = [m["json"]["custom_args"]["supportd_key"] for m in sent]
+    assert len(keys) == 50, f"{len(keys)} sends for 50 entries"
+    assert sorted(set(keys)) == sorted(e["key"] for e in entries)
+    docs = list(providers.coll.find({"key": {"$regex": "^race:"}}))
+    assert all(d["status"] == "sent" and d["attempts"] == 1 for d in docs)
+    assert len({d["provider_message_id"] for d in docs}) == 50
+    ca, cb = tick_counts(a.stderr()), tick_counts(b.stderr())
+    assert ca["outbox_sent"] + cb["outbox_sent"] == 50, (ca, cb)
+    # Both really ran at once (each saw entries the other had claimed).
+    assert ca["outbox_sent"] > 0 and cb["outbox_sent"] > 0, (ca, cb)
