@@ -20,7 +20,7 @@ static const struct index_spec indexes[] = {
     /* snooze: snoozed tickets changed since the last tick */
     {COLL_CONVERSATION, "supportd_status_updated", "{\"status\": 1, \"updated_at\": 1}", false},
     /* snooze: wake-ups whose queue and outbox effects are not written yet */
-    {COLL_CONVERSATION, "supportd_unsnooze_pending", "{\"supportd_unsnooze.pending\": 1}", false},
+    {COLL_CONVERSATION, "supportd_unsnooze_pending", "{\"supportd_unsnooze_pending\": 1}", false},
     /* notification: changed since the checkpoint */
     {COLL_CONVERSATION, "supportd_updated_at", "{\"updated_at\": 1}", false},
     /* notification: deadlines found without scanning */

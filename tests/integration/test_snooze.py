@@ -255,7 +255,7 @@ def test_kill_9_mid_batch_then_next_tick_finishes(world, tmp_path):
     assert cp.returncode == 0, cp.stderr
     assert set(world.queue()) == {str(oid) for oid in ids}
     assert len(world.outbox()) == 20 and all(e["status"] == "sent" for e in world.outbox())
-    assert all("supportd_unsnooze" not in world.conv(oid) for oid in ids)
+    assert all("supportd_unsnooze" not in world.conv(oid) and "supportd_unsnooze_pending" not in world.conv(oid) for oid in ids)
     assert len(world.mails_to(world.anna["email"])) == 20
     assert world.once().returncode == 0
     assert len(world.mails_to(world.anna["email"])) == 20
