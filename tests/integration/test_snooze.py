@@ -349,3 +349,28 @@ def test_database_restart_under_a_running_daemon(world):
     assert d.alive()
     wait_until(lambda: len(world.mails_to(world.anna["email"])) == 1, 20, what="the email")
     assert d.terminate_and_wait() == 0
+
+
+def test_a_batch_larger_than_ferretdbs_connection_pool(world):
+    """520 due tickets: one bulk of 500 conditional wake-ups, then 20. A bulk
+    of that many update_one statements deadlocks FerretDB 1.24 (it keeps a
+    PostgreSQL connection per statement, pool 50); supportd's must not."""
+    quiet_room = ObjectId()
+    world.db["conversation-room"].insert_one({"_id": quiet_room, "name": "Quiet", "members": []})
+    docs = []
+    for i in range(520):
+        docs.append({"_id": ObjectId(), "room_id": quiet_room, "subject": f"bulk {i}",
+                     "channel": "email", "status": "snoozed", "priority": "normal",
+                     "assignee_id": None, "contact": {"name": "C"},
+                     "created_at": NOW - timedelta(days=2), "updated_at": NOW - timedelta(days=1),
+                     "snooze": {"until": NOW - timedelta(minutes=i + 1), "original_status": "open",
+                                "original_priority": "low", "at": NOW - timedelta(days=1)}})
+    world.db["conversation-conversation"].insert_many(docs)
+    cp = world.sd.cli("once", "snooze", "--now", NOW_ISO, timeout=180, **world.env())
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    counts = tick_end(cp)["counts"]
+    assert counts["woken"] == 520 and counts["queued"] == 520
+    assert world.db["conversation-conversation"].count_documents({"status": "snoozed"}) == 0
+    assert world.sd.redis.zcard(world.sd.key(f"queue:{quiet_room}")) == 520
+    # and the server still answers
+    assert world.db.command("ping")["ok"] == 1
