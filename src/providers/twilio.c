@@ -234,17 +234,26 @@ int twilio_find_message(const struct twilio *t, const struct twilio_sms *sms, in
     return 0;
 }
 
+/* GET <account>/<suffix> and parse the JSON answer into *doc (caller frees). */
+static int get_json(const struct twilio *t, const char *what, const char *sid,
+                    const char *suffix, bson_t **doc, struct provider_status *st,
+                    struct sd_error *err)
+{
+    char *url = url_for(t, sid, suffix);
+    int rc = url ? call(t, what, sid, "GET", url, NULL, true, doc, st, err)
+                 : sd_error_set(err, "out of memory");
+    free(url);
+    return rc;
+}
+
 int twilio_fetch_account(const struct twilio *t, const char *account_sid,
                          struct twilio_account *out, struct provider_status *st,
                          struct sd_error *err)
 {
     const char *sid = account_of(t, account_sid);
     memset(out, 0, sizeof *out);
-    char *url = url_for(t, sid, ".json");
     bson_t *doc;
-    int rc = url ? call(t, "account fetch", sid, "GET", url, NULL, true, &doc, st, err)
-                 : sd_error_set(err, "out of memory");
-    free(url);
+    int rc = get_json(t, "account fetch", sid, ".json", &doc, st, err);
     if (rc)
         return rc;
     json_str(doc, "sid", out->sid, sizeof out->sid);
@@ -261,11 +270,8 @@ int twilio_fetch_balance(const struct twilio *t, const char *account_sid,
 {
     const char *sid = account_of(t, account_sid);
     memset(out, 0, sizeof *out);
-    char *url = url_for(t, sid, "/Balance.json");
     bson_t *doc;
-    int rc = url ? call(t, "balance fetch", sid, "GET", url, NULL, true, &doc, st, err)
-                 : sd_error_set(err, "out of memory");
-    free(url);
+    int rc = get_json(t, "balance fetch", sid, "/Balance.json", &doc, st, err);
     if (rc)
         return rc;
     json_str(doc, "currency", out->currency, sizeof out->currency);
