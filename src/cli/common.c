@@ -7,7 +7,8 @@
 struct rules_live *cli_load_rules(const struct config *cfg)
 {
     struct sd_error err;
-    struct rules_live *live = rules_live_new(cfg->rules_dir, NULL, &err);
+    struct rules_limits limits = {.timeout_ms = cfg->rules_timeout_ms};
+    struct rules_live *live = rules_live_new(cfg->rules_dir, &limits, &err);
     if (!live)
         fprintf(stderr, "supportd: QM_SUPPORT_RULES_DIR: rules in %s are invalid: %s\n",
                 cfg->rules_dir, err.message);

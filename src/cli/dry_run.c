@@ -162,7 +162,8 @@ int cli_dry_run(int argc, char **argv)
     }
     if (now_ms < 0)
         now_ms = fixtures_now(fx) >= 0 ? fixtures_now(fx) : clock_now_ms();
-    struct rules *rules = rules_load(cfg.rules_dir, NULL, &err);
+    struct rules_limits limits = {.timeout_ms = cfg.rules_timeout_ms};
+    struct rules *rules = rules_load(cfg.rules_dir, &limits, &err);
     int rc = EXIT_USAGE;
     if (!rules) {
         fprintf(stderr, "supportd dry-run: rules in %s: %s\n", cfg.rules_dir, err.message);

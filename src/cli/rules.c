@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "core/config.h"
 #include "rules/engine.h"
 
 /* supportd rules check [DIR] */
@@ -16,7 +17,10 @@ int cli_rules(int argc, char **argv)
     if (!dir || !*dir)
         dir = "./rules";
     struct sd_error err;
-    struct rules *r = rules_load(dir, NULL, &err);
+    struct rules_limits limits = {0};
+    if (config_rules_timeout(config_getenv_process, NULL, &limits.timeout_ms, &err))
+        return cli_usage_error("rules", "%s", err.message);
+    struct rules *r = rules_load(dir, &limits, &err);
     if (!r) {
         fprintf(stderr, "%s\n", err.message);
         return EXIT_RUNTIME;

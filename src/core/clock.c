@@ -14,6 +14,13 @@ int64_t clock_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t clock_monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 1; /* never 0 */
+}
+
 /* Howard Hinnant's days_from_civil / civil_from_days: exact for any year and
  * free of the process's TZ, which a daemon must never depend on. */
 int64_t clock_days_from_civil(int64_t y, unsigned m, unsigned d)

@@ -1,6 +1,6 @@
 /* clock.h — wall-clock time in Unix milliseconds (UTC), ISO 8601 parsing and
- * formatting, civil-date arithmetic, and random ids. Pure except clock_now_ms
- * and clock_random_hex. Errors follow core/error.h.
+ * formatting, civil-date arithmetic, and random ids. Pure except clock_now_ms,
+ * clock_monotonic_ms and clock_random_hex. Errors follow core/error.h.
  */
 #ifndef SD_CORE_CLOCK_H
 #define SD_CORE_CLOCK_H
@@ -11,6 +11,9 @@
 #include "core/error.h"
 
 int64_t clock_now_ms(void);
+
+/* Milliseconds on CLOCK_MONOTONIC (durations; never jumps with the wall clock). */
+int64_t clock_monotonic_ms(void);
 
 /* Days since 1970-01-01 for a proleptic Gregorian date (month 1-12). */
 int64_t clock_days_from_civil(int64_t y, unsigned m, unsigned d);

@@ -253,11 +253,20 @@ static int load_all(struct config *cfg, config_getenv_fn fn, void *ud, struct sd
     if ((v = get(fn, ud, "QM_SUPPORT_PROBE_HOLD_MS")) &&
         parse_int("QM_SUPPORT_PROBE_HOLD_MS", v, 0, 3600000, &cfg->probe_hold_ms, err))
         return -1;
+    if (config_rules_timeout(fn, ud, &cfg->rules_timeout_ms, err))
+        return -1;
     cfg->http_timeout_ms = 15000;
     if ((v = get(fn, ud, "QM_SUPPORT_HTTP_TIMEOUT_MS")) &&
         parse_int("QM_SUPPORT_HTTP_TIMEOUT_MS", v, 100, 300000, &cfg->http_timeout_ms, err))
         return -1;
     return load_providers(cfg, fn, ud, err);
+}
+
+int config_rules_timeout(config_getenv_fn fn, void *ud, int *ms, struct sd_error *err)
+{
+    *ms = CONFIG_RULES_TIMEOUT_MS;
+    const char *v = get(fn, ud, "QM_SUPPORT_RULES_TIMEOUT_MS");
+    return v ? parse_int("QM_SUPPORT_RULES_TIMEOUT_MS", v, 10, 600000, ms, err) : 0;
 }
 
 int config_load(struct config *cfg, config_getenv_fn fn, void *ud, struct sd_error *err)

@@ -70,13 +70,20 @@ struct config {
     int lease_ttl_ms;     /* QM_SUPPORT_LEASE_TTL (seconds) */
     int probe_hold_ms;    /* QM_SUPPORT_PROBE_HOLD_MS */
     int http_timeout_ms;  /* QM_SUPPORT_HTTP_TIMEOUT_MS: per provider request attempt */
+    int rules_timeout_ms; /* QM_SUPPORT_RULES_TIMEOUT_MS: wall clock per rule call */
 };
+
+#define CONFIG_RULES_TIMEOUT_MS 2000
 
 /* Looks a variable up; returns NULL when unset. `ud` is passed through. */
 typedef const char *(*config_getenv_fn)(const char *name, void *ud);
 
 /* The process environment, for config_load. */
 const char *config_getenv_process(const char *name, void *ud);
+
+/* QM_SUPPORT_RULES_TIMEOUT_MS alone (10-600000, default 2000), for commands
+ * that need no other configuration (`rules check`). */
+int config_rules_timeout(config_getenv_fn get, void *ud, int *ms, struct sd_error *err);
 
 /* Reads and validates everything. On error, cfg holds nothing to free. */
 int config_load(struct config *cfg, config_getenv_fn get, void *ud, struct sd_error *err);

@@ -7,6 +7,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/stall.h"
 #include "jobs/job.h"
 #include "store/health.h"
 #include "store/lease.h"
@@ -101,6 +102,11 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
         bson_destroy(&f);
         return TICK_SKIPPED;
     }
+    /* A rule call cannot outlast its deadline by much (the hook and the
+     * matcher read the clock); twice it plus 2 s means it never will. */
+    struct stall_watch watch;
+    stall_attach(&watch, 2LL * r->cfg->rules_timeout_ms + 2000);
+    lease.watch = &watch;
     if (use_lease && lease_start_renewal(&lease, &r->redis_opts, &err))
         log_msg(LOG_WARN, &ctx, "lease.renewal", NULL, "%s", err.message);
 
@@ -153,5 +159,6 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
     if (use_lease && lease_release(r->redis, &lease, &herr))
         log_msg(LOG_WARN, &ctx, "lease.release", NULL, "%s (it expires by itself)",
                 herr.message);
+    stall_attach(NULL, 0);
     return outcome;
 }

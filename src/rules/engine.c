@@ -10,10 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/config.h"
+#include "core/seam.h"
+#include "core/stall.h"
+#include "rules/deadline.h"
 #include "rules/marshal.h"
+#include "rules/pattern.h"
 
 #define DEFAULT_INSTRUCTIONS 20000000LL
 #define DEFAULT_MEMORY (64u << 20)
+#define MAX_MOVE 16777216LL /* table.move: elements in one call */
 #define HOOK_EVERY 1000
 #define MAX_FILE_BYTES (1u << 20)
 
@@ -35,6 +41,8 @@ struct rules {
     pthread_mutex_t mu;
     size_t mem_used, mem_limit;
     long long budget, remaining;
+    int timeout_ms;
+    struct rules_deadline deadline; /* of the call running now */
     char version[13];
 };
 
@@ -57,21 +65,40 @@ static void *rules_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
-/* Counts instructions; once the budget is spent it fires on every
- * instruction, so a rule that catches the error with pcall gets it again at
- * once instead of running on (the Redis approach, reference/build.md §5). */
+static struct rules *rules_of(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* Counts instructions and reads the clock; once the budget is spent or the
+ * deadline passed it fires on every instruction, so a rule that catches the
+ * error with pcall gets it again at once instead of running on (the Redis
+ * approach, reference/build.md §5). Time spent inside C functions is not
+ * seen here: pattern.c checks the same deadline while it matches. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    void *ud;
-    lua_getallocf(L, &ud);
-    struct rules *r = ud;
+    struct rules *r = rules_of(L);
     r->remaining -= HOOK_EVERY;
     if (r->remaining <= 0) {
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
         luaL_error(L, "instruction budget of %I exceeded (an endless loop?)",
                    (lua_Integer)r->budget);
     }
+    if (rules_deadline_passed(&r->deadline)) {
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        rules_deadline_raise(L, &r->deadline);
+    }
+}
+
+/* Budget and deadline start again: one per rule call and per self-test. */
+static void arm_call(struct rules *r)
+{
+    r->remaining = r->budget;
+    rules_deadline_arm(&r->deadline, r->timeout_ms);
+    lua_sethook(r->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
 /* Message handler: adds the innermost rules-file location when the message
@@ -111,8 +138,7 @@ static int protected_call(struct rules *r, int nargs, struct sd_error *err)
     int base = lua_gettop(r->L) - nargs;
     lua_pushcfunction(r->L, on_error);
     lua_insert(r->L, base);
-    r->remaining = r->budget;
-    lua_sethook(r->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    arm_call(r);
     int status = lua_pcall(r->L, nargs, 1, base);
     lua_sethook(r->L, NULL, 0, 0);
     lua_remove(r->L, base);
@@ -147,6 +173,50 @@ static int safe_setmetatable(lua_State *L)
     return 1;
 }
 
+/* string.rep of an empty string and separator loops n times in C producing
+ * nothing (string.rep("", 1e15) runs for days); anything else is bounded by
+ * the memory cap, which refuses the result's buffer up front. */
+static int safe_rep(lua_State *L)
+{
+    size_t l, lsep = 0;
+    luaL_checklstring(L, 1, &l);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_optlstring(L, 3, "", &lsep);
+    if (n <= 0 || l + lsep == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* table.move copies element by element in C; over a range of nils (no memory
+ * used) it could run for days. More than MAX_MOVE elements cannot fit under
+ * the memory cap anyway. */
+static int safe_move(lua_State *L)
+{
+    lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+    bool overflow = e >= f && f <= 0 && e >= LUA_MAXINTEGER + f;
+    if (e >= f && (overflow || e - f >= MAX_MOVE))
+        return luaL_error(L, "table.move: more than %I elements", (lua_Integer)MAX_MOVE);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Replaces lib[name] by a closure of fn over the original. */
+static void wrap(lua_State *L, const char *lib, const char *name, lua_CFunction fn)
+{
+    lua_getglobal(L, lib);
+    lua_getfield(L, -1, name);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
 static int open_sandbox_p(lua_State *L);
 static void open_sandbox(lua_State *L)
 {
@@ -174,7 +244,11 @@ static int open_sandbox_p(lua_State *L)
     lua_getglobal(L, LUA_STRLIBNAME);
     lua_pushnil(L);
     lua_setfield(L, -2, "dump"); /* bytecode out is as unwanted as bytecode in */
+    /* Lua's matcher cannot be interrupted: ours reads the deadline. */
+    pattern_install(L, -1, &rules_of(L)->deadline);
     lua_pop(L, 1);
+    wrap(L, LUA_STRLIBNAME, "rep", safe_rep);
+    wrap(L, LUA_TABLIBNAME, "move", safe_move);
     /* os: time, date and clock only. */
     lua_getglobal(L, LUA_OSLIBNAME);
     lua_createtable(L, 0, 3);
@@ -217,7 +291,7 @@ static char *read_file(const char *path, size_t *len, struct sd_error *err)
  * A test is {name=, fn=, args={...}, expect=<value>}; tables in expect are
  * compared on the keys they name, strings in expect_match are Lua patterns. */
 static const char self_test_lua[] =
-    "local M, file = ...\n"
+    "local M, file, arm, cur = ...\n"
     "local function same(want, got, path)\n"
     "  if type(want) ~= 'table' then\n"
     "    if want ~= got then return path .. ': expected ' .. tostring(want) .. ', got ' .. tostring(got) end\n"
@@ -232,7 +306,9 @@ static const char self_test_lua[] =
     "  local name = t.name or ('#' .. i)\n"
     "  local fn = M[t.fn]\n"
     "  if type(fn) ~= 'function' then error(file .. ': self-test ' .. name .. ': no function ' .. tostring(t.fn), 0) end\n"
+    "  arm(); cur.name = name; cur.fn = tostring(t.fn); cur.running = true\n"
     "  local got = fn(table.unpack(t.args or {}))\n"
+    "  cur.running = false\n"
     "  local e = nil\n"
     "  if t.expect ~= nil then e = same(t.expect, got, 'result') end\n"
     "  if not e and t.expect_match then\n"
@@ -243,6 +319,33 @@ static const char self_test_lua[] =
     "  end\n"
     "  if e then error(file .. ': self-test ' .. name .. ' failed: ' .. e, 0) end\n"
     "end\n";
+
+/* Given to the self-test runner: each test gets its own deadline (the
+ * instruction budget stays the file's). */
+static int arm_self_test(lua_State *L)
+{
+    struct rules *r = rules_of(L);
+    rules_deadline_arm(&r->deadline, r->timeout_ms);
+    return 0;
+}
+
+/* A self-test whose function raised (or ran out of time or memory): the
+ * message says which test and which function, after the file. */
+static void name_self_test(lua_State *L, const char *path, struct sd_error *err)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "supportd.self_test");
+    if (lua_getfield(L, -1, "running") == LUA_TBOOLEAN && lua_toboolean(L, -1)) {
+        lua_getfield(L, -2, "name");
+        lua_getfield(L, -3, "fn");
+        const char *name = lua_tostring(L, -2), *fn = lua_tostring(L, -1);
+        sd_error_prefix(err, "%s: self-test %s calling %s", path, name ? name : "?",
+                        fn ? fn : "?");
+        lua_pop(L, 2);
+    } else if (!strstr(err->message, path)) {
+        sd_error_prefix(err, "%s", path);
+    }
+    lua_pop(L, 2);
+}
 
 static int load_module(struct rules *r, const char *dir, int index, EVP_MD_CTX *md,
                        struct sd_error *err)
@@ -308,8 +411,12 @@ static int load_module(struct rules *r, const char *dir, int index, EVP_MD_CTX *
     }
     lua_insert(L, -2);
     lua_pushstring(L, path);
-    if (protected_call(r, 2, err))
+    lua_getfield(L, LUA_REGISTRYINDEX, "supportd.arm");
+    lua_getfield(L, LUA_REGISTRYINDEX, "supportd.self_test");
+    if (protected_call(r, 4, err)) {
+        name_self_test(L, path, err);
         return -1;
+    }
     lua_pop(L, 1);
     return 0;
 }
@@ -318,6 +425,10 @@ static int init_registry(lua_State *L)
 {
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, "supportd.modules");
+    lua_pushcfunction(L, arm_self_test);
+    lua_setfield(L, LUA_REGISTRYINDEX, "supportd.arm");
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "supportd.self_test");
     return 0;
 }
 
@@ -326,6 +437,7 @@ struct rules *rules_load(const char *dir, const struct rules_limits *limits, str
     struct rules *r = calloc(1, sizeof *r);
     r->mem_limit = limits && limits->memory_bytes ? limits->memory_bytes : DEFAULT_MEMORY;
     r->budget = limits && limits->instructions ? limits->instructions : DEFAULT_INSTRUCTIONS;
+    r->timeout_ms = limits && limits->timeout_ms ? limits->timeout_ms : CONFIG_RULES_TIMEOUT_MS;
     r->L = lua_newstate(rules_alloc, r);
     if (!r->L) {
         free(r);
@@ -405,7 +517,11 @@ static int push_args(lua_State *L)
 int rules_call(struct rules *r, const char *module, const char *fn, const bson_t *args,
                bson_t *out, struct sd_error *err)
 {
+    /* Waiting for the mutex counts: a thread stuck behind a stuck call is
+     * stuck too. */
+    stall_enter();
     pthread_mutex_lock(&r->mu);
+    seam_wait("rules_call");
     lua_State *L = r->L;
     int top = lua_gettop(L), rc = 0;
     if (push_member(L, module, fn) != LUA_TFUNCTION) {
@@ -435,6 +551,7 @@ int rules_call(struct rules *r, const char *module, const char *fn, const bson_t
 done:
     lua_settop(L, top);
     pthread_mutex_unlock(&r->mu);
+    stall_leave();
     return rc;
 }
 

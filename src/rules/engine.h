@@ -14,8 +14,13 @@
  * Sandbox: base library without dofile/loadfile/load/require/collectgarbage,
  * plus string, table, math, utf8, and os.time/os.date/os.clock only; text
  * chunks only (no bytecode); one environment per file. Each call runs under an
- * instruction budget and the state under a memory cap; exceeding either is an
- * error, never a hang or an exhausted process. Errors name file:line.
+ * instruction budget and a wall-clock deadline (also enforced inside string
+ * matching, which pattern.c does instead of Lua's C matcher), and the state
+ * under a memory cap; exceeding any is an error ("exceeded its time budget"),
+ * never a hang or an exhausted process. Errors name file:line and the
+ * function (module.fn, or the self-test and the function it called).
+ * While a call runs, the calling thread is marked busy (core/stall.h), so its
+ * lease renewer can tell a call stuck past every bound.
  *
  * Concurrency: a rules set is used by several job threads; calls into it are
  * serialized by its own mutex (they are short).
@@ -37,6 +42,7 @@ struct rules;
 struct rules_limits {
     long long instructions;   /* per call; 0 = default (20,000,000) */
     size_t memory_bytes;      /* per rules set; 0 = default (64 MiB) */
+    int timeout_ms;           /* wall clock per call and per self-test; 0 = default (2000) */
 };
 
 /* Loads every rule file of dir, validates it and runs the self-tests. */

@@ -63,6 +63,23 @@ static void *renewer(void *arg)
             rc = pthread_cond_timedwait(&l->cv, &l->mu, &until);
         if (l->stop)
             break;
+        if (l->abandoned)
+            continue;
+        int64_t busy_ms;
+        if (stall_stuck(l->watch, clock_monotonic_ms(), &busy_ms)) {
+            /* Renewing for a thread that cannot be stopped would keep the job
+             * from running anywhere, for good. */
+            l->abandoned = true;
+            atomic_store(&l->lost, true);
+            bson_t f = BSON_INITIALIZER;
+            BSON_APPEND_INT64(&f, "busy_ms", busy_ms);
+            log_msg(LOG_ERROR, NULL, "lease.abandoned", &f,
+                    "lease %s: the tick has been inside one rule call for %lld ms (limit %lld); "
+                    "no longer renewing, so another instance takes the job over after the TTL",
+                    l->key, (long long)busy_ms, (long long)l->watch->limit_ms);
+            bson_destroy(&f);
+            continue;
+        }
         pthread_mutex_unlock(&l->mu);
         struct sd_error err;
         redisReply *rep = rds_command(l->conn, &err, "EVAL %s 1 %s %s %d", RENEW_SCRIPT, l->key,

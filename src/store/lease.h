@@ -5,7 +5,8 @@
  * bits>" unique to this acquisition. While held, a renewer thread (with its own
  * Redis connection) extends it every ttl/3 by compare-and-pexpire; release is
  * compare-and-delete on the server (reference/providers.md §9), so an instance
- * never deletes a lease that expired and was taken by another.
+ * never deletes a lease that expired and was taken by another. A holder stuck
+ * in a bounded call past its limit (core/stall.h) is not renewed for.
  *
  * The lease saves work; it does not keep data correct — a paused process can
  * outlive it. Every write a job makes must stay safe without it.
@@ -21,6 +22,7 @@
 #include <stdbool.h>
 
 #include "core/error.h"
+#include "core/stall.h"
 #include "store/redis.h"
 
 struct lease {
@@ -35,6 +37,11 @@ struct lease {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop;
+    /* Set by the caller after lease_acquire: the holding thread's watch. The
+     * renewer stops renewing once that thread is stuck (core/stall.h), so
+     * another instance takes the job over after the TTL. NULL: always renew. */
+    struct stall_watch *watch;
+    bool abandoned;
 };
 
 /* Tries once. Returns 0 with *acquired telling whether we hold it (when not,

@@ -1,4 +1,4 @@
-#include "jobs/seam.h"
+#include "core/seam.h"
 
 #include <stdio.h>
 #include <stdlib.h>
