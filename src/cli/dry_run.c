@@ -160,6 +160,13 @@ int cli_dry_run(int argc, char **argv)
         config_free(&cfg);
         return EXIT_USAGE;
     }
+    size_t n_ignored;
+    const char *const *ignored = fixtures_ignored(fx, &n_ignored);
+    for (size_t i = 0; i < n_ignored; i++)
+        fprintf(stderr,
+                "supportd dry-run: warning: %s/%s is not a fixture file (expected "
+                "<collection>.json or meta.json); ignored\n",
+                dir, ignored[i]);
     if (now_ms < 0)
         now_ms = fixtures_now(fx) >= 0 ? fixtures_now(fx) : clock_now_ms();
     struct rules_limits limits = {.timeout_ms = cfg.rules_timeout_ms};

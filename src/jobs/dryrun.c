@@ -23,8 +23,34 @@ static int by_id(const void *a, const void *b)
 /* Fixture collect for snooze: every snoozed ticket, which is what production
  * reads on its first tick (due ones, plus all snoozed for early wake-up and
  * malformed snoozes). decide leaves the ones not due. */
+/* A ticket decide could not plan (a rule failed: an error, its time budget)
+ * fails the dry-run: a plan without it would look like "nothing to do". */
+static int first_failure(const bson_t *skipped, struct sd_error *err)
+{
+    bson_iter_t it, f;
+    if (!bson_iter_init(&it, skipped))
+        return 0;
+    while (bson_iter_next(&it)) {
+        if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !bson_iter_recurse(&it, &f))
+            continue;
+        const char *target = "?", *reason = "?";
+        bool failed = false;
+        while (bson_iter_next(&f)) {
+            if (!strcmp(bson_iter_key(&f), "target") && BSON_ITER_HOLDS_UTF8(&f))
+                target = bson_iter_utf8(&f, NULL);
+            else if (!strcmp(bson_iter_key(&f), "reason") && BSON_ITER_HOLDS_UTF8(&f))
+                reason = bson_iter_utf8(&f, NULL);
+            else if (!strcmp(bson_iter_key(&f), "failed"))
+                failed = bson_iter_as_bool(&f);
+        }
+        if (failed)
+            return sd_error_set(err, "snooze: conversation %s: %s", target, reason);
+    }
+    return 0;
+}
+
 static int plan_snooze(const struct fixtures *fx, struct rules *rules, int64_t now_ms,
-                       bson_t *jobs)
+                       bson_t *jobs, struct sd_error *err)
 {
     size_t n_convs, n_rooms;
     const bson_t *const *convs = fixtures_docs(fx, COLL_CONVERSATION, &n_convs);
@@ -66,10 +92,11 @@ static int plan_snooze(const struct fixtures *fx, struct rules *rules, int64_t n
     bson_concat(&skipped, &skipped_tmp);
     bson_append_array_end(&job, &skipped);
     bson_append_document_end(jobs, &job);
+    int rc = first_failure(&skipped_tmp, err);
     bson_destroy(&skipped_tmp);
     bson_destroy(&room_map);
     free(snoozed);
-    return 0;
+    return rc;
 }
 
 int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job, int64_t now_ms,
@@ -83,7 +110,7 @@ int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job,
     BSON_APPEND_UTF8(plan, "rules", rules_version(rules));
     bson_t jobs;
     BSON_APPEND_DOCUMENT_BEGIN(plan, "jobs", &jobs);
-    int rc = plan_snooze(fx, rules, now_ms, &jobs);
+    int rc = plan_snooze(fx, rules, now_ms, &jobs, err);
     bson_append_document_end(plan, &jobs);
     return rc;
 }

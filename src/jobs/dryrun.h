@@ -15,7 +15,10 @@
 #include "jobs/fixtures.h"
 #include "rules/engine.h"
 
-/* job NULL = every job that has a decide step in this version. */
+/* job NULL = every job that has a decide step in this version. Fails (-1)
+ * when a document could not be planned because a rule failed on it (an error,
+ * its time budget, its memory cap): the message names the document and the
+ * rule. */
 int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job, int64_t now_ms,
                 bson_t *plan, struct sd_error *err);
 

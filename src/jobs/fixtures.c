@@ -1,5 +1,6 @@
 #include "jobs/fixtures.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,57 @@ struct fixtures {
     size_t counts[N_COLLECTIONS];
     int64_t now_ms;
     char prefix[128];
+    char **ignored; /* names in the folder that are not fixture files, sorted */
+    size_t n_ignored;
 };
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool is_fixture_name(const char *name)
+{
+    char want[128];
+    for (size_t c = 0; c < N_COLLECTIONS; c++) {
+        snprintf(want, sizeof want, "%s.json", collections[c]);
+        if (strcmp(name, want) == 0)
+            return true;
+    }
+    return strcmp(name, "meta.json") == 0;
+}
+
+/* The folder must exist, be readable and hold at least one fixture file: a
+ * typo in --fixtures must not look like "my rules plan nothing". Other names
+ * are collected for a warning; hidden files are not. */
+static int scan_folder(struct fixtures *f, const char *dir, struct sd_error *err)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return sd_error_set(err, "%s: %s", dir, strerror(errno));
+    size_t known = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (is_fixture_name(e->d_name)) {
+            known++;
+            continue;
+        }
+        if (f->n_ignored == cap)
+            f->ignored = realloc(f->ignored, (cap = cap ? 2 * cap : 8) * sizeof *f->ignored);
+        f->ignored[f->n_ignored++] = strdup(e->d_name);
+    }
+    closedir(d);
+    if (f->n_ignored)
+        qsort(f->ignored, f->n_ignored, sizeof *f->ignored, by_name);
+    if (known == 0)
+        return sd_error_set(err,
+                            "%s: no fixture files in this folder (expected <collection>.json "
+                            "such as %s.json, or meta.json)",
+                            dir, COLL_CONVERSATION);
+    return 0;
+}
 
 static char *slurp(const char *path, size_t *len)
 {
@@ -65,6 +116,8 @@ struct fixtures *fixtures_load(const char *dir, struct sd_error *err)
     struct fixtures *f = calloc(1, sizeof *f);
     f->now_ms = -1;
     snprintf(f->prefix, sizeof f->prefix, "qm:support:");
+    if (scan_folder(f, dir, err))
+        goto fail;
     char path[1024];
     for (size_t c = 0; c < N_COLLECTIONS; c++) {
         snprintf(path, sizeof path, "%s/%s.json", dir, collections[c]);
@@ -142,6 +195,9 @@ void fixtures_destroy(struct fixtures *f)
         if (f->docs[c])
             bson_destroy(f->docs[c]);
     }
+    for (size_t i = 0; i < f->n_ignored; i++)
+        free(f->ignored[i]);
+    free(f->ignored);
     free(f);
 }
 
@@ -159,3 +215,9 @@ const bson_t *const *fixtures_docs(const struct fixtures *f, const char *collect
 
 int64_t fixtures_now(const struct fixtures *f) { return f->now_ms; }
 const char *fixtures_redis_prefix(const struct fixtures *f) { return f->prefix; }
+
+const char *const *fixtures_ignored(const struct fixtures *f, size_t *n)
+{
+    *n = f->n_ignored;
+    return (const char *const *)f->ignored;
+}

@@ -7,7 +7,10 @@
  * of documents in MongoDB Extended JSON ({"$oid": …}, {"$date": …}); and
  * optionally meta.json: {"now": "<ISO 8601>", "redis_prefix": "…"}, whose
  * "now" is used when --now is not given, so a fixture set plans the same way
- * whenever it runs. A missing collection file is an empty collection.
+ * whenever it runs. A missing collection file is an empty collection, but a
+ * folder that is missing, unreadable or holds no fixture file at all is an
+ * error naming it; other files in it are listed by fixtures_ignored (hidden
+ * ones excepted) for the caller to warn about.
  *
  * Ownership: fixtures_load returns a set freed by fixtures_destroy; the
  * documents it lends stay valid until then. Errors name the file and the
@@ -32,5 +35,8 @@ const bson_t *const *fixtures_docs(const struct fixtures *f, const char *collect
 /* meta.json's "now", in ms; -1 when absent. */
 int64_t fixtures_now(const struct fixtures *f);
 const char *fixtures_redis_prefix(const struct fixtures *f);
+
+/* Names in the folder that are not fixture files, sorted (borrowed). */
+const char *const *fixtures_ignored(const struct fixtures *f, size_t *n);
 
 #endif

@@ -37,13 +37,21 @@ struct tick {
     struct job_env *env;
     mongoc_collection_t *convs;
     int64_t wall_ms;
-    int64_t found, woken, conflicts, queued, enqueued, duplicates, bad, batches;
+    /* read = due + replied + malformed + not_due + failed;
+     * due + replied + malformed = woken + conflicts (README: counters). */
+    int64_t read, due, replied, malformed, not_due, failed;
+    int64_t woken, conflicts, queued, enqueued, duplicates, bad, batches;
 };
 
 static void counts_to(struct tick *t)
 {
     bson_t *c = t->env->counts;
-    BSON_APPEND_INT64(c, "found", t->found);
+    BSON_APPEND_INT64(c, "read", t->read);
+    BSON_APPEND_INT64(c, "due", t->due);
+    BSON_APPEND_INT64(c, "replied", t->replied);
+    BSON_APPEND_INT64(c, "malformed", t->malformed);
+    BSON_APPEND_INT64(c, "not_due", t->not_due);
+    BSON_APPEND_INT64(c, "failed", t->failed);
     BSON_APPEND_INT64(c, "woken", t->woken);
     BSON_APPEND_INT64(c, "conflicts", t->conflicts);
     BSON_APPEND_INT64(c, "queued", t->queued);
@@ -324,6 +332,32 @@ static int finish_marked(struct tick *t, struct sd_error *err)
     return 0;
 }
 
+/* Sorts one batch's decisions into the tick's counters. Without verbose
+ * skips, decide lists only the tickets it failed on. */
+static void count_reasons(struct tick *t, const bson_t *actions, size_t n_read, uint32_t n_failed)
+{
+    int64_t planned = 0;
+    bson_iter_t it, r;
+    if (bson_iter_init(&it, actions)) {
+        while (bson_iter_next(&it)) {
+            planned++;
+            const char *reason = "";
+            if (bson_iter_recurse(&it, &r) && bson_iter_find(&r, "reason") &&
+                BSON_ITER_HOLDS_UTF8(&r))
+                reason = bson_iter_utf8(&r, NULL);
+            if (!strcmp(reason, "snooze ended"))
+                t->due++;
+            else if (!strcmp(reason, "customer replied"))
+                t->replied++;
+            else
+                t->malformed++;
+        }
+    }
+    t->read += (int64_t)n_read;
+    t->failed += n_failed;
+    t->not_due += (int64_t)n_read - planned - n_failed;
+}
+
 /* decide + conditional write for one batch of read tickets. */
 static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err)
 {
@@ -339,6 +373,7 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
                                   .rules = t->env->rules,
                                   .log = t->env->log};
         t->bad += snooze_decide(&in, &actions, &n_actions, &skipped, &n_skipped, false);
+        count_reasons(t, &actions, n, n_skipped);
         rc = write_wakeups(t, &actions, err);
     }
     bson_destroy(&rooms);
@@ -387,7 +422,6 @@ static int sweep_due(struct tick *t, struct sd_error *err)
         size_t n;
         bson_oid_t last;
         int rc = run_batch(t, &filter, "snooze.until", &n, &last, err);
-        t->found += (int64_t)n;
         /* Done when the batch was short, or made no progress (every ticket in
          * it conflicted or failed: they wait for the next tick). */
         if (rc || n < BATCH || t->woken == woken_before)

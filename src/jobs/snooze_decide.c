@@ -369,6 +369,8 @@ int snooze_decide(const struct snooze_input *in, bson_t *actions, uint32_t *n_ac
             BSON_APPEND_DOCUMENT_BEGIN(skipped, idx, &s);
             BSON_APPEND_UTF8(&s, "target", id);
             BSON_APPEND_UTF8(&s, "reason", rc < 0 ? err.message : "not due");
+            if (rc < 0)
+                BSON_APPEND_BOOL(&s, "failed", true);
             bson_append_document_end(skipped, &s);
         }
         bson_destroy(&scratch);

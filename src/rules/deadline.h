@@ -52,11 +52,14 @@ static inline bool rules_deadline_passed(struct rules_deadline *d)
     return d->tripped;
 }
 
-/* Raises the Lua error every caller of a rule recognises. */
+/* Raises the Lua error every caller of a rule recognises. Without a position:
+ * the engine's message handler adds the innermost rules-file line, which is
+ * where the time went (the hook may fire in a trusted helper). */
 static inline int rules_deadline_raise(lua_State *L, const struct rules_deadline *d)
 {
-    return luaL_error(L, "exceeded its time budget of %d ms (QM_SUPPORT_RULES_TIMEOUT_MS)",
-                      d->limit_ms);
+    lua_pushfstring(L, "exceeded its time budget of %d ms (QM_SUPPORT_RULES_TIMEOUT_MS)",
+                    d->limit_ms);
+    return lua_error(L);
 }
 
 #endif
