@@ -43,6 +43,8 @@ static int first_failure(const bson_t *skipped, struct sd_error *err)
             else if (!strcmp(bson_iter_key(&f), "failed"))
                 failed = bson_iter_as_bool(&f);
         }
+        if (failed && strstr(reason, target))
+            return sd_error_set(err, "snooze: %s", reason);
         if (failed)
             return sd_error_set(err, "snooze: conversation %s: %s", target, reason);
     }

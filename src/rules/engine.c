@@ -544,6 +544,10 @@ int rules_call(struct rules *r, const char *module, const char *fn, const bson_t
     int nargs = lua_gettop(L) - before;
     if (protected_call(r, nargs, err)) {
         rc = sd_error_prefix(err, "%s.%s", module, fn);
+        /* A memory error carries no file:line (Lua calls no message handler
+         * for it): name the file all the same. */
+        if (!strstr(err->message, ".lua"))
+            sd_error_prefix(err, "%s.lua", module);
         goto done;
     }
     if (marshal_append(L, -1, out, "result", err))
