@@ -2,6 +2,7 @@
 //!
 //!   zig build                      zig-out/bin/supportd against the system's libraries (pkg-config)
 //!   zig build test                 build and run the cmocka unit tests
+//!   zig build bench                the benchmark programs (scripts/bench patterns)
 //!   zig build -Dsanitize=true      AddressSanitizer + UBSan (the test script uses it)
 //!   zig build -Dstatic=true -Doptimize=ReleaseSafe
 //!                                  the release binary: static x86_64-linux-musl, libraries
@@ -89,6 +90,14 @@ pub fn build(b: *std.Build) void {
         .root_module = cModule(b, target, optimize, sanitize, flags.items, &.{"src/main.c"}),
     });
     b.installArtifact(exe);
+
+    // scripts/bench patterns: our Lua pattern matcher against Lua's own.
+    const bench = b.addExecutable(.{
+        .name = "bench_patterns",
+        .root_module = cModule(b, target, optimize, sanitize, flags.items, &.{"tests/bench/bench_patterns.c"}),
+    });
+    const bench_install = b.addInstallArtifact(bench, .{ .dest_dir = .{ .override = .{ .custom = "bench" } } });
+    b.step("bench", "Build the benchmark programs into <prefix>/bench (scripts/bench runs them)").dependOn(&bench_install.step);
 
     const run_cmd = b.addRunArtifact(exe);
     if (b.args) |args| run_cmd.addArgs(args);

@@ -231,41 +231,49 @@ static const char *do_match(struct matcher *m, const char *s, const char *p)
         luaL_error(m->L, "pattern too complex");
     step(m);
     while (s && p != m->pat_end) {
-        if (*p == '(') {
+        switch (*p) {
+        case '(':
             s = p + 1 < m->pat_end && p[1] == ')' ? open_capture(m, s, p + 2, CAP_POSITION)
                                                  : open_capture(m, s, p + 1, CAP_OPEN);
-            break;
-        }
-        if (*p == ')') {
+            goto out;
+        case ')':
             s = close_capture(m, s, p + 1);
-            break;
-        }
-        if (*p == '$' && p + 1 == m->pat_end) {
+            goto out;
+        case '$':
+            if (p + 1 != m->pat_end)
+                break; /* a literal $ */
             s = s == m->src_end ? s : NULL;
+            goto out;
+        case '%':
+            if (p + 1 >= m->pat_end)
+                break; /* class_end reports it */
+            if (p[1] == 'b') {
+                s = match_balance(m, s, p + 2);
+                p += 4;
+                continue;
+            }
+            if (p[1] == 'f') {
+                p += 2;
+                if (*p != '[')
+                    luaL_error(m->L, "missing '[' after '%%f' in pattern");
+                const char *ep = class_end(m, p);
+                int before = s == m->src ? '\0' : (unsigned char)s[-1];
+                int at = s < m->src_end ? (unsigned char)*s : '\0';
+                if (set_match(before, p, ep - 1) || !set_match(at, p, ep - 1))
+                    s = NULL;
+                p = ep;
+                continue;
+            }
+            if (isdigit((unsigned char)p[1])) {
+                s = back_reference(m, s, (unsigned char)p[1]);
+                p += 2;
+                continue;
+            }
+            break;
+        default:
             break;
         }
-        if (*p == '%' && p + 1 < m->pat_end && p[1] == 'b') {
-            s = match_balance(m, s, p + 2);
-            p += 4;
-            continue;
-        }
-        if (*p == '%' && p + 1 < m->pat_end && p[1] == 'f') {
-            p += 2;
-            if (*p != '[')
-                luaL_error(m->L, "missing '[' after '%%f' in pattern");
-            const char *ep = class_end(m, p);
-            int before = s == m->src ? '\0' : (unsigned char)s[-1];
-            int at = s < m->src_end ? (unsigned char)*s : '\0';
-            if (set_match(before, p, ep - 1) || !set_match(at, p, ep - 1))
-                s = NULL;
-            p = ep;
-            continue;
-        }
-        if (*p == '%' && p + 1 < m->pat_end && isdigit((unsigned char)p[1])) {
-            s = back_reference(m, s, (unsigned char)p[1]);
-            p += 2;
-            continue;
-        }
+        /* A single-character class, maybe with a quantifier. */
         const char *ep = class_end(m, p);
         char q = ep < m->pat_end ? *ep : '\0';
         if (!single_match(m, s, p, ep)) {
@@ -276,30 +284,31 @@ static const char *do_match(struct matcher *m, const char *s, const char *p)
             s = NULL;
             break;
         }
-        if (q == '?') {
+        switch (q) {
+        case '?': {
             const char *r = do_match(m, s + 1, ep + 1);
             if (r) {
                 s = r;
-                break;
+                goto out;
             }
             p = ep + 1;
             continue;
         }
-        if (q == '+') {
+        case '+':
             s = max_expand(m, s + 1, p, ep);
-            break;
-        }
-        if (q == '*') {
+            goto out;
+        case '*':
             s = max_expand(m, s, p, ep);
-            break;
-        }
-        if (q == '-') {
+            goto out;
+        case '-':
             s = min_expand(m, s, p, ep);
-            break;
+            goto out;
+        default:
+            s++;
+            p = ep;
         }
-        s++;
-        p = ep;
     }
+out:
     m->depth++;
     return s;
 }
