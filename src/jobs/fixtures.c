@@ -64,11 +64,17 @@ static int scan_folder(struct fixtures *f, const char *dir, struct sd_error *err
     closedir(d);
     if (f->n_ignored)
         qsort(f->ignored, f->n_ignored, sizeof *f->ignored, by_name);
-    if (known == 0)
+    if (known == 0) {
+        char found[200] = "";
+        size_t used = 0;
+        for (size_t i = 0; i < f->n_ignored && used < sizeof found - 1; i++)
+            used += (size_t)snprintf(found + used, sizeof found - used, "%s%s", i ? ", " : "",
+                                     f->ignored[i]);
         return sd_error_set(err,
-                            "%s: no fixture files in this folder (expected <collection>.json "
-                            "such as %s.json, or meta.json)",
-                            dir, COLL_CONVERSATION);
+                            "%s: no fixture files in this folder (found %s; expected "
+                            "<collection>.json such as %s.json, or meta.json)",
+                            dir, used ? found : "nothing", COLL_CONVERSATION);
+    }
     return 0;
 }
 

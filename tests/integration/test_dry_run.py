@@ -103,3 +103,54 @@ def test_dry_run_with_broken_rules_fails_clearly(tmp_path):
     (rules / "templates.lua").write_text("return {}\n")
     cp = run("dry-run", "--fixtures", str(FIXTURES / "demo"), rules=rules)
     assert cp.returncode == 2 and "templates.lua" in cp.stderr and "render" in cp.stderr
+
+
+def test_fixtures_folder_missing_not_a_folder_or_empty_is_a_usage_error(tmp_path):
+    for path, why in ((tmp_path / "nonexistent", "No such file or directory"),
+                      (REPO / "README.md", "Not a directory"),
+                      (tmp_path, "no fixture files")):
+        cp = run("dry-run", "--fixtures", str(path))
+        assert cp.returncode == 2, cp.stderr
+        assert str(path) in cp.stderr and why in cp.stderr, cp.stderr
+        assert cp.stdout == ""
+    (tmp_path / "conversations.json").write_text("[]")  # a typo of the collection name
+    cp = run("dry-run", "--fixtures", str(tmp_path))
+    assert cp.returncode == 2 and "no fixture files" in cp.stderr, cp.stderr
+    assert "found conversations.json" in cp.stderr, cp.stderr
+
+
+def test_unreadable_fixtures_folder_is_a_usage_error(tmp_path):
+    """Root reads any folder, so the binary runs as nobody (setpriv)."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or not setpriv:
+        pytest.skip("needs root and setpriv to run as another user")
+    folder = tmp_path / "locked"
+    shutil.copytree(FIXTURES / "demo", folder)
+    folder.chmod(0o700)
+    tmp_path.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "QM_SUPPORT_RULES_DIR": str(REPO / "rules")}
+    if os.environ.get("SUPPORTD_LD_PRELOAD"):
+        env["LD_PRELOAD"] = os.environ["SUPPORTD_LD_PRELOAD"]
+    probe = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", BIN,
+                            "version"], env=env, capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"nobody cannot run {BIN} here: {probe.stderr.strip()[:200]}")
+    cp = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", BIN,
+                         "dry-run", "--fixtures", str(folder)], env=env, capture_output=True,
+                        text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert cp.returncode == 2, cp.stderr
+    assert str(folder) in cp.stderr and "Permission denied" in cp.stderr, cp.stderr
+
+
+def test_unrecognised_files_are_named_in_a_warning(tmp_path):
+    folder = tmp_path / "fx"
+    shutil.copytree(FIXTURES / "demo", folder)
+    (folder / "notes.txt").write_text("not a fixture")
+    (folder / ".hidden").write_text("")
+    cp = run("dry-run", "--fixtures", str(folder), "--format", "text")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout == (FIXTURES / "demo" / "expected-plan.txt").read_text()
+    warned = [l for l in cp.stderr.splitlines() if "warning" in l]
+    assert [w.split(f"{folder}/")[1].split(" ")[0] for w in warned] == \
+        ["expected-plan.json", "expected-plan.txt", "notes.txt"], warned
+    assert ".hidden" not in cp.stderr

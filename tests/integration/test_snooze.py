@@ -374,3 +374,37 @@ def test_a_batch_larger_than_ferretdbs_connection_pool(world):
     assert world.sd.redis.zcard(world.sd.key(f"queue:{quiet_room}")) == 520
     # and the server still answers
     assert world.db.command("ping")["ok"] == 1
+
+
+def test_counters_add_up(world, tmp_path):
+    """tick.end's counters (README: counters): every ticket read is due,
+    replied, malformed, not due or failed; every planned wake-up is woken or
+    a conflict."""
+    due = [world.ticket(NOW - timedelta(minutes=i + 1), assignee=world.anna) for i in range(2)]
+    replied = world.ticket(NOW + timedelta(days=2), snooze_at=NOW - timedelta(hours=3),
+                           last_customer=NOW - timedelta(minutes=20), assignee=world.anna)
+    malformed = world.ticket(None, snooze=None)
+    quiet = world.ticket(NOW + timedelta(days=2))
+    broken = world.ticket(NOW + timedelta(days=2), snooze_at=NOW - timedelta(hours=3),
+                          last_customer=NOW - timedelta(minutes=20), subject="BROKEN")
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    queue = rules / "queue.lua"
+    queue.write_text(queue.read_text().replace(
+        "  local rank = M.priority_rank",
+        '  if conversation.subject == "BROKEN" then error("no score for this one") end\n'
+        "  local rank = M.priority_rank"))
+    cp = world.once(QM_SUPPORT_RULES_DIR=str(rules))
+    assert cp.returncode == 0, cp.stderr
+    c = tick_end(cp)["counts"]
+    assert (c["read"], c["due"], c["replied"], c["malformed"], c["not_due"], c["failed"]) == \
+        (6, 2, 1, 1, 1, 1), c
+    assert c["read"] == c["due"] + c["replied"] + c["malformed"] + c["not_due"] + c["failed"]
+    assert c["woken"] + c["conflicts"] == c["due"] + c["replied"] + c["malformed"] == 4, c
+    assert c["queued"] == 4 and "found" not in c
+    for oid in (*due, replied, malformed):
+        assert world.conv(oid)["status"] == "open"
+    assert world.conv(quiet)["status"] == "snoozed" and world.conv(broken)["status"] == "snoozed"
+    failed = [json.loads(l) for l in cp.stderr.splitlines() if "snooze.decide_failed" in l]
+    assert failed and failed[0]["conversation_id"] == str(broken)
+    assert "queue.score" in failed[0]["msg"] and "no score for this one" in failed[0]["msg"]
