@@ -1130,6 +1130,94 @@ static void test_shipped_fit_small_limits(void **state)
     rules_destroy(load_ok(shipped_dir(), &lim));
 }
 
+/* ---- deadline (issue #15) ------------------------------------------------ */
+
+static double elapsed_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Time spent inside C (Lua's pattern matcher) is invisible to the instruction
+ * budget; the deadline stops it, pcall cannot swallow it, and the set stays
+ * usable. */
+static void test_deadline_stops_c_level_work(void **state)
+{
+    const char *dir = *state;
+    edit(dir, "queue", NULL, "\nreturn M\n",
+         "\nfunction M.find() return string.find(string.rep('a', 20000), '.-.-.-.-b') end\n"
+         "function M.gsub() return (('a'):rep(20000):gsub('.-.-.-.-b', 'x')) end\n"
+         "function M.swallow()\n"
+         "  for i = 1, 1000 do pcall(string.find, ('a'):rep(20000), '.-.-.-.-b') end\n"
+         "  return 'survived'\n"
+         "end\n"
+         "function M.spin() local x = 0 while true do x = x + 1 end end\n"
+         "function M.rep_empty() return #string.rep('', 1e15) + #string.rep('', 1e15, '') end\n"
+         "function M.rep_huge() return #string.format('%s%s', ('ab'):rep(1e9), 'x') end\n"
+         "function M.move() return #table.move({}, 1, 1e15, 1, {}) end\n"
+         "return M\n",
+         NULL);
+    /* An instruction budget out of reach: the deadline must stop "spin". */
+    struct rules_limits lim = {.instructions = 1000000000000LL, .timeout_ms = 100};
+    struct rules *r = load_ok(dir, &lim);
+    static const char *const slow[] = {"find", "gsub", "swallow", "spin"};
+    for (size_t i = 0; i < sizeof slow / sizeof *slow; i++) {
+        struct sd_error err = {{0}};
+        bson_t out = BSON_INITIALIZER;
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        assert_int_equal(rules_call(r, "queue", slow[i], NULL, &out, &err), -1);
+        double took = elapsed_since(&t0);
+        expect_contains(err.message, "exceeded its time budget of 100 ms");
+        char fn[64];
+        snprintf(fn, sizeof fn, "queue.%s", slow[i]);
+        expect_contains(err.message, fn);
+        expect_file_line(err.message, "queue.lua");
+        /* Bounded, not fast: the point is that it returns at all. */
+        assert_true(took < 5.0);
+        bson_destroy(&out);
+    }
+    bson_t out;
+    call_ok(r, "queue", "rep_empty", NULL, &out);
+    assert_true(num(&out, "result") == 0);
+    bson_destroy(&out);
+    struct sd_error err = {{0}};
+    bson_init(&out);
+    assert_int_equal(rules_call(r, "queue", "rep_huge", NULL, &out, &err), -1);
+    expect_contains(err.message, "memory cap of 64 MiB exceeded");
+    expect_contains(err.message, "queue.lua");
+    bson_destroy(&out);
+    bson_init(&out);
+    assert_int_equal(rules_call(r, "queue", "move", NULL, &out, &err), -1);
+    expect_contains(err.message, "table.move: more than");
+    bson_destroy(&out);
+    /* Each call has its own deadline: the next one runs normally. */
+    bson_t *args = BCON_NEW("0", "{", "priority", "urgent", "created_at", BCON_INT64(2000), "}",
+                            "1", BCON_INT64(5000));
+    call_ok(r, "queue", "score", args, &out);
+    assert_true(num(&out, "result") == 2000);
+    bson_destroy(&out);
+    bson_destroy(args);
+    rules_destroy(r);
+}
+
+/* A self-test over the deadline rejects the set, naming the file, the test
+ * and the function it called. */
+static void test_self_test_deadline(void **state)
+{
+    const char *dir = *state;
+    edit(dir, "sla", NULL, "\nreturn M\n",
+         "\nfunction M.slow() return (('a'):rep(20000):find('.-.-.-.-b')) end\n"
+         "M.tests[#M.tests + 1] = { name = \"slow one\", fn = \"slow\" }\n"
+         "return M\n",
+         NULL);
+    struct rules_limits lim = {.timeout_ms = 100};
+    const char *msg = load_error(dir, &lim);
+    expect_contains(msg, "sla.lua: self-test slow one calling slow");
+    expect_contains(msg, "exceeded its time budget of 100 ms");
+}
+
 static void test_tiny_budget_fails_self_tests(void **state)
 {
     const char *dir = *state;
@@ -1405,6 +1493,8 @@ int main(void)
         COPY_TEST(test_load_self_test_error),
         COPY_TEST(test_custom_limits),
         cmocka_unit_test(test_shipped_fit_small_limits),
+        COPY_TEST(test_deadline_stops_c_level_work),
+        COPY_TEST(test_self_test_deadline),
         COPY_TEST(test_tiny_budget_fails_self_tests),
         COPY_TEST(test_tiny_memory_fails_cleanly),
         COPY_TEST(test_call_argument_over_memory_cap),
