@@ -36,6 +36,7 @@ static const char env_help[] =
     "                           COMMUNICATION_CHECK, PROBE, OUTBOX (default false)\n"
     "  QM_SUPPORT_<JOB>_CRON    5- or 6-field cron (UTC) overriding the job's schedule\n"
     "  QM_SUPPORT_RULES_DIR     rule files (./rules)\n"
+    "  QM_SUPPORT_RULES_TIMEOUT_MS  wall-clock deadline of one rule call or self-test (2000)\n"
     "  QM_SUPPORT_REDIS_PREFIX  prefix of every Redis key (qm:support:)\n"
     "  QM_SUPPORT_LEASE_TTL     seconds a job's lease lives without renewal (60)\n"
     "  QM_SUPPORT_HTTP_TIMEOUT_MS  per attempt of a provider request (15000)\n"
@@ -95,13 +96,17 @@ int cli_help(const char *command)
               "JSON array per collection (conversation-conversation.json,\n"
               "conversation-room.json, ...) and optionally meta.json {\"now\": ISO 8601},\n"
               "used when --now is not given. Rules come from $QM_SUPPORT_RULES_DIR\n"
-              "(./rules). Jobs with a dry-run in this version: snooze.\n\n",
+              "(./rules). Jobs with a dry-run in this version: snooze.\n"
+              "Exits 2 when DIR is missing, unreadable or holds no fixture file (other files\n"
+              "are named in a warning), 1 when a rule fails on a document (an error, its\n"
+              "time budget $QM_SUPPORT_RULES_TIMEOUT_MS, its memory cap).\n\n",
               stdout);
     else if (!strcmp(command, "rules"))
         fputs("Usage: supportd rules check [DIR]\n\n"
               "Loads every rule file of DIR (default $QM_SUPPORT_RULES_DIR, else ./rules) in\n"
               "the sandbox, checks the functions each must provide and runs their self-tests.\n"
-              "Exits 0 when valid, 1 with file:line messages when not.\n\n",
+              "Each call and self-test has $QM_SUPPORT_RULES_TIMEOUT_MS (2000) of wall-clock\n"
+              "time. Exits 0 when valid, 1 with file:line messages when not.\n\n",
               stdout);
     else if (!strcmp(command, "version"))
         fputs("Usage: supportd version\n\nPrints the version.\n", stdout);
