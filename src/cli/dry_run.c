@@ -170,10 +170,15 @@ int cli_dry_run(int argc, char **argv)
     if (now_ms < 0)
         now_ms = fixtures_now(fx) >= 0 ? fixtures_now(fx) : clock_now_ms();
     struct rules_limits limits = {.timeout_ms = cfg.rules_timeout_ms};
-    struct rules *rules = rules_load(cfg.rules_dir, &limits, &err);
+    bool failed_running = false;
+    struct rules *rules = rules_load_checked(cfg.rules_dir, &limits, &failed_running, &err);
     int rc = EXIT_USAGE;
     if (!rules) {
+        /* A rule that fails while running (its time budget, say) is a
+         * runtime failure; a malformed set is a configuration error. */
         fprintf(stderr, "supportd dry-run: rules in %s: %s\n", cfg.rules_dir, err.message);
+        if (failed_running)
+            rc = EXIT_RUNTIME;
     } else {
         bson_t plan = BSON_INITIALIZER;
         if (dryrun_plan(fx, rules, job, now_ms, &plan, &err)) {

@@ -98,8 +98,9 @@ int cli_help(const char *command)
               "used when --now is not given. Rules come from $QM_SUPPORT_RULES_DIR\n"
               "(./rules). Jobs with a dry-run in this version: snooze.\n"
               "Exits 2 when DIR is missing, unreadable or holds no fixture file (other files\n"
-              "are named in a warning), 1 when a rule fails on a document (an error, its\n"
-              "time budget $QM_SUPPORT_RULES_TIMEOUT_MS, its memory cap).\n\n",
+              "are named in a warning) or the rules are malformed; 1 when a rule fails while\n"
+              "running, in its self-tests or on a document (an error, its time budget\n"
+              "$QM_SUPPORT_RULES_TIMEOUT_MS, its memory cap).\n\n",
               stdout);
     else if (!strcmp(command, "rules"))
         fputs("Usage: supportd rules check [DIR]\n\n"

@@ -43,6 +43,7 @@ struct rules {
     long long budget, remaining;
     int timeout_ms;
     struct rules_deadline deadline; /* of the call running now */
+    bool failed_running;            /* rules_load: a rule failed while running */
     char version[13];
 };
 
@@ -382,6 +383,7 @@ static int load_module(struct rules *r, const char *dir, int index, EVP_MD_CTX *
     if (protected_call(r, 0, err)) {
         if (!strstr(err->message, path)) /* memory errors carry no location */
             sd_error_prefix(err, "%s", path);
+        r->failed_running = true;
         return -1;
     }
     if (!lua_istable(L, -1)) {
@@ -415,6 +417,7 @@ static int load_module(struct rules *r, const char *dir, int index, EVP_MD_CTX *
     lua_getfield(L, LUA_REGISTRYINDEX, "supportd.self_test");
     if (protected_call(r, 4, err)) {
         name_self_test(L, path, err);
+        r->failed_running = true;
         return -1;
     }
     lua_pop(L, 1);
@@ -434,6 +437,14 @@ static int init_registry(lua_State *L)
 
 struct rules *rules_load(const char *dir, const struct rules_limits *limits, struct sd_error *err)
 {
+    return rules_load_checked(dir, limits, NULL, err);
+}
+
+struct rules *rules_load_checked(const char *dir, const struct rules_limits *limits,
+                                 bool *failed_running, struct sd_error *err)
+{
+    if (failed_running)
+        *failed_running = false;
     struct rules *r = calloc(1, sizeof *r);
     r->mem_limit = limits && limits->memory_bytes ? limits->memory_bytes : DEFAULT_MEMORY;
     r->budget = limits && limits->instructions ? limits->instructions : DEFAULT_INSTRUCTIONS;
@@ -457,6 +468,8 @@ struct rules *rules_load(const char *dir, const struct rules_limits *limits, str
     EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     for (int i = 0; i < rules_file_count; i++) {
         if (load_module(r, dir, i, md, err)) {
+            if (failed_running)
+                *failed_running = r->failed_running;
             EVP_MD_CTX_free(md);
             rules_destroy(r);
             return NULL;

@@ -33,6 +33,7 @@
 #define SD_RULES_ENGINE_H
 
 #include <bson/bson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "core/error.h"
@@ -48,6 +49,13 @@ struct rules_limits {
 /* Loads every rule file of dir, validates it and runs the self-tests. */
 struct rules *rules_load(const char *dir, const struct rules_limits *limits,
                          struct sd_error *err);
+
+/* The same; on failure *failed_running tells a runtime failure (a rule raised,
+ * failed a self-test, or ran out of time, instructions or memory while
+ * running) from a malformed set (a file missing or unreadable, a syntax error,
+ * a required function missing). */
+struct rules *rules_load_checked(const char *dir, const struct rules_limits *limits,
+                                 bool *failed_running, struct sd_error *err);
 void rules_destroy(struct rules *r);
 
 /* Content hash of the set (SHA-256 of the files, first 12 hex digits). */

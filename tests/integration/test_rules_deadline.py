@@ -269,3 +269,19 @@ def test_tick_stuck_in_a_rule_call_stops_renewing_its_lease(sd, room, tmp_path):
 
 def parse(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize("file", FILES)
+def test_dry_run_with_self_tests_over_budget_exits_1(tmp_path, file):
+    """The issue's example as written (the pattern in every call, so in the
+    self-tests): a runtime failure (1), not malformed rules (2)."""
+    rules = copy_rules(tmp_path / "rules")
+    inject(rules, file, FIND)
+    t0 = time.monotonic()
+    cp = run("dry-run", "--fixtures", str(FIXTURES / "demo"), rules=rules,
+             QM_SUPPORT_RULES_TIMEOUT_MS="300")
+    took = time.monotonic() - t0
+    assert cp.returncode == 1, cp.stderr
+    assert f"{file}.lua" in cp.stderr and f"calling {FILES[file]}" in cp.stderr, cp.stderr
+    assert TIME in cp.stderr and cp.stdout == "", cp.stderr
+    assert took < 0.3 + 1, f"took {took:.2f}s"
