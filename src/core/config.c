@@ -257,6 +257,13 @@ static int load_all(struct config *cfg, config_getenv_fn fn, void *ud, struct sd
     if ((v = get(fn, ud, "QM_SUPPORT_HTTP_TIMEOUT_MS")) &&
         parse_int("QM_SUPPORT_HTTP_TIMEOUT_MS", v, 100, 300000, &cfg->http_timeout_ms, err))
         return -1;
+    /* SPEC §7: judged against the entry's received_at; SendGrid retries for
+     * 24 h and events are deduplicated anyway, so hours, not minutes. */
+    cfg->webhook_tolerance_s = 6 * 3600;
+    if ((v = get(fn, ud, "QM_SUPPORT_WEBHOOK_TOLERANCE")) &&
+        parse_int("QM_SUPPORT_WEBHOOK_TOLERANCE", v, 60, 7 * 86400, &cfg->webhook_tolerance_s,
+                  err))
+        return -1;
     return load_providers(cfg, fn, ud, err);
 }
 

@@ -70,6 +70,7 @@ struct config {
     int lease_ttl_ms;     /* QM_SUPPORT_LEASE_TTL (seconds) */
     int probe_hold_ms;    /* QM_SUPPORT_PROBE_HOLD_MS */
     int http_timeout_ms;  /* QM_SUPPORT_HTTP_TIMEOUT_MS: per provider request attempt */
+    int webhook_tolerance_s; /* QM_SUPPORT_WEBHOOK_TOLERANCE: SendGrid timestamp vs received_at */
 };
 
 /* Looks a variable up; returns NULL when unset. `ud` is passed through. */

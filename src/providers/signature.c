@@ -1,6 +1,5 @@
 #include "providers/signature.h"
 
-#include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -12,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include "providers/form.h"
 
 /* ---- base64 -------------------------------------------------------------- */
 
@@ -130,29 +131,6 @@ static char *port_variant(const char *url)
     return NULL;
 }
 
-/* Decodes one form component: '+' is a space, then %XX. */
-static char *form_decode(const char *s, size_t len)
-{
-    char *tmp = malloc(len + 1);
-    if (!tmp)
-        return NULL;
-    for (size_t i = 0; i < len; i++)
-        tmp[i] = s[i] == '+' ? ' ' : s[i];
-    tmp[len] = '\0';
-    int outlen = 0;
-    char *dec = curl_easy_unescape(NULL, tmp, (int)len, &outlen);
-    free(tmp);
-    if (!dec)
-        return NULL;
-    char *copy = malloc((size_t)outlen + 1);
-    if (copy) {
-        memcpy(copy, dec, (size_t)outlen);
-        copy[outlen] = '\0';
-    }
-    curl_free(dec);
-    return copy;
-}
-
 static bool matches(const char *token, const char *url, const struct sig_param *p, size_t n,
                     const char *signature)
 {
@@ -182,40 +160,20 @@ static int verify(const char *token, const char *url, const struct sig_param *p,
 int signature_twilio_verify_form(const char *auth_token, const char *url, const char *body,
                                  size_t len, const char *signature, struct sd_error *err)
 {
-    size_t cap = 1;
-    for (size_t i = 0; i < len; i++)
-        cap += body[i] == '&';
-    struct sig_param *p = calloc(cap, sizeof *p);
-    if (!p)
-        return sd_error_set(err, "out of memory");
+    struct form_param *fp = NULL;
     size_t n = 0;
-    bool oom = false;
-    for (size_t i = 0; i < len && !oom;) {
-        size_t end = i;
-        while (end < len && body[end] != '&')
-            end++;
-        if (end > i) {
-            const char *eq = memchr(body + i, '=', end - i);
-            size_t klen = eq ? (size_t)(eq - body - i) : end - i;
-            char *k = form_decode(body + i, klen);
-            char *v = eq ? form_decode(eq + 1, end - i - klen - 1) : strdup("");
-            if (!k || !v) {
-                free(k);
-                free(v);
-                oom = true;
-                break;
-            }
-            p[n++] = (struct sig_param){k, v};
-        }
-        i = end + 1;
+    if (form_parse(body, len, &fp, &n, err))
+        return -1;
+    struct sig_param *p = calloc(n + 1, sizeof *p);
+    if (!p) {
+        form_free(fp, n);
+        return sd_error_set(err, "out of memory");
     }
-    int rc = oom ? sd_error_set(err, "out of memory")
-                 : verify(auth_token, url, p, n, signature, err);
-    for (size_t i = 0; i < n; i++) {
-        free((char *)p[i].name);
-        free((char *)p[i].value);
-    }
+    for (size_t i = 0; i < n; i++)
+        p[i] = (struct sig_param){fp[i].name, fp[i].value};
+    int rc = verify(auth_token, url, p, n, signature, err);
     free(p);
+    form_free(fp, n);
     return rc;
 }
 
