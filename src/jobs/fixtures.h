@@ -5,7 +5,7 @@
  * (conversation-conversation.json, conversation-room.json,
  * conversation-message.json, conversation-channel.json, …), each a JSON array
  * of documents in MongoDB Extended JSON ({"$oid": …}, {"$date": …}); and
- * optionally meta.json: {"now": "<ISO 8601>", "redis_prefix": "…"}, whose
+ * optionally meta.json: {"now": "<ISO 8601>", "redis_prefix": "…", …}, whose
  * "now" is used when --now is not given, so a fixture set plans the same way
  * whenever it runs. A missing collection file is an empty collection.
  *
@@ -32,5 +32,16 @@ const bson_t *const *fixtures_docs(const struct fixtures *f, const char *collect
 /* meta.json's "now", in ms; -1 when absent. */
 int64_t fixtures_now(const struct fixtures *f);
 const char *fixtures_redis_prefix(const struct fixtures *f);
+
+/* A string of meta.json (e.g. the webhook keys a fixture set was signed
+ * with: twilio_auth_token, sendgrid_webhook_public_key), or NULL. */
+const char *fixtures_meta_str(const struct fixtures *f, const char *key);
+
+/* Fixture files that are not collections (message-status): status-events.json
+ * holds stream entries {id, provider, body, url, signature, timestamp,
+ * received_at}; provider-answers.json what a poll would get,
+ * [{provider: "twilio", sid, status, error_code?, error_message?}]. */
+#define FIXTURE_STATUS_EVENTS "status-events"
+#define FIXTURE_PROVIDER_ANSWERS "provider-answers"
 
 #endif
