@@ -26,8 +26,8 @@
 #include "store/stream.h"
 
 #define GROUP "supportd"
-#define BATCH 500
-#define MAX_BATCHES 200          /* a tick's bound: 100,000 entries */
+#define BATCH 1000
+#define MAX_BATCHES 1000         /* a tick's bound: 1,000,000 entries */
 #define WRITE_CHUNK 500          /* statements per bulk write */
 #define SIDE_MAXLEN 100000       /* status-events:rejected / :unmatched keep about this many */
 
@@ -124,8 +124,8 @@ static int load_messages(struct ms_tick *t, const bson_t *const *parsed, size_t 
                 continue;
             char key[240];
             snprintf(key, sizeof key, "%s:%s", provider, pmid);
-            if (!bson_has_field(messages, key))
-                BSON_APPEND_DOCUMENT(messages, key, docs[i]);
+            /* two messages with one provider id: decide uses one of them */
+            BSON_APPEND_DOCUMENT(messages, key, docs[i]);
         }
         store_docs_free(docs, nd);
     }

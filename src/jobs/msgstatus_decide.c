@@ -51,25 +51,72 @@ struct mstate {
     const bson_t *doc;
     char status[24], before[24];
     bool history_is_array;
-    bson_t push;                /* new history entries (array) */
+    /* Pointers, not bson_t members: bson_t asks for 128-byte alignment, which
+     * a realloc'd array of these structs does not give (UBSan traps on it). */
+    bson_t *push;               /* new history entries (array) */
     uint32_t n_push;
-    bson_t ids;                 /* their event ids (array) */
+    bson_t *ids;                /* their event ids (array) */
     int64_t delivered_at, read_at, failed_at, sent_at;
     bson_t *failure;            /* owned copy of the event that moved it to failed/undelivered */
     bool changed;
+};
+
+/* A message of the input, found by key in a sorted array (a batch names
+ * hundreds of messages; searching the input document per event was most of
+ * the job's CPU). */
+struct mref {
+    const char *key;
+    const uint8_t *data;
+    uint32_t len;
+    long state;                 /* index into work.m, -1 before its first event */
 };
 
 struct work {
     const struct msgstatus_input *in;
     struct mstate *m;
     size_t n, cap;
+    struct mref *refs;
+    size_t n_refs;
 };
 
-static struct mstate *state_for(struct work *w, const char *key, const bson_t *doc)
+static int cmp_ref(const void *a, const void *b)
 {
-    for (size_t i = 0; i < w->n; i++)
-        if (!strcmp(w->m[i].key, key))
-            return &w->m[i];
+    return strcmp(((const struct mref *)a)->key, ((const struct mref *)b)->key);
+}
+
+static void index_messages(struct work *w, const bson_t *messages)
+{
+    bson_iter_t it;
+    size_t cap = 64;
+    w->refs = malloc(cap * sizeof *w->refs);
+    if (!bson_iter_init(&it, messages))
+        return;
+    while (bson_iter_next(&it)) {
+        if (!BSON_ITER_HOLDS_DOCUMENT(&it))
+            continue;
+        if (w->n_refs == cap)
+            w->refs = realloc(w->refs, (cap *= 2) * sizeof *w->refs);
+        struct mref *r = &w->refs[w->n_refs++];
+        r->key = bson_iter_key(&it);
+        bson_iter_document(&it, &r->len, &r->data);
+        r->state = -1;
+    }
+    qsort(w->refs, w->n_refs, sizeof *w->refs, cmp_ref);
+}
+
+static struct mref *find_ref(struct work *w, const char *key)
+{
+    struct mref probe = {.key = key};
+    return bsearch(&probe, w->refs, w->n_refs, sizeof *w->refs, cmp_ref);
+}
+
+static struct mstate *state_for(struct work *w, struct mref *ref)
+{
+    if (ref->state >= 0)
+        return &w->m[ref->state];
+    const char *key = ref->key;
+    bson_t *doc = bson_new_from_data(ref->data, ref->len);
+    ref->state = (long)w->n;
     if (w->n == w->cap) {
         w->cap = w->cap ? w->cap * 2 : 32;
         w->m = realloc(w->m, w->cap * sizeof *w->m);
@@ -84,8 +131,8 @@ static struct mstate *state_for(struct work *w, const char *key, const bson_t *d
     bson_iter_t it;
     s->history_is_array = bson_iter_init_find(&it, doc, "status_history") &&
                           BSON_ITER_HOLDS_ARRAY(&it);
-    bson_init(&s->push);
-    bson_init(&s->ids);
+    s->push = bson_new();
+    s->ids = bson_new();
     return s;
 }
 
@@ -100,7 +147,7 @@ static bool seen(const struct mstate *s, const char *event_id)
                 !strcmp(bson_iter_utf8(&e, NULL), event_id))
                 return true;
     }
-    if (bson_iter_init(&it, &s->ids))
+    if (bson_iter_init(&it, s->ids))
         while (bson_iter_next(&it))
             if (!strcmp(bson_iter_utf8(&it, NULL), event_id))
                 return true;
@@ -126,7 +173,7 @@ static const char *apply_event(struct mstate *s, const bson_t *ev, char *note, s
     char idx[12];
     snprintf(idx, sizeof idx, "%u", s->n_push++);
     bson_t h;
-    BSON_APPEND_DOCUMENT_BEGIN(&s->push, idx, &h);
+    BSON_APPEND_DOCUMENT_BEGIN(s->push, idx, &h);
     BSON_APPEND_UTF8(&h, "status", status ? status : pstatus);
     BSON_APPEND_DATE_TIME(&h, "at", at);
     BSON_APPEND_UTF8(&h, "source", source ? source : "webhook");
@@ -134,8 +181,8 @@ static const char *apply_event(struct mstate *s, const bson_t *ev, char *note, s
     BSON_APPEND_UTF8(&h, "provider_status", pstatus);
     BSON_APPEND_UTF8(&h, "event_id", event_id);
     BSON_APPEND_BOOL(&h, "applied", applies);
-    bson_append_document_end(&s->push, &h);
-    BSON_APPEND_UTF8(&s->ids, idx, event_id);
+    bson_append_document_end(s->push, &h);
+    BSON_APPEND_UTF8(s->ids, idx, event_id);
     if (!status) {
         snprintf(note, size, "%s is recorded in the history only", pstatus);
         return "history";
@@ -298,12 +345,12 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
         }
     }
     if (!s->history_is_array)
-        BSON_APPEND_ARRAY(&set, "status_history", &s->push);
+        BSON_APPEND_ARRAY(&set, "status_history", s->push);
     BSON_APPEND_DATE_TIME(&set, "updated_at", in->write_ms);
     bson_append_document_end(&u, &set);
     BSON_APPEND_BOOL(&u, "replace_history", !s->history_is_array);
-    BSON_APPEND_ARRAY(&u, "push", &s->push);
-    BSON_APPEND_ARRAY(&u, "event_ids", &s->ids);
+    BSON_APPEND_ARRAY(&u, "push", s->push);
+    BSON_APPEND_ARRAY(&u, "event_ids", s->ids);
     if (has_retry)
         BSON_APPEND_DOCUMENT(&u, "retry", &retry);
     bson_append_document_end(updates, &u);
@@ -315,6 +362,7 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
 int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_error *err)
 {
     struct work w = {.in = in};
+    index_messages(&w, in->messages);
     bson_t entries, updates;
     BSON_APPEND_ARRAY_BEGIN(plan, "entries", &entries);
     int rc = 0;
@@ -362,14 +410,9 @@ int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_e
                              str(&ev, "event_id"));
                 } else {
                     snprintf(mkey, sizeof mkey, "%s:%s", str(&ev, "provider"), pmid);
-                    if (bson_iter_init_find(&m, in->messages, mkey) &&
-                        BSON_ITER_HOLDS_DOCUMENT(&m)) {
-                        bson_iter_document(&m, &len, &data);
-                        bson_t *doc = malloc(sizeof *doc);
-                        bson_init_static(doc, data, len);
-                        struct mstate *s = state_for(&w, bson_iter_key(&m), doc);
-                        if (s->doc != doc)
-                            free(doc);
+                    struct mref *ref = find_ref(&w, mkey);
+                    if (ref) {
+                        struct mstate *s = state_for(&w, ref);
                         char before[24];
                         snprintf(before, sizeof before, "%s", s->status);
                         outcome = apply_event(s, &ev, note, sizeof note);
@@ -415,13 +458,14 @@ int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_e
             rc = emit_update(in, &w.m[i], &updates, &n, err);
     bson_append_array_end(plan, &updates);
     for (size_t i = 0; i < w.n; i++) {
-        bson_destroy(&w.m[i].push);
-        bson_destroy(&w.m[i].ids);
+        bson_destroy(w.m[i].push);
+        bson_destroy(w.m[i].ids);
         if (w.m[i].failure)
             bson_destroy(w.m[i].failure);
-        free((bson_t *)w.m[i].doc);
+        bson_destroy((bson_t *)w.m[i].doc);
     }
     free(w.m);
+    free(w.refs);
     return rc;
 }
 

@@ -72,50 +72,42 @@ static void append_code(bson_t *ev, const char *code)
     long long v = strtoll(code, &end, 10);
     if (*end == '\0')
         BSON_APPEND_INT64(ev, "code", v);
-    else
+    else if (bson_utf8_validate(code, strlen(code), false))
         BSON_APPEND_UTF8(ev, "code", code);
 }
 
 /* ---- Twilio ---------------------------------------------------------------- */
 
-/* The callback's parameters, whichever way the body came (form, or JSON with
- * bodySHA256 in the URL), as name → value in `params`. */
-static int twilio_params(const char *body, size_t len, bson_t *params, char *why, size_t size)
+/* A JSON callback's parameters (bodySHA256 variant) as form pairs. */
+static int json_params(const char *body, size_t len, struct form_param **out, size_t *n,
+                       char *why, size_t size)
 {
-    if (len && body[0] == '{') {
-        bson_error_t berr;
-        bson_t *doc = bson_new_from_json((const uint8_t *)body, (ssize_t)len, &berr);
-        if (!doc) {
-            snprintf(why, size, "malformed body: JSON: %s", berr.message);
-            return -1;
-        }
-        bson_iter_t it;
-        bson_iter_init(&it, doc);
-        while (bson_iter_next(&it)) {
-            if (BSON_ITER_HOLDS_UTF8(&it))
-                BSON_APPEND_UTF8(params, bson_iter_key(&it), bson_iter_utf8(&it, NULL));
-            else if (BSON_ITER_HOLDS_INT(&it)) {
-                char num[32];
-                snprintf(num, sizeof num, "%lld", (long long)bson_iter_as_int64(&it));
-                BSON_APPEND_UTF8(params, bson_iter_key(&it), num);
-            }
-        }
-        bson_destroy(doc);
-        return 0;
-    }
-    struct form_param *p = NULL;
-    size_t n = 0;
-    struct sd_error err;
-    if (form_parse(body, len, &p, &n, &err)) {
-        snprintf(why, size, "malformed body: %s", err.message);
+    bson_error_t berr;
+    bson_t *doc = bson_new_from_json((const uint8_t *)body, (ssize_t)len, &berr);
+    if (!doc) {
+        snprintf(why, size, "malformed body: JSON: %s", berr.message);
         return -1;
     }
-    for (size_t i = 0; i < n; i++)
-        if (bson_utf8_validate(p[i].value, strlen(p[i].value), false) &&
-            bson_utf8_validate(p[i].name, strlen(p[i].name), false))
-            BSON_APPEND_UTF8(params, p[i].name, p[i].value);
-    form_free(p, n);
-    return 0;
+    size_t cap = bson_count_keys(doc) + 1, k = 0;
+    struct form_param *p = calloc(cap, sizeof *p);
+    bson_iter_t it;
+    bson_iter_init(&it, doc);
+    while (p && bson_iter_next(&it)) {
+        char num[32];
+        const char *v = NULL;
+        if (BSON_ITER_HOLDS_UTF8(&it))
+            v = bson_iter_utf8(&it, NULL);
+        else if (BSON_ITER_HOLDS_INT(&it)) {
+            snprintf(num, sizeof num, "%lld", (long long)bson_iter_as_int64(&it));
+            v = num;
+        }
+        if (v)
+            p[k++] = (struct form_param){strdup(bson_iter_key(&it)), strdup(v)};
+    }
+    bson_destroy(doc);
+    *out = p;
+    *n = k;
+    return p ? 0 : -1;
 }
 
 static void parse_twilio(const bson_t *entry, const struct msgstatus_keys *keys, int64_t at,
@@ -130,34 +122,48 @@ static void parse_twilio(const bson_t *entry, const struct msgstatus_keys *keys,
     if (!sig || !*sig)
         return reject(out, "missing signature (X-Twilio-Signature)");
     struct sd_error err;
-    size_t len = strlen(body);
+    size_t len = strlen(body), n = 0;
     bool json = len && body[0] == '{';
-    int bad = json ? signature_twilio_verify_json(keys->twilio_auth_token, url, body, len, sig, &err)
-                   : signature_twilio_verify_form(keys->twilio_auth_token, url, body, len, sig,
-                                                  &err);
-    if (bad)
-        return reject(out, "bad signature: %s", err.message);
-    bson_t params = BSON_INITIALIZER;
-    char why[300];
-    if (twilio_params(body, len, &params, why, sizeof why)) {
-        bson_destroy(&params);
-        return reject(out, "%s", why);
+    struct form_param *p = NULL;
+    if (json) {
+        if (signature_twilio_verify_json(keys->twilio_auth_token, url, body, len, sig, &err))
+            return reject(out, "bad signature: %s", err.message);
+        char why[300];
+        if (json_params(body, len, &p, &n, why, sizeof why))
+            return reject(out, "%s", why);
+    } else {
+        /* parsed once: the signature covers these very pairs */
+        if (form_parse(body, len, &p, &n, &err))
+            return reject(out, "malformed body: %s", err.message);
+        struct sig_param sp[64];
+        bool small = n <= 64;
+        for (size_t i = 0; small && i < n; i++)
+            sp[i] = (struct sig_param){p[i].name, p[i].value};
+        int bad = small ? signature_twilio_verify_params(keys->twilio_auth_token, url, sp, n, sig,
+                                                         &err)
+                        : signature_twilio_verify_form(keys->twilio_auth_token, url, body, len,
+                                                       sig, &err);
+        if (bad) {
+            form_free(p, n);
+            return reject(out, "bad signature: %s", err.message);
+        }
     }
-    const char *sid = field(&params, "MessageSid");
+    const char *sid = form_get(p, n, "MessageSid");
     if (!sid)
-        sid = field(&params, "SmsSid");
-    const char *status = field(&params, "MessageStatus");
+        sid = form_get(p, n, "SmsSid");
+    const char *status = form_get(p, n, "MessageStatus");
     if (!status)
-        status = field(&params, "SmsStatus");
-    const char *event_type = field(&params, "EventType");
+        status = form_get(p, n, "SmsStatus");
+    const char *event_type = form_get(p, n, "EventType");
     bool read = event_type && !strcasecmp(event_type, "READ");
-    if (!sid || !*sid) {
-        bson_destroy(&params);
+    if (!sid || !*sid || !bson_utf8_validate(sid, strlen(sid), false)) {
+        form_free(p, n);
         return reject(out, "missing field: MessageSid");
     }
-    if ((!status || !*status) && !read) {
-        bson_destroy(&params);
-        return reject(out, "missing field: MessageStatus (message %s)", sid);
+    if ((!status || !*status || !bson_utf8_validate(status, strlen(status), false)) && !read) {
+        reject(out, "missing field: MessageStatus (message %s)", sid);
+        form_free(p, n);
+        return;
     }
     const char *provider_status = read ? "read" : status;
     bson_t events, ev;
@@ -173,15 +179,15 @@ static void parse_twilio(const bson_t *entry, const struct msgstatus_keys *keys,
     const char *ours = msgstatus_map_twilio(provider_status);
     if (ours)
         BSON_APPEND_UTF8(&ev, "status", ours);
-    append_code(&ev, field(&params, "ErrorCode"));
-    const char *emsg = field(&params, "ErrorMessage");
-    if (emsg)
+    append_code(&ev, form_get(p, n, "ErrorCode"));
+    const char *emsg = form_get(p, n, "ErrorMessage");
+    if (emsg && bson_utf8_validate(emsg, strlen(emsg), false))
         BSON_APPEND_UTF8(&ev, "error_message", emsg);
     BSON_APPEND_DATE_TIME(&ev, "at", at);
     BSON_APPEND_UTF8(&ev, "source", "webhook");
     bson_append_document_end(&events, &ev);
     bson_append_array_end(out, &events);
-    bson_destroy(&params);
+    form_free(p, n);
 }
 
 /* ---- SendGrid -------------------------------------------------------------- */

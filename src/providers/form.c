@@ -7,6 +7,8 @@
 /* Decodes one form component: '+' is a space, then %XX. */
 static char *decode(const char *s, size_t len)
 {
+    if (!memchr(s, '%', len) && !memchr(s, '+', len)) /* most names and ids */
+        return strndup(s, len);
     char *tmp = malloc(len + 1);
     if (!tmp)
         return NULL;
