@@ -155,8 +155,10 @@ static bson_t *fields(const char *first, ...)
     bson_t *e = bson_new();
     va_list ap;
     va_start(ap, first);
-    for (const char *k = first; k; k = va_arg(ap, const char *))
-        BSON_APPEND_UTF8(e, k, va_arg(ap, const char *));
+    for (const char *k = first; k; k = va_arg(ap, const char *)) {
+        const char *v = va_arg(ap, const char *); /* the macro names its value twice */
+        BSON_APPEND_UTF8(e, k, v);
+    }
     va_end(ap);
     return e;
 }
