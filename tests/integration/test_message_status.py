@@ -560,3 +560,49 @@ def test_acknowledged_entries_are_trimmed(world):
     cp = world.once()
     assert cp.returncode == 0
     assert world.sd.redis.xlen(world.stream) <= 1 and tick_end(cp)["counts"]["trimmed"] >= 2
+
+
+def test_redis_stopped_mid_tick_then_replayed(world, tmp_path, redis_restart_guard):
+    """Redis goes away between the write and the acknowledgement: the tick
+    fails cleanly; the test Redis keeps nothing across a restart, so the
+    providers' retries bring the events again, and they apply once."""
+    from conftest import services_script
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    msgs = [world.message("twilio", status="sent") for _ in range(5)]
+    for m in msgs:
+        world.twilio(m["provider_message_id"], "delivered")
+    (seams / "message_status_before_ack.arm").touch()
+    d = world.start("cut", QM_SUPPORT_TEST_SEAMS=str(seams), QM_SUPPORT_LEASE_TTL=2)
+    wait_until(lambda: (seams / "message_status_before_ack.reached").exists(), 30, what="the seam")
+    services_script("stop-redis")
+    (seams / "message_status_before_ack.go").touch()
+    assert d.wait_exit(60) == 1
+    services_script("start-redis")
+    wait_until(lambda: world.sd.redis.ping(), 20, what="Redis")
+    assert all(world.get(m)["status"] == "delivered" for m in msgs)  # written before the cut
+    for m in msgs:  # Twilio retries what was not acknowledged
+        world.twilio(m["provider_message_id"], "delivered")
+        world.twilio(m["provider_message_id"], "read")
+    cp = world.once()
+    assert cp.returncode == 0, cp.stderr
+    for m in msgs:
+        sid = m["provider_message_id"]
+        assert world.get(m)["status"] == "read"
+        assert world.history_ids(m) == [f"twilio:{sid}:delivered", f"twilio:{sid}:read"]
+
+
+def test_daemon_keeps_consuming_across_a_redis_restart(world, redis_restart_guard):
+    from conftest import services_script
+    d = world.sd.start("run", name="daemon", **world.env(QM_SUPPORT_MESSAGE_STATUS="true",
+                                                        QM_SUPPORT_MESSAGE_STATUS_CRON="* * * * * *"))
+    a = world.message("twilio", status="sent")
+    world.twilio(a["provider_message_id"], "delivered")
+    wait_until(lambda: world.get(a)["status"] == "delivered", 30, what="the first event")
+    services_script("restart-redis")
+    wait_until(lambda: world.sd.redis.ping(), 20, what="Redis")
+    b = world.message("sendgrid", status="sent")
+    world.sendgrid([World.sg_event(b, "delivered")])
+    wait_until(lambda: world.get(b)["status"] == "delivered", 40, what="an event after the restart")
+    assert d.alive()
+    assert d.terminate_and_wait() == 0
