@@ -43,6 +43,8 @@ static const char env_help[] =
     "  QM_SUPPORT_EMAIL_FROM    default From address\n"
     "  TWILIO_ACCOUNT_SID TWILIO_AUTH_TOKEN TWILIO_API_BASE\n"
     "  SENDGRID_API_KEY SENDGRID_API_BASE SENDGRID_WEBHOOK_PUBLIC_KEY\n"
+    "  QM_SUPPORT_WEBHOOK_TOLERANCE  seconds a SendGrid webhook's timestamp may differ\n"
+    "                           from its received_at (21600)\n"
     "  SMTP_URL SMTP_USER SMTP_PASSWORD\n"
     "  LOG_LEVEL                debug, info, warn, error (info)\n"
     "  LOG_FORMAT               json or text (json); logs go to stderr\n";
@@ -94,8 +96,11 @@ int cli_help(const char *command)
               "touched; the same input gives byte-identical output. DIR holds one Extended\n"
               "JSON array per collection (conversation-conversation.json,\n"
               "conversation-room.json, ...) and optionally meta.json {\"now\": ISO 8601},\n"
-              "used when --now is not given. Rules come from $QM_SUPPORT_RULES_DIR\n"
-              "(./rules). Jobs with a dry-run in this version: snooze.\n\n",
+              "used when --now is not given. message-status also reads status-events.json\n"
+              "(stream entries) and provider-answers.json (what a Twilio poll answers);\n"
+              "webhook keys come from the environment, else from meta.json. Rules come from\n"
+              "$QM_SUPPORT_RULES_DIR (./rules). Jobs with a dry-run in this version: snooze,\n"
+              "message-status.\n\n",
               stdout);
     else if (!strcmp(command, "rules"))
         fputs("Usage: supportd rules check [DIR]\n\n"
