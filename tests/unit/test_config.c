@@ -271,6 +271,22 @@ static void test_redis_db_invalid(void **state)
     load_err(ENV({"REDIS_DB", "zero"}), "REDIS_DB", "not an integer");
 }
 
+static void test_webhook_tolerance(void **state)
+{
+    (void)state;
+    struct config cfg;
+    load_ok(NO_ENV, &cfg);
+    assert_int_equal(cfg.webhook_tolerance_s, 6 * 3600);
+    config_free(&cfg);
+    load_ok(ENV({"QM_SUPPORT_WEBHOOK_TOLERANCE", "86400"}), &cfg);
+    assert_int_equal(cfg.webhook_tolerance_s, 86400);
+    config_free(&cfg);
+    load_err(ENV({"QM_SUPPORT_WEBHOOK_TOLERANCE", "10"}), "QM_SUPPORT_WEBHOOK_TOLERANCE",
+             "out of range");
+    load_err(ENV({"QM_SUPPORT_WEBHOOK_TOLERANCE", "6h"}), "QM_SUPPORT_WEBHOOK_TOLERANCE",
+             "not an integer");
+}
+
 /* ---- logging ------------------------------------------------------------- */
 
 static void test_log_settings(void **state)
