@@ -589,6 +589,7 @@ int main(void)
         cmocka_unit_test_teardown(test_redis_overrides, clear_secrets),
         cmocka_unit_test_teardown(test_redis_port_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_redis_db_invalid, clear_secrets),
+        cmocka_unit_test_teardown(test_webhook_tolerance, clear_secrets),
         cmocka_unit_test_teardown(test_log_settings, clear_secrets),
         cmocka_unit_test_teardown(test_log_settings_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_email_provider, clear_secrets),
