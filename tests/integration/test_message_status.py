@@ -416,15 +416,20 @@ def test_blocked_sendgrid_bounce_is_sent_again_through_sendgrid(world):
     assert got["provider_message_id"] == mails[0]["message_id"] and got["attempts"] == 2
 
 
-def test_resend_5xx_is_looked_up_not_repeated_blindly(world):
+@pytest.mark.parametrize("fault", [{"status": 500, "accept": True},
+                                   {"delay_ms": 3000, "status": 201, "accept": True}],
+                         ids=["5xx", "timeout"])
+def test_resend_5xx_or_timeout_is_looked_up_not_repeated_blindly(world, fault):
     m = world.message("twilio", status="sent")
     world.twilio(m["provider_message_id"], "failed", error_code=30008)
     assert world.once().returncode == 0
     later = iso(now_ms() + 2 * 60 * 1000)
-    world.p.fake.fault(match="/Messages.json", method="POST", status=500, accept=True)
+    # accepted by Twilio, but the answer is a 500 or never arrives (HTTP timeout 2 s)
+    world.p.fake.fault(match="/Messages.json", method="POST", **fault)
     cp = world.once("--now", later)
     assert cp.returncode == 0, cp.stderr
-    assert len(world.p.fake.sent()["twilio"]) == 1  # it did arrive
+    # it did arrive (after the client gave up, in the timeout case)
+    wait_until(lambda: len(world.p.fake.sent()["twilio"]) == 1, 10, what="the message at Twilio")
     got = world.get(m)
     assert got["supportd_resend"]["uncertain"] is True and got["attempts"] == 1
     cp = world.once("--now", iso(now_ms() + 20 * 60 * 1000))
