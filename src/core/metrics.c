@@ -71,8 +71,10 @@ static struct item *item_locked(struct job_metrics *j, const char *name)
     for (int i = 0; i < j->n_items; i++)
         if (!strcmp(j->items[i].name, name))
             return &j->items[i];
-    if (j->n_items == MAX_ITEMS - 1 && strcmp(name, "_other"))
+    if (j->n_items >= MAX_ITEMS - 1 && strcmp(name, "_other"))
         return item_locked(j, "_other");
+    if (j->n_items == MAX_ITEMS) /* full of _other already */
+        return &j->items[MAX_ITEMS - 1];
     struct item *it = &j->items[j->n_items++];
     copy(it->name, name);
     it->total = 0;
@@ -84,8 +86,10 @@ static struct pair *pair_locked(struct pairs *p, const char *a, const char *b)
     for (int i = 0; i < p->n; i++)
         if (!strcmp(p->rows[i].a, a) && !strcmp(p->rows[i].b, b))
             return &p->rows[i];
-    if (p->n == MAX_PAIRS - 1 && strcmp(b, "_other"))
+    if (p->n >= MAX_PAIRS - 1 && strcmp(b, "_other"))
         return pair_locked(p, a, "_other");
+    if (p->n == MAX_PAIRS) /* another label a, past the end: the last row */
+        return &p->rows[MAX_PAIRS - 1];
     struct pair *r = &p->rows[p->n++];
     copy(r->a, a);
     copy(r->b, b);
