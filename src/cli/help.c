@@ -39,6 +39,11 @@ static const char env_help[] =
     "  QM_SUPPORT_REDIS_PREFIX  prefix of every Redis key (qm:support:)\n"
     "  QM_SUPPORT_LEASE_TTL     seconds a job's lease lives without renewal (60)\n"
     "  QM_SUPPORT_HTTP_TIMEOUT_MS  per attempt of a provider request (15000)\n"
+    "  QM_SUPPORT_HTTP_LISTEN   host:port of the HTTP server: webhooks, /healthz,\n"
+    "                           /readyz, /metrics (unset: no server)\n"
+    "  QM_SUPPORT_PUBLIC_URL    the URL providers call, e.g. https://hooks.example.com\n"
+    "  QM_SUPPORT_HTTP_THREADS QM_SUPPORT_HTTP_MAX_CONNECTIONS  (4, 256)\n"
+    "  QM_SUPPORT_HTTP_IDLE_TIMEOUT QM_SUPPORT_HTTP_REQUEST_TIMEOUT  seconds (10, 10)\n"
     "  QM_SUPPORT_EMAIL_PROVIDER  sendgrid or smtp (sendgrid)\n"
     "  QM_SUPPORT_EMAIL_FROM    default From address\n"
     "  TWILIO_ACCOUNT_SID TWILIO_AUTH_TOKEN TWILIO_API_BASE\n"
@@ -56,7 +61,11 @@ static const char run_help[] =
     "running ticks finish their batch and exit 0. SIGHUP reloads the rules. Any\n"
     "number of instances may run against one MongoDB and Redis: a per-job lease in\n"
     "Redis lets one instance at a time run a job's tick. A slot missed while no\n"
-    "instance was up runs once at start-up.\n\n";
+    "instance was up runs once at start-up.\n"
+    "\n"
+    "With QM_SUPPORT_HTTP_LISTEN=host:port it also serves HTTP: POST\n"
+    "/webhooks/twilio/status and /webhooks/sendgrid/events (verified, then appended\n"
+    "to status-events), GET /healthz, /readyz and /metrics (Prometheus).\n\n";
 
 static const char once_help[] =
     "Usage: supportd once JOB [--now TIME]\n"
