@@ -50,6 +50,13 @@ const core_sources = [_][]const u8{
     "src/core/stall.c",
     "src/jobs/snooze.c",
     "src/jobs/snooze_decide.c",
+    "src/jobs/message_status.c",
+    "src/jobs/msgstatus_events.c",
+    "src/jobs/msgstatus_decide.c",
+    "src/jobs/msgstatus_select.c",
+    "src/jobs/msgstatus_retry.c",
+    "src/store/stream.c",
+    "src/providers/form.c",
     "src/jobs/fixtures.c",
     "src/jobs/dryrun.c",
     "src/rules/marshal.c",
@@ -66,12 +73,17 @@ const core_sources = [_][]const u8{
     "src/outbox/dispatch.c",
     "src/outbox/deliver.c",
     "src/jobs/outbox.c",
+    "src/core/metrics.c",
+    "src/http/server.c",
+    "src/http/webhook.c",
+    "src/http/probes.c",
+    "src/http/exposition.c",
 };
 
-const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl", "openssl" };
+const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl", "openssl", "libmicrohttpd" };
 
 /// Unit tests: tests/unit/test_<name>.c, one executable each.
-const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle" };
+const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "msgstatus", "metrics" };
 
 pub fn build(b: *std.Build) void {
     const static = b.option(bool, "static", "Release build: one static x86_64-linux-musl binary (vendor/)") orelse false;

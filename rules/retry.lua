@@ -13,6 +13,15 @@ M.max_attempts = 4          -- sends in all, the first included
 M.backoff_seconds = 60      -- first retry after 1 min, then 2, 4, ... min
 M.max_backoff_seconds = 3600
 
+-- Reconcile: a message whose status has not moved for this long is looked
+-- up at the provider (Twilio only: SendGrid's Email Activity API is a paid
+-- add-on limited to 6 requests a minute). Twilio advises polling a message
+-- that is not delivered or undelivered within 12 hours.
+M.reconcile = {
+  after_seconds = { queued = 3600, sending = 3600, sent = 12 * 3600 },
+  max_per_tick = 50,          -- lookups per tick, politely spaced over ticks
+}
+
 M.retryable = {
   twilio = {
     [30001] = true,   -- queue overflow: retry with slowdown

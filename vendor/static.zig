@@ -3,7 +3,7 @@
 //!
 //! The third-party libraries come from the Debian source packages pinned in
 //! vendor/manifest.txt, fetched into .cache/vendor/src/ by scripts/vendor-fetch:
-//!   - OpenSSL, curl, libmongoc + libbson: built by their own build systems with
+//!   - OpenSSL, curl, libmongoc + libbson, libmicrohttpd: built by their own build systems with
 //!     `zig cc -target x86_64-linux-musl` as the compiler, by scripts/build-static-deps
 //!     (which runs vendor-fetch first), into .cache/static/<name>/. That script runs at
 //!     the start of every static build and returns at once when its stamps are current.
@@ -24,6 +24,7 @@ pub fn target(b: *std.Build) std.Build.ResolvedTarget {
 /// Archives built by scripts/build-static-deps, in link order (a library before what it
 /// uses), relative to the repository root.
 const archives = [_][]const u8{
+    ".cache/static/microhttpd/lib/libmicrohttpd.a",
     ".cache/static/mongoc/lib/libmongoc-static-1.0.a",
     ".cache/static/mongoc/lib/libbson-static-1.0.a",
     ".cache/static/curl/lib/libcurl.a",
@@ -31,6 +32,7 @@ const archives = [_][]const u8{
     ".cache/static/openssl/lib/libcrypto.a",
 };
 const include_dirs = [_][]const u8{
+    ".cache/static/microhttpd/include",
     ".cache/static/mongoc/include",
     ".cache/static/curl/include",
     ".cache/static/openssl/include",
@@ -70,7 +72,7 @@ pub fn build(b: *std.Build) *Libs {
     const deps = b.addSystemCommand(&.{b.pathFromRoot("scripts/build-static-deps")});
     deps.setCwd(b.path("."));
     deps.setEnvironmentVariable("ZIG", b.graph.zig_exe);
-    deps.setName("build-static-deps (OpenSSL, curl, mongoc)");
+    deps.setName("build-static-deps (OpenSSL, curl, mongoc, microhttpd)");
 
     const libs = b.allocator.create(Libs) catch @panic("OOM");
     libs.* = .{

@@ -74,6 +74,72 @@ static const char *str(const bson_t *doc, const char *path)
     return "";
 }
 
+static void print_entries(const bson_t *d_outer, const char *path)
+{
+    bson_iter_t a, list;
+    uint32_t len;
+    const uint8_t *data;
+    bson_t d;
+    if (!bson_iter_init(&a, d_outer) || !bson_iter_find_descendant(&a, path, &a) ||
+        !bson_iter_recurse(&a, &list))
+        return;
+    while (bson_iter_next(&list)) {
+        bson_iter_document(&list, &len, &data);
+        bson_init_static(&d, data, len);
+        const char *reason = str(&d, "reason");
+        printf("  entry %s (%s): %s%s%s\n", str(&d, "id"), str(&d, "provider"),
+               str(&d, "outcome"), *reason ? ": " : "", reason);
+        bson_iter_t e, evs;
+        if (!bson_iter_init(&e, &d) || !bson_iter_find(&e, "events") || !bson_iter_recurse(&e, &evs))
+            continue;
+        while (bson_iter_next(&evs)) {
+            bson_t ev;
+            bson_iter_document(&evs, &len, &data);
+            bson_init_static(&ev, data, len);
+            printf("    %s %s: %s", str(&ev, "provider_message_id"), str(&ev, "provider_status"),
+                   str(&ev, "outcome"));
+            if (*str(&ev, "after"))
+                printf(" %s -> %s", str(&ev, "before"), str(&ev, "after"));
+            if (*str(&ev, "note"))
+                printf(" (%s)", str(&ev, "note"));
+            putchar('\n');
+        }
+    }
+}
+
+static void print_message_status(bson_iter_t *job)
+{
+    bson_iter_t a, list;
+    uint32_t len;
+    const uint8_t *data;
+    bson_t d, whole;
+    bson_iter_document(job, &len, &data);
+    bson_init_static(&whole, data, len);
+    print_entries(&whole, "entries");
+    const char *lists[][2] = {{"polls", "poll twilio %s (%s since long)\n"},
+                              {"retries", "send again %s via %s, attempt %s\n"}};
+    for (int l = 0; l < 2; l++) {
+        if (!bson_iter_recurse(job, &a) || !bson_iter_find(&a, lists[l][0]) ||
+            !bson_iter_recurse(&a, &list))
+            continue;
+        while (bson_iter_next(&list)) {
+            bson_iter_document(&list, &len, &data);
+            bson_init_static(&d, data, len);
+            char attempt[24] = "";
+            bson_iter_t at;
+            if (bson_iter_init_find(&at, &d, "attempt"))
+                snprintf(attempt, sizeof attempt, "%lld", (long long)bson_iter_as_int64(&at));
+            printf("  ");
+            if (l == 0)
+                printf(lists[l][1], str(&d, "provider_message_id"), str(&d, "status"));
+            else
+                printf(lists[l][1], str(&d, "target"), str(&d, "provider"), attempt);
+        }
+        if (l == 0)
+            print_entries(&whole, "poll_results.entries");
+    }
+}
+
 static void print_text(const bson_t *plan)
 {
     printf("dry-run at %s with rules %s\n", str(plan, "now"), str(plan, "rules"));
@@ -89,6 +155,10 @@ static void print_text(const bson_t *plan)
             while (bson_iter_next(&list))
                 skipped++;
         printf("\n%s:\n", bson_iter_key(&job));
+        if (!strcmp(bson_iter_key(&job), "message-status")) {
+            print_message_status(&job);
+            continue;
+        }
         if (bson_iter_recurse(&job, &a) && bson_iter_find(&a, "actions") &&
             bson_iter_recurse(&a, &list)) {
             while (bson_iter_next(&list)) {
@@ -181,7 +251,10 @@ int cli_dry_run(int argc, char **argv)
             rc = EXIT_RUNTIME;
     } else {
         bson_t plan = BSON_INITIALIZER;
-        if (dryrun_plan(fx, rules, job, now_ms, &plan, &err)) {
+        struct msgstatus_keys keys = {.twilio_auth_token = cfg.twilio_auth_token,
+                                      .sendgrid_public_key = cfg.sendgrid_webhook_public_key,
+                                      .sendgrid_tolerance_ms = cfg.webhook_tolerance_s * 1000LL};
+        if (dryrun_plan(fx, rules, job, now_ms, &keys, &plan, &err)) {
             fprintf(stderr, "supportd dry-run: %s\n", err.message);
             rc = EXIT_RUNTIME;
         } else {

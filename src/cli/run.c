@@ -7,6 +7,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/scheduler.h"
+#include "http/http.h"
 #include "jobs/job.h"
 #include "jobs/runner.h"
 #include "store/health.h"
@@ -84,6 +85,15 @@ int cli_run(int argc, char **argv)
     if (store_ensure_indexes(store, &err))
         log_msg(LOG_ERROR, NULL, "startup.indexes", NULL, "%s", err.message);
 
+    /* After the signal mask is set: the server's threads inherit it. */
+    struct http_server *http = NULL;
+    if (cfg.http_host && !(http = http_server_start(&cfg, store, rules, &err))) {
+        log_msg(LOG_ERROR, NULL, "startup.http", NULL, "%s", err.message);
+        store_destroy(store);
+        rules_live_destroy(rules);
+        config_free(&cfg);
+        return EXIT_RUNTIME;
+    }
     if (rules_live_watch(rules, &err))
         log_msg(LOG_WARN, NULL, "rules.watch", NULL, "%s; reload with SIGHUP", err.message);
     struct scheduler s = {.tick = on_tick, .reload = on_reload, .reload_ud = rules};
@@ -110,6 +120,8 @@ int cli_run(int argc, char **argv)
     int rc = scheduler_run(&s, &err) == 0 ? EXIT_OK : EXIT_RUNTIME;
     if (rc != EXIT_OK)
         log_msg(LOG_ERROR, NULL, "scheduler", NULL, "%s", err.message);
+    /* The jobs have stopped; the probes would now say so: stop answering. */
+    http_server_stop(http);
     for (int i = 0; i < s.n_jobs; i++)
         runner_destroy(&runners[i]);
     free(runners);

@@ -16,13 +16,6 @@ static void fmt_time(int64_t ms, char *buf, size_t size)
         clock_format_iso(ms, buf, size);
 }
 
-/* The gap between the next two slots: a job's interval as cron means it. */
-static int64_t interval_ms(const struct cron_expr *cron, int64_t now_s)
-{
-    int64_t a = cron_next(cron, now_s), b = cron_next(cron, a);
-    return (b - a) * 1000;
-}
-
 int cli_status(int argc, char **argv)
 {
     if (argc > 1)
@@ -65,7 +58,7 @@ int cli_status(int argc, char **argv)
                jc->enabled ? "yes" : "no", jc->cron_text, last, result, next, holder);
         if (h.present && !strcmp(h.last_result, "error") && h.last_error[0])
             printf("  last error: %s\n", h.last_error);
-        if (jc->enabled && now - h.last_success > 2 * interval_ms(&jc->cron, now / 1000)) {
+        if (jc->enabled && health_overdue(&jc->cron, h.last_success, 0, now)) {
             char ok[40];
             fmt_time(h.last_success, ok, sizeof ok);
             printf("  UNHEALTHY: no successful run within twice its interval (last success: %s)\n",

@@ -71,6 +71,15 @@ struct config {
     int probe_hold_ms;    /* QM_SUPPORT_PROBE_HOLD_MS */
     int http_timeout_ms;  /* QM_SUPPORT_HTTP_TIMEOUT_MS: per provider request attempt */
     int rules_timeout_ms; /* QM_SUPPORT_RULES_TIMEOUT_MS: wall clock per rule call */
+    int webhook_tolerance_s; /* QM_SUPPORT_WEBHOOK_TOLERANCE: SendGrid timestamp vs received_at */
+    /* The HTTP surface (src/http/): off while http_host is NULL. */
+    char *http_host;         /* QM_SUPPORT_HTTP_LISTEN host part (numeric or a name) */
+    int http_port;           /* its port (1-65535) */
+    char *public_url;        /* QM_SUPPORT_PUBLIC_URL, no trailing '/'; NULL when unset */
+    int http_threads;        /* QM_SUPPORT_HTTP_THREADS */
+    int http_max_connections;  /* QM_SUPPORT_HTTP_MAX_CONNECTIONS */
+    int http_idle_timeout_s;   /* QM_SUPPORT_HTTP_IDLE_TIMEOUT: silence before a connection is closed */
+    int http_request_timeout_s; /* QM_SUPPORT_HTTP_REQUEST_TIMEOUT: a whole request must arrive within it */
 };
 
 #define CONFIG_RULES_TIMEOUT_MS 2000

@@ -4,10 +4,14 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "jobs/message_status.h"
 #include "jobs/snooze.h"
 #include "store/mongo.h"
 
-bool dryrun_supports(const char *job) { return strcmp(job, "snooze") == 0; }
+bool dryrun_supports(const char *job)
+{
+    return strcmp(job, "snooze") == 0 || strcmp(job, "message-status") == 0;
+}
 
 static int by_id(const void *a, const void *b)
 {
@@ -101,8 +105,136 @@ static int plan_snooze(const struct fixtures *fx, struct rules *rules, int64_t n
     return rc;
 }
 
+static const char *str(const bson_t *doc, const char *key)
+{
+    bson_iter_t it;
+    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
+               ? bson_iter_utf8(&it, NULL)
+               : NULL;
+}
+
+/* Appends the documents of `docs` whose status is one of `statuses`. */
+static size_t with_status(const bson_t *const *docs, size_t n, const char *const *statuses,
+                          const bson_t **out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = str(docs[i], "status");
+        for (int j = 0; s && statuses[j]; j++)
+            if (!strcmp(s, statuses[j])) {
+                out[k++] = docs[i];
+                break;
+            }
+    }
+    return k;
+}
+
+/* Fixture collect for message-status: the entries of status-events.json in
+ * file order (the stream's), messages keyed as production keys them, polls
+ * answered from provider-answers.json. */
+static int plan_message_status(const struct fixtures *fx, struct rules *rules, int64_t now_ms,
+                               const struct msgstatus_keys *env_keys, bson_t *jobs,
+                               struct sd_error *err)
+{
+    size_t n_entries, n_msgs, n_answers;
+    const bson_t *const *entries = fixtures_docs(fx, FIXTURE_STATUS_EVENTS, &n_entries);
+    const bson_t *const *msgs = fixtures_docs(fx, COLL_MESSAGE, &n_msgs);
+    const bson_t *const *answers = fixtures_docs(fx, FIXTURE_PROVIDER_ANSWERS, &n_answers);
+    /* A fixture set may carry the (test) keys its webhooks were signed with;
+     * the environment's win, as in production. */
+    struct msgstatus_keys keys = *env_keys;
+    if (!keys.twilio_auth_token)
+        keys.twilio_auth_token = fixtures_meta_str(fx, "twilio_auth_token");
+    if (!keys.sendgrid_public_key)
+        keys.sendgrid_public_key = fixtures_meta_str(fx, "sendgrid_webhook_public_key");
+    bson_t messages = BSON_INITIALIZER;
+    for (size_t i = 0; i < n_msgs; i++) {
+        const char *provider = str(msgs[i], "provider"), *pmid = str(msgs[i], "provider_message_id");
+        char key[240];
+        if (!provider || !pmid)
+            continue;
+        snprintf(key, sizeof key, "%s:%s", provider, pmid);
+        if (!bson_has_field(&messages, key))
+            BSON_APPEND_DOCUMENT(&messages, key, msgs[i]);
+    }
+    bson_t **parsed = calloc(n_entries + 1, sizeof *parsed);
+    for (size_t i = 0; i < n_entries; i++) {
+        parsed[i] = bson_new();
+        msgstatus_parse_entry(entries[i], &keys, parsed[i]);
+    }
+    struct log_ctx ctx = {"message-status", "dry-run"};
+    struct msgstatus_input in = {.parsed = (const bson_t *const *)parsed,
+                                 .n_parsed = n_entries,
+                                 .messages = &messages,
+                                 .now_ms = now_ms,
+                                 .write_ms = now_ms,
+                                 .rules = rules,
+                                 .log = &ctx};
+    bson_t job, events_plan = BSON_INITIALIZER;
+    int rc = msgstatus_decide(&in, &events_plan, err);
+    BSON_APPEND_DOCUMENT_BEGIN(jobs, "message-status", &job);
+    bson_concat(&job, &events_plan);
+    /* polls: stale messages, and what each answer would change */
+    static const char *const stale[] = {"queued", "sending", "sent", NULL};
+    static const char *const failed[] = {"failed", "undelivered", NULL};
+    const bson_t **sel = calloc(n_msgs + 1, sizeof *sel);
+    size_t n_sel = with_status(msgs, n_msgs, stale, sel);
+    bson_t polls = BSON_INITIALIZER, poll_entries = BSON_INITIALIZER;
+    uint32_t n_polls = 0;
+    if (rc == 0)
+        rc = msgstatus_plan_polls(sel, n_sel, now_ms, rules, &polls, &n_polls, err);
+    BSON_APPEND_ARRAY(&job, "polls", &polls);
+    bson_t **answered = calloc(n_polls + 1, sizeof *answered);
+    size_t n_answered = 0;
+    bson_iter_t it;
+    if (rc == 0 && bson_iter_init(&it, &polls)) {
+        while (bson_iter_next(&it)) {
+            bson_iter_t f;
+            const char *sid = NULL;
+            if (bson_iter_recurse(&it, &f) && bson_iter_find(&f, "provider_message_id"))
+                sid = bson_iter_utf8(&f, NULL);
+            for (size_t a = 0; sid && a < n_answers; a++) {
+                const char *asid = str(answers[a], "sid");
+                if (!asid || strcmp(asid, sid))
+                    continue;
+                answered[n_answered] = bson_new();
+                msgstatus_poll_entry("twilio", sid, str(answers[a], "status") ? str(answers[a], "status") : "",
+                                     str(answers[a], "error_code"),
+                                     str(answers[a], "error_message"), now_ms,
+                                     answered[n_answered]);
+                n_answered++;
+                break;
+            }
+        }
+        in.parsed = (const bson_t *const *)answered;
+        in.n_parsed = n_answered;
+        rc = msgstatus_decide(&in, &poll_entries, err);
+    }
+    BSON_APPEND_DOCUMENT(&job, "poll_results", &poll_entries);
+    /* retries due */
+    n_sel = with_status(msgs, n_msgs, failed, sel);
+    bson_t retries = BSON_INITIALIZER;
+    uint32_t n_retries = 0;
+    msgstatus_plan_retries(sel, n_sel, now_ms, &retries, &n_retries);
+    BSON_APPEND_ARRAY(&job, "retries", &retries);
+    bson_append_document_end(jobs, &job);
+    for (size_t i = 0; i < n_answered; i++)
+        bson_destroy(answered[i]);
+    for (size_t i = 0; i < n_entries; i++)
+        bson_destroy(parsed[i]);
+    free(answered);
+    free(parsed);
+    free(sel);
+    bson_destroy(&retries);
+    bson_destroy(&poll_entries);
+    bson_destroy(&polls);
+    bson_destroy(&events_plan);
+    bson_destroy(&messages);
+    return rc;
+}
+
 int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job, int64_t now_ms,
-                bson_t *plan, struct sd_error *err)
+                const struct msgstatus_keys *keys, bson_t *plan, struct sd_error *err)
 {
     if (job && !dryrun_supports(job))
         return sd_error_set(err, "--job %s: no dry-run for this job in this version", job);
@@ -112,7 +244,11 @@ int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job,
     BSON_APPEND_UTF8(plan, "rules", rules_version(rules));
     bson_t jobs;
     BSON_APPEND_DOCUMENT_BEGIN(plan, "jobs", &jobs);
-    int rc = plan_snooze(fx, rules, now_ms, &jobs, err);
+    int rc = 0;
+    if (!job || !strcmp(job, "snooze"))
+        rc = plan_snooze(fx, rules, now_ms, &jobs, err);
+    if (rc == 0 && (!job || !strcmp(job, "message-status")))
+        rc = plan_message_status(fx, rules, now_ms, keys, &jobs, err);
     bson_append_document_end(plan, &jobs);
     return rc;
 }

@@ -9,8 +9,11 @@
 #include "core/clock.h"
 #include "store/mongo.h"
 
-static const char *const collections[] = {COLL_CONVERSATION, COLL_ROOM, COLL_MESSAGE,
-                                          COLL_CHANNEL, COLL_ALERT, COLL_NOTIFICATION};
+/* The collections, then what stands in for Redis and the providers:
+ * status-events (stream entries) and provider-answers (what a poll would get). */
+static const char *const collections[] = {COLL_CONVERSATION, COLL_ROOM,         COLL_MESSAGE,
+                                          COLL_CHANNEL,      COLL_ALERT,        COLL_NOTIFICATION,
+                                          FIXTURE_STATUS_EVENTS, FIXTURE_PROVIDER_ANSWERS};
 #define N_COLLECTIONS (sizeof collections / sizeof *collections)
 
 struct fixtures {
@@ -19,6 +22,7 @@ struct fixtures {
     bson_t *view_storage[N_COLLECTIONS];
     size_t counts[N_COLLECTIONS];
     int64_t now_ms;
+    bson_t *meta;
     char prefix[128];
     char **ignored; /* names in the folder that are not fixture files, sorted */
     size_t n_ignored;
@@ -183,7 +187,7 @@ struct fixtures *fixtures_load(const char *dir, struct sd_error *err)
         }
         if (bson_iter_init_find(&it, meta, "redis_prefix") && BSON_ITER_HOLDS_UTF8(&it))
             snprintf(f->prefix, sizeof f->prefix, "%s", bson_iter_utf8(&it, NULL));
-        bson_destroy(meta);
+        f->meta = meta;
     }
     return f;
 fail:
@@ -191,10 +195,20 @@ fail:
     return NULL;
 }
 
+const char *fixtures_meta_str(const struct fixtures *f, const char *key)
+{
+    bson_iter_t it;
+    return f->meta && bson_iter_init_find(&it, f->meta, key) && BSON_ITER_HOLDS_UTF8(&it)
+               ? bson_iter_utf8(&it, NULL)
+               : NULL;
+}
+
 void fixtures_destroy(struct fixtures *f)
 {
     if (!f)
         return;
+    if (f->meta)
+        bson_destroy(f->meta);
     for (size_t c = 0; c < N_COLLECTIONS; c++) {
         free(f->views[c]);
         free(f->view_storage[c]);

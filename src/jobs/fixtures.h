@@ -5,7 +5,7 @@
  * (conversation-conversation.json, conversation-room.json,
  * conversation-message.json, conversation-channel.json, …), each a JSON array
  * of documents in MongoDB Extended JSON ({"$oid": …}, {"$date": …}); and
- * optionally meta.json: {"now": "<ISO 8601>", "redis_prefix": "…"}, whose
+ * optionally meta.json: {"now": "<ISO 8601>", "redis_prefix": "…", …}, whose
  * "now" is used when --now is not given, so a fixture set plans the same way
  * whenever it runs. A missing collection file is an empty collection, but a
  * folder that is missing, unreadable or holds no fixture file at all is an
@@ -38,5 +38,15 @@ const char *fixtures_redis_prefix(const struct fixtures *f);
 
 /* Names in the folder that are not fixture files, sorted (borrowed). */
 const char *const *fixtures_ignored(const struct fixtures *f, size_t *n);
+/* A string of meta.json (e.g. the webhook keys a fixture set was signed
+ * with: twilio_auth_token, sendgrid_webhook_public_key), or NULL. */
+const char *fixtures_meta_str(const struct fixtures *f, const char *key);
+
+/* Fixture files that are not collections (message-status): status-events.json
+ * holds stream entries {id, provider, body, url, signature, timestamp,
+ * received_at}; provider-answers.json what a poll would get,
+ * [{provider: "twilio", sid, status, error_code?, error_message?}]. */
+#define FIXTURE_STATUS_EVENTS "status-events"
+#define FIXTURE_PROVIDER_ANSWERS "provider-answers"
 
 #endif

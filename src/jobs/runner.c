@@ -8,6 +8,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/stall.h"
+#include "core/metrics.h"
 #include "jobs/job.h"
 #include "store/health.h"
 #include "store/lease.h"
@@ -90,6 +91,7 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
         bson_t none = BSON_INITIALIZER;
         log_end(&ctx, TICK_FAILED, 0, &none, err.message);
         bson_destroy(&none);
+        metrics_tick(spec->name, METRICS_TICK_ERROR, 0, NULL);
         return TICK_FAILED;
     }
     if (!held) {
@@ -100,6 +102,7 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
         log_msg(LOG_INFO, &ctx, "tick.skipped", &f,
                 "another instance (%s) is running this job; skipping this slot", owner);
         bson_destroy(&f);
+        metrics_tick(spec->name, METRICS_TICK_SKIPPED, 0, NULL);
         return TICK_SKIPPED;
     }
     /* A rule call cannot outlast its deadline by much (the hook and the
@@ -147,6 +150,8 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
     enum tick_outcome outcome = rc == 0 ? TICK_OK : TICK_FAILED;
     char *counts_json = bson_as_relaxed_extended_json(&counts, NULL);
     log_end(&ctx, outcome, end - start, &counts, rc ? err.message : NULL);
+    metrics_tick(spec->name, outcome == TICK_OK ? METRICS_TICK_OK : METRICS_TICK_ERROR,
+                 end - start, &counts);
     struct sd_error herr;
     /* The record is read by other tools: scrub secrets as the logger does. */
     char *error_text = rc ? log_redact_dup(err.message) : NULL;

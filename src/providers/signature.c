@@ -1,17 +1,19 @@
 #include "providers/signature.h"
 
-#include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/sha.h>
+#include <openssl/core_names.h>
 #include <openssl/x509.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include "providers/form.h"
 
 /* ---- base64 -------------------------------------------------------------- */
 
@@ -36,6 +38,91 @@ int signature_base64_decode(const char *in, unsigned char *out, size_t out_size)
         len -= clean[m - 2] == '=' ? 2 : 1;
     free(clean);
     return len;
+}
+
+/* ---- cached OpenSSL objects ------------------------------------------------
+ * Fetching an algorithm, keying an HMAC and decoding a public key cost more
+ * than the MAC or the verification itself (scripts/bench message-status:
+ * two thirds of the job's CPU before these caches). The key material is the
+ * same for every webhook of a process, so each is made once, under a mutex,
+ * and reachable from here until exit. */
+
+static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+static EVP_MAC *hmac_alg;
+static EVP_MD *sha256_md;
+
+static void fetch_algorithms(void)
+{
+    hmac_alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char *token;
+    EVP_MAC_CTX *keyed;     /* HMAC-SHA1 keyed with token; duplicated per use */
+} hmac_cache;
+static struct {
+    char *key_b64;
+    EVP_PKEY *pkey;
+} pubkey_cache;
+
+/* A fresh HMAC-SHA1 context keyed with token (caller frees), or NULL. */
+static EVP_MAC_CTX *hmac_sha1_for(const char *token)
+{
+    pthread_once(&fetch_once, fetch_algorithms);
+    if (!hmac_alg)
+        return NULL;
+    EVP_MAC_CTX *out = NULL;
+    pthread_mutex_lock(&cache_mu);
+    if (!hmac_cache.token || strcmp(hmac_cache.token, token) != 0) {
+        EVP_MAC_CTX *c = EVP_MAC_CTX_new(hmac_alg);
+        OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA1", 0),
+                               OSSL_PARAM_construct_end()};
+        char *copy = strdup(token);
+        if (c && copy && EVP_MAC_init(c, (const unsigned char *)token, strlen(token), params) == 1) {
+            EVP_MAC_CTX_free(hmac_cache.keyed);
+            free(hmac_cache.token);
+            hmac_cache.keyed = c;
+            hmac_cache.token = copy;
+        } else {
+            EVP_MAC_CTX_free(c);
+            free(copy);
+        }
+    }
+    if (hmac_cache.token && strcmp(hmac_cache.token, token) == 0)
+        out = EVP_MAC_CTX_dup(hmac_cache.keyed);
+    pthread_mutex_unlock(&cache_mu);
+    return out;
+}
+
+/* The public key of key_b64 with a reference for the caller, or NULL. */
+static EVP_PKEY *public_key_for(const char *key_b64)
+{
+    EVP_PKEY *out = NULL;
+    pthread_mutex_lock(&cache_mu);
+    if (!pubkey_cache.key_b64 || strcmp(pubkey_cache.key_b64, key_b64) != 0) {
+        unsigned char key[512];
+        int klen = signature_base64_decode(key_b64, key, sizeof key);
+        const unsigned char *kp = key;
+        EVP_PKEY *pkey = klen > 0 ? d2i_PUBKEY(NULL, &kp, klen) : NULL;
+        char *copy = strdup(key_b64);
+        if (pkey && copy && EVP_PKEY_base_id(pkey) == EVP_PKEY_EC) {
+            EVP_PKEY_free(pubkey_cache.pkey);
+            free(pubkey_cache.key_b64);
+            pubkey_cache.pkey = pkey;
+            pubkey_cache.key_b64 = copy;
+        } else {
+            EVP_PKEY_free(pkey);
+            free(copy);
+            ERR_clear_error();
+        }
+    }
+    if (pubkey_cache.key_b64 && strcmp(pubkey_cache.key_b64, key_b64) == 0 &&
+        EVP_PKEY_up_ref(pubkey_cache.pkey) == 1)
+        out = pubkey_cache.pkey;
+    pthread_mutex_unlock(&cache_mu);
+    return out;
 }
 
 /* ---- Twilio -------------------------------------------------------------- */
@@ -74,9 +161,11 @@ int signature_twilio_compute(const char *auth_token, const char *url,
     for (size_t i = 0; i < n; i++)
         o += (size_t)snprintf(data + o, total - o, "%s%s", sorted[i].name, sorted[i].value);
     unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int mac_len = 0;
-    bool ok = HMAC(EVP_sha1(), auth_token, (int)strlen(auth_token), (unsigned char *)data, o, mac,
-                   &mac_len) != NULL;
+    size_t mac_len = 0;
+    EVP_MAC_CTX *ctx = hmac_sha1_for(auth_token);
+    bool ok = ctx && EVP_MAC_update(ctx, (unsigned char *)data, o) == 1 &&
+              EVP_MAC_final(ctx, mac, &mac_len, sizeof mac) == 1;
+    EVP_MAC_CTX_free(ctx);
     free(data);
     free(sorted);
     if (!ok)
@@ -130,29 +219,6 @@ static char *port_variant(const char *url)
     return NULL;
 }
 
-/* Decodes one form component: '+' is a space, then %XX. */
-static char *form_decode(const char *s, size_t len)
-{
-    char *tmp = malloc(len + 1);
-    if (!tmp)
-        return NULL;
-    for (size_t i = 0; i < len; i++)
-        tmp[i] = s[i] == '+' ? ' ' : s[i];
-    tmp[len] = '\0';
-    int outlen = 0;
-    char *dec = curl_easy_unescape(NULL, tmp, (int)len, &outlen);
-    free(tmp);
-    if (!dec)
-        return NULL;
-    char *copy = malloc((size_t)outlen + 1);
-    if (copy) {
-        memcpy(copy, dec, (size_t)outlen);
-        copy[outlen] = '\0';
-    }
-    curl_free(dec);
-    return copy;
-}
-
 static bool matches(const char *token, const char *url, const struct sig_param *p, size_t n,
                     const char *signature)
 {
@@ -179,43 +245,30 @@ static int verify(const char *token, const char *url, const struct sig_param *p,
     return ok ? 0 : sd_error_set(err, "X-Twilio-Signature does not match");
 }
 
+int signature_twilio_verify_params(const char *auth_token, const char *url,
+                                   const struct sig_param *params, size_t n,
+                                   const char *signature, struct sd_error *err)
+{
+    return verify(auth_token, url, params, n, signature, err);
+}
+
 int signature_twilio_verify_form(const char *auth_token, const char *url, const char *body,
                                  size_t len, const char *signature, struct sd_error *err)
 {
-    size_t cap = 1;
-    for (size_t i = 0; i < len; i++)
-        cap += body[i] == '&';
-    struct sig_param *p = calloc(cap, sizeof *p);
-    if (!p)
-        return sd_error_set(err, "out of memory");
+    struct form_param *fp = NULL;
     size_t n = 0;
-    bool oom = false;
-    for (size_t i = 0; i < len && !oom;) {
-        size_t end = i;
-        while (end < len && body[end] != '&')
-            end++;
-        if (end > i) {
-            const char *eq = memchr(body + i, '=', end - i);
-            size_t klen = eq ? (size_t)(eq - body - i) : end - i;
-            char *k = form_decode(body + i, klen);
-            char *v = eq ? form_decode(eq + 1, end - i - klen - 1) : strdup("");
-            if (!k || !v) {
-                free(k);
-                free(v);
-                oom = true;
-                break;
-            }
-            p[n++] = (struct sig_param){k, v};
-        }
-        i = end + 1;
+    if (form_parse(body, len, &fp, &n, err))
+        return -1;
+    struct sig_param *p = calloc(n + 1, sizeof *p);
+    if (!p) {
+        form_free(fp, n);
+        return sd_error_set(err, "out of memory");
     }
-    int rc = oom ? sd_error_set(err, "out of memory")
-                 : verify(auth_token, url, p, n, signature, err);
-    for (size_t i = 0; i < n; i++) {
-        free((char *)p[i].name);
-        free((char *)p[i].value);
-    }
+    for (size_t i = 0; i < n; i++)
+        p[i] = (struct sig_param){fp[i].name, fp[i].value};
+    int rc = verify(auth_token, url, p, n, signature, err);
     free(p);
+    form_free(fp, n);
     return rc;
 }
 
@@ -262,22 +315,16 @@ int signature_sendgrid_verify(const char *public_key_b64, const char *timestamp,
                                  "signatures");
     if (!signature_b64 || !*signature_b64 || !timestamp || !*timestamp)
         return sd_error_set(err, "no signature or timestamp header");
-    unsigned char key[512], sig[256];
-    int klen = signature_base64_decode(public_key_b64, key, sizeof key);
-    if (klen <= 0)
-        return sd_error_set(err, "SENDGRID_WEBHOOK_PUBLIC_KEY is not base64");
+    unsigned char sig[256];
     int slen = signature_base64_decode(signature_b64, sig, sizeof sig);
     if (slen <= 0)
         return sd_error_set(err, "signature is not base64");
-    const unsigned char *kp = key;
-    EVP_PKEY *pkey = d2i_PUBKEY(NULL, &kp, klen);
-    if (!pkey || EVP_PKEY_base_id(pkey) != EVP_PKEY_EC) {
-        EVP_PKEY_free(pkey);
-        ERR_clear_error();
-        return sd_error_set(err, "SENDGRID_WEBHOOK_PUBLIC_KEY is not a DER EC public key");
-    }
+    EVP_PKEY *pkey = public_key_for(public_key_b64);
+    if (!pkey)
+        return sd_error_set(err, "SENDGRID_WEBHOOK_PUBLIC_KEY is not a base64 DER EC public key");
+    pthread_once(&fetch_once, fetch_algorithms);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, pkey) == 1 &&
+    int ok = ctx && sha256_md && EVP_DigestVerifyInit(ctx, NULL, sha256_md, NULL, pkey) == 1 &&
              EVP_DigestVerifyUpdate(ctx, timestamp, strlen(timestamp)) == 1 &&
              EVP_DigestVerifyUpdate(ctx, body, len) == 1 &&
              EVP_DigestVerifyFinal(ctx, sig, (size_t)slen) == 1;

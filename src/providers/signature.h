@@ -40,6 +40,11 @@ int signature_twilio_compute(const char *auth_token, const char *url,
 int signature_twilio_verify_form(const char *auth_token, const char *url, const char *body,
                                  size_t len, const char *signature, struct sd_error *err);
 
+/* The same over parameters already decoded (a caller that needs them anyway). */
+int signature_twilio_verify_params(const char *auth_token, const char *url,
+                                   const struct sig_param *params, size_t n,
+                                   const char *signature, struct sd_error *err);
+
 /* A JSON body: URL signed alone, plus the bodySHA256 check. */
 int signature_twilio_verify_json(const char *auth_token, const char *url, const char *body,
                                  size_t len, const char *signature, struct sd_error *err);

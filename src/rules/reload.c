@@ -1,5 +1,7 @@
 #include "rules/reload.h"
 
+#include "core/metrics.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -109,6 +111,7 @@ int rules_live_reload(struct rules_live *live, struct sd_error *err)
                 "rules in %s are invalid; keeping the last good set: %s", live->dir,
                 err->message);
         bson_destroy(&f);
+        metrics_rules_reload(false);
         pthread_mutex_unlock(&live->reload_mu);
         return -1;
     }
@@ -118,6 +121,7 @@ int rules_live_reload(struct rules_live *live, struct sd_error *err)
     if (strcmp(rules_version(old), rules_version(fresh)) == 0) {
         pthread_mutex_unlock(&live->mu);
         rules_destroy(fresh);
+        metrics_rules_reload(true);
         pthread_mutex_unlock(&live->reload_mu);
         return 0;
     }
@@ -136,6 +140,7 @@ int rules_live_reload(struct rules_live *live, struct sd_error *err)
     pthread_mutex_unlock(&live->mu);
     log_msg(LOG_INFO, NULL, "rules.reloaded", NULL, "rules %s replace %s", rules_version(fresh),
             old_version);
+    metrics_rules_reload(true);
     if (dead) {
         rules_destroy(dead->rules);
         free(dead);

@@ -92,3 +92,16 @@ int health_read(struct rds *r, const char *prefix, const char *job, struct job_h
     freeReplyObject(rep);
     return 0;
 }
+
+int64_t health_interval_ms(const struct cron_expr *cron, int64_t now_s)
+{
+    int64_t a = cron_next(cron, now_s), b = cron_next(cron, a);
+    return (b - a) * 1000;
+}
+
+bool health_overdue(const struct cron_expr *cron, int64_t last_success_ms, int64_t since_ms,
+                    int64_t now_ms)
+{
+    int64_t ref = last_success_ms > since_ms ? last_success_ms : since_ms;
+    return now_ms - ref > 2 * health_interval_ms(cron, now_ms / 1000);
+}

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/cron.h"
 #include "core/error.h"
 #include "store/redis.h"
 
@@ -42,5 +43,16 @@ int health_record_end(struct rds *r, const char *prefix, const char *job, int64_
 
 int health_read(struct rds *r, const char *prefix, const char *job, struct job_health *out,
                 struct sd_error *err);
+
+/* The gap between the job's next two slots after now_s: its interval as the
+ * cron expression means it. */
+int64_t health_interval_ms(const struct cron_expr *cron, int64_t now_s);
+
+/* The liveness rule of `supportd status` and /healthz: an enabled job is
+ * overdue when its last success (any instance's) is older than twice its
+ * interval. since_ms, when later than the last success, stands in for it (a
+ * process that started a moment ago has not had its chance yet); 0 = none. */
+bool health_overdue(const struct cron_expr *cron, int64_t last_success_ms, int64_t since_ms,
+                    int64_t now_ms);
 
 #endif

@@ -8,6 +8,13 @@
 #include "core/clock.h"
 #include "core/log.h"
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static const char RENEW_SCRIPT[] =
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
@@ -28,10 +35,12 @@ int lease_acquire(struct rds *r, const char *key, const char *owner, int ttl_ms,
     snprintf(out->token, sizeof out->token, "%s/%s", owner, rnd);
     out->ttl_ms = ttl_ms;
     atomic_init(&out->lost, false);
+    int64_t sent = mono_ms();
     redisReply *rep = rds_command(r, err, "SET %s %s NX PX %d", out->key, out->token, ttl_ms);
     if (!rep)
         return sd_error_prefix(err, "lease %s", key);
     *acquired = rep->type == REDIS_REPLY_STATUS;
+    atomic_init(&out->valid_until, *acquired ? sent + ttl_ms : 0);
     freeReplyObject(rep);
     if (!*acquired && holder) {
         holder[0] = '\0';
@@ -82,6 +91,7 @@ static void *renewer(void *arg)
         }
         pthread_mutex_unlock(&l->mu);
         struct sd_error err;
+        int64_t sent = mono_ms();
         redisReply *rep = rds_command(l->conn, &err, "EVAL %s 1 %s %s %d", RENEW_SCRIPT, l->key,
                                       l->token, l->ttl_ms);
         if (!rep) {
@@ -93,6 +103,8 @@ static void *renewer(void *arg)
                 atomic_store(&l->lost, true);
                 log_msg(LOG_WARN, NULL, "lease.lost", NULL,
                         "lease %s expired or was taken by another instance", l->key);
+            } else if (rep->type == REDIS_REPLY_INTEGER) {
+                atomic_store(&l->valid_until, sent + l->ttl_ms);
             }
             freeReplyObject(rep);
         }
@@ -124,6 +136,11 @@ int lease_start_renewal(struct lease *l, const struct rds_options *opts, struct 
 }
 
 bool lease_is_lost(struct lease *l) { return atomic_load(&l->lost); }
+
+bool lease_valid_for(struct lease *l, int64_t margin_ms)
+{
+    return !atomic_load(&l->lost) && mono_ms() + margin_ms < atomic_load(&l->valid_until);
+}
 
 int lease_release(struct rds *r, struct lease *l, struct sd_error *err)
 {

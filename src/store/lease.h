@@ -30,6 +30,7 @@ struct lease {
     char token[192];
     int ttl_ms;
     atomic_bool lost;      /* renewal found the lease gone or taken */
+    _Atomic int64_t valid_until; /* CLOCK_MONOTONIC ms: held at least until then */
     /* renewer */
     struct rds *conn;
     pthread_t thread;
@@ -57,6 +58,14 @@ int lease_start_renewal(struct lease *l, const struct rds_options *opts, struct 
 /* True once the renewer has seen the lease lost: the job should stop at its
  * next batch boundary. */
 bool lease_is_lost(struct lease *l);
+
+/* True when the lease is certainly still ours for margin_ms more: counted on
+ * this process's monotonic clock from the moment the last successful acquire
+ * or renewal was sent, so a pause (SIGSTOP, a stalled VM) that outlived the
+ * TTL makes it false even before the renewer notices. A job checks it right
+ * before a write that only one instance may make at a time (a fence on the
+ * writer's side: FerretDB's updates are read-modify-write, reference/ferretdb.md). */
+bool lease_valid_for(struct lease *l, int64_t margin_ms);
 
 /* Stops the renewer and deletes the key if it still holds our token. Returns
  * -1 (err filled) when Redis could not be asked; the lease then expires by

@@ -76,6 +76,33 @@ void store_push(struct store *s, mongoc_client_t *client)
 }
 const char *store_db(const struct store *s) { return s->db; }
 
+int store_find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts,
+                   bson_t ***docs, size_t *n, struct sd_error *err)
+{
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
+    const bson_t *doc;
+    size_t cap = *n + 64;
+    *docs = realloc(*docs, cap * sizeof **docs);
+    while (mongoc_cursor_next(cur, &doc)) {
+        if (*n == cap)
+            *docs = realloc(*docs, (cap *= 2) * sizeof **docs);
+        (*docs)[(*n)++] = bson_copy(doc);
+    }
+    bson_error_t berr;
+    int rc = 0;
+    if (mongoc_cursor_error(cur, &berr))
+        rc = sd_error_set(err, "reading %s: %s", mongoc_collection_get_name(coll), berr.message);
+    mongoc_cursor_destroy(cur);
+    return rc;
+}
+
+void store_docs_free(bson_t **docs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        bson_destroy(docs[i]);
+    free(docs);
+}
+
 int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err)
 {
     bson_t cmd = BSON_INITIALIZER, reply;

@@ -38,6 +38,12 @@ const char *store_db(const struct store *s);
  * callback), so a tick can report its own. */
 uint64_t store_thread_commands(void);
 
+/* Runs a find and appends every document to *docs (owned copies; *n counts
+ * them, and may start non-zero). Free with store_docs_free. */
+int store_find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts,
+                   bson_t ***docs, size_t *n, struct sd_error *err);
+void store_docs_free(bson_t **docs, size_t n);
+
 /* Round trip to the server ({ping: 1}). */
 int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err);
 

@@ -182,6 +182,20 @@ int rds_pipeline_append(struct rds *r, struct sd_error *err, const char *fmt, ..
     return 0;
 }
 
+int rds_pipeline_append_argv(struct rds *r, struct sd_error *err, int argc, const char **argv,
+                             const size_t *argvlen)
+{
+    if (rds_ensure(r, err))
+        return -1;
+    if (redisAppendCommandArgv(r->ctx, argc, argv, argvlen) != REDIS_OK) {
+        sd_error_set(err, "redis: %s", r->ctx->errstr);
+        failed(r);
+        return -1;
+    }
+    r->pipeline_open = true;
+    return 0;
+}
+
 redisReply *rds_pipeline_read(struct rds *r, struct sd_error *err)
 {
     if (!r->ctx) {

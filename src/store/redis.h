@@ -40,6 +40,8 @@ redisReply *rds_command_argv(struct rds *r, struct sd_error *err, int argc, cons
  * If any append or read fails, the connection is reset and the whole pipeline
  * must be considered failed. */
 int rds_pipeline_append(struct rds *r, struct sd_error *err, const char *fmt, ...);
+int rds_pipeline_append_argv(struct rds *r, struct sd_error *err, int argc, const char **argv,
+                             const size_t *argvlen);
 redisReply *rds_pipeline_read(struct rds *r, struct sd_error *err);
 
 /* Round trips made on this connection (a command, or one pipeline read). */

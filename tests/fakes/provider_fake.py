@@ -38,6 +38,8 @@ Control API (never recorded):
          "accept": true,             do the real work (e.g. store the message) first,
                                      then answer the fault: "5xx but sent"
          "times": 1}                 how many requests it applies to (default 1; 0 = forever)
+  POST /_fake/message                 add or change one Twilio message: {"sid", "status",
+                                      "error_code", …} (delivery reports, for polling)
   POST /_fake/state                   set: twilio_sid, twilio_token, sendgrid_key,
                                       subaccounts [sid], account_status, account_type,
                                       balance ("12.34" or null for 404), numbers [..],
@@ -254,6 +256,24 @@ class Handler(BaseHTTPRequestHandler):
         if method == "POST" and path == "/_fake/state":
             with f.lock:
                 f.state.update(json.loads(body or b"{}"))
+            return self._send(200, {"ok": True})
+        if method == "POST" and path == "/_fake/message":
+            # a Twilio message's later life (delivery reports, for polling tests):
+            # {"sid": "SM…", "status": "delivered", "error_code": 30003, …}; an unknown
+            # sid is added (with "account_sid" defaulting to the configured one)
+            upd = json.loads(body or b"{}")
+            with f.lock:
+                for x in f.messages:
+                    if x["sid"] == upd.get("sid"):
+                        x.update(upd)
+                        break
+                else:
+                    msg = {"account_sid": f.state["twilio_sid"], "to": "+15550000000",
+                           "from": "+15550000001", "body": "", "status": "queued",
+                           "error_code": None, "error_message": None, "num_segments": "1",
+                           "direction": "outbound-api", "date_created": rfc2822(time.time())}
+                    msg.update(upd)
+                    f.messages.append(msg)
             return self._send(200, {"ok": True})
         return self._send(404, {"message": "unknown control path"})
 

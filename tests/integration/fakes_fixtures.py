@@ -51,6 +51,9 @@ class Fake:
     def state(self, **s):
         return self._call("POST", "/_fake/state", s)
 
+    def message(self, **m):
+        return self._call("POST", "/_fake/message", m)
+
     def requests(self, path: str = "") -> list[dict]:
         return self._call("GET", "/_fake/requests?path=" + path)
 

@@ -154,3 +154,24 @@ def test_unrecognised_files_are_named_in_a_warning(tmp_path):
     assert [w.split(f"{folder}/")[1].split(" ")[0] for w in warned] == \
         ["expected-plan.json", "expected-plan.txt", "notes.txt"], warned
     assert ".hidden" not in cp.stderr
+def test_message_status_plan_of_the_shipped_fixtures():
+    cp = run("dry-run", "--fixtures", str(REPO / "rules" / "fixtures"), "--job", "message-status",
+             "--format", "text")
+    assert cp.returncode == 0, cp.stderr
+    out = cp.stdout
+    assert "applied queued -> sent" in out and "applied sent -> delivered" in out
+    assert "sending: ignored" in out  # late: does not move backwards
+    assert "rejected: bad signature" in out  # the forged entry
+    assert "waiting" in out and "unmatched: no twilio message" in out
+    assert "click: history" in out
+    assert "poll twilio SMc3" in out and "send again 65e2f0000000000000000205 via twilio, attempt 2" in out
+    assert "demo-twilio-auth-token" not in out  # a key is never printed
+
+
+def test_message_status_keys_from_the_environment_win():
+    cp = run("dry-run", "--fixtures", str(REPO / "rules" / "fixtures"), "--job", "message-status",
+             "--format", "text", TWILIO_AUTH_TOKEN="some-other-token")
+    assert cp.returncode == 0, cp.stderr
+    twilio_lines = [l for l in cp.stdout.splitlines() if l.startswith("  entry 1") and "(twilio)" in l]
+    assert twilio_lines and all("rejected: bad signature" in l for l in twilio_lines)
+    assert "(sendgrid): done" in cp.stdout

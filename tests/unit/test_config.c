@@ -271,6 +271,22 @@ static void test_redis_db_invalid(void **state)
     load_err(ENV({"REDIS_DB", "zero"}), "REDIS_DB", "not an integer");
 }
 
+static void test_webhook_tolerance(void **state)
+{
+    (void)state;
+    struct config cfg;
+    load_ok(NO_ENV, &cfg);
+    assert_int_equal(cfg.webhook_tolerance_s, 6 * 3600);
+    config_free(&cfg);
+    load_ok(ENV({"QM_SUPPORT_WEBHOOK_TOLERANCE", "86400"}), &cfg);
+    assert_int_equal(cfg.webhook_tolerance_s, 86400);
+    config_free(&cfg);
+    load_err(ENV({"QM_SUPPORT_WEBHOOK_TOLERANCE", "10"}), "QM_SUPPORT_WEBHOOK_TOLERANCE",
+             "out of range");
+    load_err(ENV({"QM_SUPPORT_WEBHOOK_TOLERANCE", "6h"}), "QM_SUPPORT_WEBHOOK_TOLERANCE",
+             "not an integer");
+}
+
 /* ---- logging ------------------------------------------------------------- */
 
 static void test_log_settings(void **state)
@@ -488,6 +504,47 @@ static void test_lease_ttl(void **state)
     load_err(ENV({"QM_SUPPORT_PROBE_HOLD_MS", "-5"}), "QM_SUPPORT_PROBE_HOLD_MS", NULL);
 }
 
+static void test_http(void **state)
+{
+    (void)state;
+    struct config cfg;
+    load_ok(NO_ENV, &cfg);
+    assert_null(cfg.http_host); /* off by default */
+    assert_null(cfg.public_url);
+    assert_int_equal(cfg.http_threads, 4);
+    assert_int_equal(cfg.http_max_connections, 256);
+    assert_int_equal(cfg.http_idle_timeout_s, 10);
+    assert_int_equal(cfg.http_request_timeout_s, 10);
+    config_free(&cfg);
+    load_ok(ENV({"QM_SUPPORT_HTTP_LISTEN", "0.0.0.0:8080"},
+                {"QM_SUPPORT_PUBLIC_URL", "https://hooks.example.com/supportd//"},
+                {"QM_SUPPORT_HTTP_THREADS", "2"}, {"QM_SUPPORT_HTTP_REQUEST_TIMEOUT", "3"}),
+            &cfg);
+    assert_string_equal(cfg.http_host, "0.0.0.0");
+    assert_int_equal(cfg.http_port, 8080);
+    assert_string_equal(cfg.public_url, "https://hooks.example.com/supportd");
+    assert_int_equal(cfg.http_threads, 2);
+    assert_int_equal(cfg.http_request_timeout_s, 3);
+    config_free(&cfg);
+    load_ok(ENV({"QM_SUPPORT_HTTP_LISTEN", "[::1]:9000"}), &cfg);
+    assert_string_equal(cfg.http_host, "::1");
+    assert_int_equal(cfg.http_port, 9000);
+    config_free(&cfg);
+
+    load_err(ENV({"QM_SUPPORT_HTTP_LISTEN", "8080"}), "QM_SUPPORT_HTTP_LISTEN", "host:port");
+    load_err(ENV({"QM_SUPPORT_HTTP_LISTEN", "host:0"}), "QM_SUPPORT_HTTP_LISTEN", "1-65535");
+    load_err(ENV({"QM_SUPPORT_HTTP_LISTEN", "host:80x"}), "QM_SUPPORT_HTTP_LISTEN", "1-65535");
+    load_err(ENV({"QM_SUPPORT_HTTP_LISTEN", "[::1:80"}), "QM_SUPPORT_HTTP_LISTEN", "[ ]");
+    load_err(ENV({"QM_SUPPORT_HTTP_THREADS", "0"}), "QM_SUPPORT_HTTP_THREADS", "out of range");
+    load_err(ENV({"QM_SUPPORT_PUBLIC_URL", "hooks.example.com"}), "QM_SUPPORT_PUBLIC_URL",
+             "https://");
+    load_err(ENV({"QM_SUPPORT_PUBLIC_URL", "https://h.example.com/?a=1"}),
+             "QM_SUPPORT_PUBLIC_URL", "query");
+    /* Twilio signs the public URL: without it its webhooks cannot be verified */
+    load_err(ENV({"QM_SUPPORT_HTTP_LISTEN", "127.0.0.1:8080"}, {"TWILIO_AUTH_TOKEN", "t"}),
+             "QM_SUPPORT_PUBLIC_URL", "required");
+}
+
 static void test_failed_load_leaves_nothing_to_free(void **state)
 {
     (void)state;
@@ -573,6 +630,7 @@ int main(void)
         cmocka_unit_test_teardown(test_redis_overrides, clear_secrets),
         cmocka_unit_test_teardown(test_redis_port_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_redis_db_invalid, clear_secrets),
+        cmocka_unit_test_teardown(test_webhook_tolerance, clear_secrets),
         cmocka_unit_test_teardown(test_log_settings, clear_secrets),
         cmocka_unit_test_teardown(test_log_settings_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_email_provider, clear_secrets),
@@ -584,6 +642,7 @@ int main(void)
         cmocka_unit_test_teardown(test_require_mongo, clear_secrets),
         cmocka_unit_test_teardown(test_empty_is_unset, clear_secrets),
         cmocka_unit_test_teardown(test_lease_ttl, clear_secrets),
+        cmocka_unit_test_teardown(test_http, clear_secrets),
         cmocka_unit_test_teardown(test_failed_load_leaves_nothing_to_free, clear_secrets),
         cmocka_unit_test_teardown(test_secrets_registered, clear_secrets),
         cmocka_unit_test_teardown(test_secret_in_error_is_redacted, clear_secrets),

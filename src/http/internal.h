@@ -1,0 +1,64 @@
+/* internal.h — what the HTTP server's parts share (not used outside src/http/).
+ *
+ * A handler gets the server's context and the calling pool thread's Redis
+ * connection, and fills a struct http_answer: status, content type and a body
+ * it owns (bson_string_t, freed by the server after queueing). */
+#ifndef SD_HTTP_INTERNAL_H
+#define SD_HTTP_INTERNAL_H
+
+#include <bson/bson.h>
+#include <stdint.h>
+
+#include "core/config.h"
+#include "jobs/message_status.h"
+#include "rules/reload.h"
+#include "store/mongo.h"
+#include "store/redis.h"
+
+struct http_ctx {
+    const struct config *cfg;
+    struct store *store;
+    struct rules_live *rules;
+    struct msgstatus_keys keys;   /* what message-status verifies with */
+    int64_t started_ms;           /* process start: /healthz's grace */
+    char stream_key[300];         /* <prefix>status-events */
+};
+
+struct http_answer {
+    int status;
+    const char *content_type;
+    bson_string_t *body;          /* owned; NULL = empty */
+    const char *retry_after;      /* Retry-After header value, or NULL */
+};
+
+/* One webhook request as it arrived. Everything borrowed. */
+struct webhook_request {
+    const char *provider;         /* "twilio" | "sendgrid" */
+    const char *target;           /* request target as sent: path and query */
+    const char *host;             /* Host header, or NULL */
+    const char *body;
+    size_t len;
+    const char *signature;        /* the provider's signature header, or NULL */
+    const char *timestamp;        /* SendGrid's timestamp header, or NULL */
+    int64_t received_at;          /* ms, when the request arrived */
+};
+
+/* Verifies, and appends to status-events: 204, or 400/403/503 with the reason
+ * in the answer's body. *reason gets the metrics label (NULL when accepted). */
+void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
+                    const struct webhook_request *req, struct http_answer *ans,
+                    const char **reason);
+
+/* Maps a message-status rejection reason (msgstatus_parse_entry's `reason`)
+ * to the answer: 403 for a missing, bad or stale signature, else 400. */
+int webhook_classify(const char *reason, const char **label);
+
+void probes_healthz(const struct http_ctx *ctx, struct rds *redis, struct http_answer *ans);
+void probes_readyz(const struct http_ctx *ctx, struct rds *redis, struct http_answer *ans);
+void exposition_metrics(const struct http_ctx *ctx, struct rds *redis, struct http_answer *ans);
+
+/* Answer helpers. */
+void http_answer_text(struct http_answer *ans, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,204 @@
+/* webhook.c — POST /webhooks/twilio/status and /webhooks/sendgrid/events.
+ *
+ * The request is turned into the status-events entry SPEC §2 describes and
+ * checked with the very function the message-status job applies to entries
+ * (msgstatus_parse_entry): a request the job would reject is answered 403 or
+ * 400 here and never stored, and one it would accept is stored before the
+ * provider hears 2xx. Twilio and SendGrid retry on 5xx, so an outage of Redis
+ * is answered 503 and loses nothing.
+ *
+ * Nothing of the request reaches the logs: a rejection is logged with its
+ * provider, status, reason label, size and a short hash of the body (to find
+ * the same request in a provider's console), at most a few lines a second.
+ */
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "http/internal.h"
+
+/* At most this many webhook.rejected lines per second; the rest are counted
+ * (/metrics has every one) and summed into the next line. */
+#define LOG_PER_SECOND 5
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t log_second;
+static int log_used;
+static long log_suppressed;
+
+static bool may_log(long *suppressed)
+{
+    pthread_mutex_lock(&log_mu);
+    int64_t sec = clock_now_ms() / 1000;
+    if (sec != log_second) {
+        log_second = sec;
+        log_used = 0;
+    }
+    bool ok = log_used < LOG_PER_SECOND;
+    if (ok) {
+        log_used++;
+        *suppressed = log_suppressed;
+        log_suppressed = 0;
+    } else {
+        log_suppressed++;
+    }
+    pthread_mutex_unlock(&log_mu);
+    return ok;
+}
+
+int webhook_classify(const char *reason, const char **label)
+{
+    static const struct {
+        const char *prefix, *label;
+        int status;
+    } rules[] = {
+        {"bad signature", "bad_signature", 403},
+        {"missing signature", "bad_signature", 403},
+        /* SendGrid signs timestamp || body: without it nothing can be verified */
+        {"missing field: timestamp", "bad_signature", 403},
+        {"malformed timestamp", "bad_signature", 403},
+        {"stale timestamp", "stale_timestamp", 403},
+    };
+    for (size_t i = 0; reason && i < sizeof rules / sizeof *rules; i++)
+        if (!strncmp(reason, rules[i].prefix, strlen(rules[i].prefix))) {
+            *label = rules[i].label;
+            return rules[i].status;
+        }
+    *label = "malformed";
+    return 400;
+}
+
+static void log_rejected(const struct webhook_request *req, int status, const char *label)
+{
+    long suppressed = 0;
+    if (!may_log(&suppressed))
+        return;
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)req->body, req->len, md);
+    char hash[17];
+    for (int i = 0; i < 8; i++)
+        snprintf(hash + 2 * i, 3, "%02x", md[i]);
+    bson_t f = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&f, "provider", req->provider);
+    BSON_APPEND_INT32(&f, "status", status);
+    BSON_APPEND_UTF8(&f, "reason", label);
+    BSON_APPEND_INT64(&f, "bytes", (int64_t)req->len);
+    BSON_APPEND_UTF8(&f, "body_sha256", hash);
+    if (suppressed)
+        BSON_APPEND_INT64(&f, "suppressed", suppressed);
+    log_msg(status >= 500 ? LOG_ERROR : LOG_WARN, NULL, "webhook.rejected", &f,
+            "%s webhook answered %d (%s)", req->provider, status, label);
+    bson_destroy(&f);
+}
+
+/* The URL the provider called: the public base plus the target exactly as
+ * sent. Without QM_SUPPORT_PUBLIC_URL (SendGrid only; Twilio needs it to
+ * verify) the Host header stands in, for the record. */
+static void called_url(const struct http_ctx *ctx, const struct webhook_request *req,
+                       bson_string_t *out)
+{
+    if (ctx->cfg->public_url)
+        bson_string_append(out, ctx->cfg->public_url);
+    else
+        bson_string_append_printf(out, "http://%s", req->host ? req->host : "localhost");
+    bson_string_append(out, req->target);
+}
+
+static bool configured(const struct http_ctx *ctx, const char *provider, const char **what)
+{
+    if (!strcmp(provider, "twilio")) {
+        *what = !ctx->keys.twilio_auth_token ? "TWILIO_AUTH_TOKEN is not set"
+                : !ctx->cfg->public_url      ? "QM_SUPPORT_PUBLIC_URL is not set"
+                                             : NULL;
+    } else {
+        *what = !ctx->keys.sendgrid_public_key ? "SENDGRID_WEBHOOK_PUBLIC_KEY is not set" : NULL;
+    }
+    return *what == NULL;
+}
+
+void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
+                    const struct webhook_request *req, struct http_answer *ans,
+                    const char **reason)
+{
+    const char *missing;
+    /* Not yet configured: 503 makes the provider retry until it is. */
+    if (!configured(ctx, req->provider, &missing)) {
+        *reason = "not_configured";
+        http_answer_text(ans, 503, "%s webhooks are not configured here (%s)\n", req->provider,
+                         missing);
+        ans->retry_after = "60";
+        log_rejected(req, 503, *reason);
+        return;
+    }
+    /* The stream holds text and the job reads it as UTF-8: a body it could
+     * not read back byte for byte is refused here, by name. */
+    if (memchr(req->body, '\0', req->len) || !bson_utf8_validate(req->body, req->len, false)) {
+        *reason = "malformed";
+        http_answer_text(ans, 400, "malformed body: not UTF-8 text\n");
+        log_rejected(req, 400, *reason);
+        return;
+    }
+    bson_string_t *url = bson_string_new(NULL);
+    called_url(ctx, req, url);
+    char received[24];
+    snprintf(received, sizeof received, "%lld", (long long)req->received_at);
+    const char *sig = req->signature ? req->signature : "";
+    const char *ts = req->timestamp ? req->timestamp : "";
+
+    bson_t entry = BSON_INITIALIZER, parsed = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&entry, "provider", req->provider);
+    bson_append_utf8(&entry, "body", 4, req->body, (int)req->len);
+    BSON_APPEND_UTF8(&entry, "url", url->str);
+    BSON_APPEND_UTF8(&entry, "signature", sig);
+    BSON_APPEND_UTF8(&entry, "timestamp", ts);
+    BSON_APPEND_UTF8(&entry, "received_at", received);
+    msgstatus_parse_entry(&entry, &ctx->keys, &parsed);
+    bson_iter_t it;
+    bool ok = bson_iter_init_find(&it, &parsed, "ok") && bson_iter_as_bool(&it);
+    if (!ok) {
+        const char *why = bson_iter_init_find(&it, &parsed, "reason") && BSON_ITER_HOLDS_UTF8(&it)
+                              ? bson_iter_utf8(&it, NULL)
+                              : "rejected";
+        int status = webhook_classify(why, reason);
+        /* The reason goes back to the caller only (it may quote the request). */
+        if (status == 403)
+            http_answer_text(ans, 403, "%s\n", *reason);
+        else
+            http_answer_text(ans, status, "%s\n", why);
+        log_rejected(req, status, *reason);
+        goto out;
+    }
+
+    /* SPEC §2: exactly these six fields, the body as received. */
+    const char *argv[] = {"XADD", ctx->stream_key, "*", "provider", req->provider, "body",
+                          req->body, "url", url->str, "signature", sig, "timestamp", ts,
+                          "received_at", received};
+    size_t argvlen[sizeof argv / sizeof *argv];
+    for (size_t i = 0; i < sizeof argv / sizeof *argv; i++)
+        argvlen[i] = strlen(argv[i]);
+    argvlen[6] = req->len;
+    struct sd_error err;
+    redisReply *rep = rds_command_argv(redis, &err, (int)(sizeof argv / sizeof *argv), argv,
+                                       argvlen);
+    if (!rep) {
+        *reason = "unavailable";
+        http_answer_text(ans, 503, "status-events is unavailable; retry later\n");
+        ans->retry_after = "5";
+        long suppressed = 0;
+        if (may_log(&suppressed))
+            log_msg(LOG_ERROR, NULL, "webhook.unavailable", NULL,
+                    "%s webhook answered 503: cannot append to status-events: %s",
+                    req->provider, err.message);
+        goto out;
+    }
+    freeReplyObject(rep);
+    *reason = NULL;
+    ans->status = 204;
+out:
+    bson_destroy(&entry);
+    bson_destroy(&parsed);
+    bson_string_free(url, true);
+}

@@ -1,0 +1,109 @@
+/* message_status.h — the message-status job (SPEC §2 conversation-message and
+ * status-events, §7): delivery and read events from Twilio and SendGrid
+ * applied to messages, failed sends retried, stale messages reconciled.
+ *
+ * collect  `status-events` through consumer group "supportd": entries left
+ *          pending by a dead consumer first (XAUTOCLAIM, idle ≥ the lease
+ *          TTL), then new ones (XREADGROUP), in batches; the messages they
+ *          name, by {provider_message_id} (one $in query per batch);
+ * decide   msgstatus_parse_entry (verify the signature, parse the body into
+ *          events) and msgstatus_decide (match events to messages, apply the
+ *          status order, dedupe by event id, consult retry.lua): pure;
+ * apply    one conditional update per touched message (unordered bulks), then
+ *          per entry XACK — with a copy to status-events:rejected or
+ *          :unmatched where that is its fate — in one MULTI/EXEC.
+ * Then the retry sweep (msgstatus_retry.c) and the reconcile sweep, and the
+ * stream is trimmed to what every consumer group has acknowledged.
+ *
+ * Event ids (what makes an event apply once): Twilio "twilio:<sid>:<status>"
+ * ("…:read" for EventType=READ), SendGrid "sendgrid:<sg_event_id>", polls
+ * "poll:<sid>:<status>". Each lands in status_history as `event_id`.
+ *
+ * Ownership: every function appends to caller-owned bson_t; nothing returned
+ * needs freeing. Errors follow core/error.h.
+ */
+#ifndef SD_JOBS_MESSAGE_STATUS_H
+#define SD_JOBS_MESSAGE_STATUS_H
+
+#include <bson/bson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "rules/engine.h"
+
+/* An event for a message not (yet) in the database waits this long (from the
+ * entry's received_at), then goes to status-events:unmatched. */
+#define MSGSTATUS_UNKNOWN_GRACE_MS (15 * 60 * 1000)
+
+struct msgstatus_keys {
+    const char *twilio_auth_token;      /* NULL: Twilio entries are rejected */
+    const char *sendgrid_public_key;    /* NULL: SendGrid entries are rejected */
+    int64_t sendgrid_tolerance_ms;      /* |timestamp − received_at| allowed */
+};
+
+/* Verifies and parses one stream entry ({id, provider, body, url, signature,
+ * timestamp, received_at}) into `out`:
+ *   { id, provider, received_at: <ms>, ok: true, events: [ event… ] }  or
+ *   { id, provider, received_at, ok: false, reason: "…" }
+ * event: { event_id, provider, provider_message_id (absent: none given),
+ *          provider_status, status (ours; absent: history only),
+ *          code?, error_message?, at: <ms>, source: "webhook" }.
+ * Pure. */
+void msgstatus_parse_entry(const bson_t *entry, const struct msgstatus_keys *keys,
+                           bson_t *out);
+
+/* Maps a provider status to ours (SPEC §7), NULL for history-only ones.
+ * sendgrid_type is the bounce `type` (NULL otherwise). */
+const char *msgstatus_map_twilio(const char *status);
+const char *msgstatus_map_sendgrid(const char *event, const char *sendgrid_type);
+
+struct msgstatus_input {
+    const bson_t *const *parsed;  /* msgstatus_parse_entry results (or synthetic
+                                     poll entries, whose id starts with "poll:") */
+    size_t n_parsed;
+    const bson_t *messages;       /* { "<provider>:<provider_message_id>": message } */
+    int64_t now_ms;               /* the tick's now: grace periods, retry times */
+    int64_t write_ms;             /* the wall clock written as updated_at */
+    struct rules *rules;          /* retry.lua */
+    const struct log_ctx *log;
+};
+
+/* The plan for one batch:
+ *   entries: [ { id, provider, outcome: "done"|"rejected"|"waiting"|"unmatched",
+ *                reason?, events: [ { event_id, provider_message_id?, message_id?,
+ *                provider_status, outcome: "applied"|"duplicate"|"ignored"|
+ *                "history"|"unknown_message"|"no_message_id", before?, after?,
+ *                note? } ] } ]
+ *   updates: [ { message_id, target, read_updated_at?, set: {…},
+ *                push: [history entries], replace_history: bool,
+ *                event_ids: [...], retry?: {…} } ]
+ * "done" entries are acknowledged, "rejected"/"unmatched" ones copied to their
+ * side stream and acknowledged, "waiting" ones left pending. Pure: no I/O
+ * besides log lines about what it decided (retry.exhausted). */
+int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_error *err);
+
+/* Retry selection: of these failed/undelivered messages, the ones to send
+ * again now (outbound, not final, next_retry_at <= now). Appends
+ *   { message_id, target, provider, via, to, attempt: n+1, read_updated_at? }
+ * to `out` (an array being built, from index *n). Pure. */
+void msgstatus_plan_retries(const bson_t *const *messages, size_t n, int64_t now_ms,
+                            bson_t *out, uint32_t *n_out);
+
+/* Reconcile selection: of these queued/sending/sent messages, the ones whose
+ * status has not moved for longer than retry.lua's reconcile.after_seconds
+ * allows and that were not polled within it, at most reconcile.max_per_tick.
+ * Appends { message_id, target, provider, provider_message_id, status } to
+ * `out`. Pure. */
+int msgstatus_plan_polls(const bson_t *const *messages, size_t n, int64_t now_ms,
+                         struct rules *rules, bson_t *out, uint32_t *n_out,
+                         struct sd_error *err);
+
+/* A poll's answer as a synthetic parsed entry ("poll:<sid>") for
+ * msgstatus_decide: status and error code as the provider reported them. */
+void msgstatus_poll_entry(const char *provider, const char *provider_message_id,
+                          const char *provider_status, const char *error_code,
+                          const char *error_message, int64_t at_ms, bson_t *out);
+
+#endif

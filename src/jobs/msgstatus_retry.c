@@ -1,0 +1,546 @@
+/* msgstatus_retry — the message-status job's two sweeps that talk to
+ * providers: failed messages sent again, stale ones looked up.
+ *
+ * Re-send (SPEC §7): a failed or undelivered outbound message whose
+ * next_retry_at has come (retry.lua set it when the failure was applied) goes
+ * out again through the outbox's provider code (same sender, recipient, body),
+ * under a Redis claim per attempt — <prefix>outbox:claim:resend:<id>:<n> —
+ * so two instances never send one attempt twice; the claim turns into
+ * "sent:<provider>:<id>" before the database records it, as for the outbox.
+ * A send whose outcome is unknown (5xx, timeout) is never repeated blindly:
+ * the message keeps `supportd_resend: {attempt, at, uncertain: true}`; the
+ * next attempt asks Twilio whether it arrived, and an email (SendGrid and SMTP
+ * cannot be asked) is marked final instead of risking a duplicate.
+ *
+ * Reconcile: Twilio is asked for messages whose status has not moved for
+ * retry.lua's reconcile.after_seconds; the answer is applied as an event with
+ * source "poll" (the same event id as the webhook would carry). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "jobs/msgstatus_io.h"
+#include "jobs/runner.h"
+#include "outbox/claim.h"
+#include "outbox/dispatch.h"
+#include "outbox/outbox.h"
+#include "providers/http.h"
+#include "providers/smtp.h"
+#include "providers/twilio.h"
+#include "store/mongo.h"
+
+#define RETRY_BATCH 100
+#define RESEND_CLAIM_TTL_MS (5 * 60 * 1000)
+#define RESEND_SENT_TTL_MS (7LL * 24 * 3600 * 1000)
+
+static const char *str(const bson_t *doc, const char *key)
+{
+    bson_iter_t it;
+    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
+               ? bson_iter_utf8(&it, NULL)
+               : NULL;
+}
+
+static void log_message(struct ms_tick *t, enum log_level level, const char *event,
+                        const char *target, const char *fmt, const char *detail)
+{
+    bson_t f = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&f, "message", target);
+    log_msg(level, t->env->log, event, &f, fmt, target, detail ? detail : "");
+    bson_destroy(&f);
+}
+
+struct clients {
+    struct http_client *http;
+    struct smtp_client *smtp;
+    struct outbox_ctx ctx;
+    char owner[128];
+};
+
+static int clients_open(struct ms_tick *t, struct clients *c, struct sd_error *err)
+{
+    const struct config *cfg = t->env->cfg;
+    memset(c, 0, sizeof *c);
+    struct http_options hopts = {.timeout_ms = cfg->http_timeout_ms, .stop = t->env->stop};
+    if (!(c->http = http_client_new(&hopts, err)))
+        return -1;
+    if (cfg->email_provider == EMAIL_SMTP && cfg->smtp_url) {
+        struct smtp_options sopts = {.url = cfg->smtp_url,
+                                     .user = cfg->smtp_user,
+                                     .password = cfg->smtp_password,
+                                     .timeout_ms = 2 * cfg->http_timeout_ms,
+                                     .stop = t->env->stop};
+        if (!(c->smtp = smtp_client_new(&sopts, err))) {
+            http_client_destroy(c->http);
+            return -1;
+        }
+    }
+    runner_instance_id(c->owner, sizeof c->owner);
+    c->ctx = (struct outbox_ctx){.mongo = t->env->mongo,
+                                 .db = t->env->db,
+                                 .redis = t->env->redis,
+                                 .prefix = cfg->redis_prefix,
+                                 .cfg = cfg,
+                                 .http = c->http,
+                                 .smtp = c->smtp,
+                                 .log = t->env->log,
+                                 .stop = t->env->stop,
+                                 .owner = c->owner};
+    return 0;
+}
+
+static void clients_close(struct clients *c)
+{
+    smtp_client_destroy(c->smtp);
+    http_client_destroy(c->http);
+}
+
+/* The message as an outbox entry, so the outbox's provider code sends it. */
+static void as_entry(const bson_t *m, const char *key, int64_t started, bson_t *e)
+{
+    const char *channel = str(m, "channel");
+    bool sms = channel && !strcmp(channel, "sms");
+    bson_t r;
+    BSON_APPEND_UTF8(e, "key", key);
+    BSON_APPEND_UTF8(e, "via", sms ? "sms" : "email");
+    BSON_APPEND_DOCUMENT_BEGIN(e, "recipient", &r);
+    const char *to = str(m, "to");
+    BSON_APPEND_UTF8(&r, sms ? "phone" : "email", to ? to : "");
+    bson_append_document_end(e, &r);
+    const char *copy[][2] = {{"body", "text"}, {"from", "from"}, {"subject", "subject"},
+                             {"account_sid", "account_sid"}, {"status_callback", "status_callback"}};
+    for (size_t i = 0; i < sizeof copy / sizeof *copy; i++) {
+        const char *v = str(m, copy[i][0]);
+        if (v)
+            BSON_APPEND_UTF8(e, copy[i][1], v);
+    }
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, m, "channel_id"))
+        bson_append_iter(e, "channel_id", -1, &it);
+    if (started)
+        BSON_APPEND_DATE_TIME(e, "send_started_at", started);
+}
+
+/* A conditional single-message write under the fence; false when it did not
+ * land (a concurrent change: the next tick looks again). */
+static int write_message(struct ms_tick *t, const bson_t *item, const bson_t *update,
+                         bool *landed, struct sd_error *err)
+{
+    *landed = false;
+    if (!ms_fence(t, err))
+        return -1;
+    bson_t filter = BSON_INITIALIZER, reply, sub;
+    bson_iter_t it;
+    bson_iter_init_find(&it, item, "message_id");
+    bson_append_iter(&filter, "_id", -1, &it);
+    if (bson_iter_init_find(&it, item, "read_updated_at")) {
+        bson_append_iter(&filter, "updated_at", -1, &it);
+    } else {
+        BSON_APPEND_DOCUMENT_BEGIN(&filter, "updated_at", &sub);
+        BSON_APPEND_BOOL(&sub, "$exists", false);
+        bson_append_document_end(&filter, &sub);
+    }
+    bson_error_t berr;
+    bool ok = mongoc_collection_update_one(t->msgs, &filter, update, NULL, &reply, &berr);
+    if (ok && bson_iter_init_find(&it, &reply, "matchedCount"))
+        *landed = bson_iter_as_int64(&it) > 0;
+    bson_destroy(&filter);
+    bson_destroy(&reply);
+    return ok ? 0 : sd_error_set(err, "updating message %s: %s", str(item, "target"),
+                                 berr.message);
+}
+
+static void history(bson_t *push, const char *status, int64_t at, const char *pstatus,
+                    const char *event_id, const char *code)
+{
+    bson_t h;
+    BSON_APPEND_DOCUMENT_BEGIN(push, "status_history", &h);
+    BSON_APPEND_UTF8(&h, "status", status);
+    BSON_APPEND_DATE_TIME(&h, "at", at);
+    BSON_APPEND_UTF8(&h, "source", "retry");
+    if (code && *code)
+        BSON_APPEND_UTF8(&h, "code", code);
+    if (pstatus)
+        BSON_APPEND_UTF8(&h, "provider_status", pstatus);
+    BSON_APPEND_UTF8(&h, "event_id", event_id);
+    BSON_APPEND_BOOL(&h, "applied", true);
+    bson_append_document_end(push, &h);
+}
+
+/* The re-send was accepted: a new attempt starts over at "queued". */
+static int record_resent(struct ms_tick *t, const bson_t *item, const char *provider,
+                         const char *message_id, int64_t attempt, struct sd_error *err)
+{
+    bson_t u = BSON_INITIALIZER, set, unset, push;
+    char event_id[200];
+    snprintf(event_id, sizeof event_id, "retry:%s:%lld", str(item, "target"), (long long)attempt);
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
+    BSON_APPEND_UTF8(&set, "status", "queued");
+    BSON_APPEND_UTF8(&set, "provider", provider);
+    BSON_APPEND_UTF8(&set, "provider_message_id", message_id);
+    BSON_APPEND_INT64(&set, "attempts", attempt);
+    BSON_APPEND_NULL(&set, "next_retry_at");
+    BSON_APPEND_NULL(&set, "error");
+    BSON_APPEND_DATE_TIME(&set, "updated_at", t->wall_ms);
+    bson_append_document_end(&u, &set);
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
+    BSON_APPEND_UTF8(&unset, "supportd_resend", "");
+    bson_append_document_end(&u, &unset);
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$push", &push);
+    history(&push, "queued", t->wall_ms, "queued", event_id, NULL);
+    bson_append_document_end(&u, &push);
+    bool landed;
+    int rc = write_message(t, item, &u, &landed, err);
+    bson_destroy(&u);
+    if (rc == 0 && !landed)
+        t->c.conflicts++;
+    return rc;
+}
+
+/* retry.lua's delay before the next attempt after `attempts` sends. */
+static int64_t retry_delay_s(struct ms_tick *t, int64_t attempts)
+{
+    bson_t args = BSON_INITIALIZER, out = BSON_INITIALIZER;
+    BSON_APPEND_INT64(&args, "0", attempts);
+    struct sd_error err;
+    int64_t d = 60;
+    bson_iter_t it;
+    if (rules_call(t->env->rules, "retry", "delay", &args, &out, &err) == 0 &&
+        bson_iter_init_find(&it, &out, "result") && BSON_ITER_HOLDS_NUMBER(&it))
+        d = bson_iter_as_int64(&it);
+    bson_destroy(&args);
+    bson_destroy(&out);
+    return d > 0 ? d : 60;
+}
+
+static int record_resend_failure(struct ms_tick *t, const bson_t *item, int64_t attempt,
+                                 const struct provider_status *st, const struct sd_error *perr,
+                                 int64_t started, bool give_up, struct sd_error *err)
+{
+    bson_t u = BSON_INITIALIZER, set, e, push;
+    const char *target = str(item, "target");
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
+    BSON_APPEND_DATE_TIME(&set, "updated_at", t->wall_ms);
+    if (give_up) {
+        char event_id[200];
+        snprintf(event_id, sizeof event_id, "retry:%s:%lld", target, (long long)attempt);
+        BSON_APPEND_BOOL(&set, "final", true);
+        BSON_APPEND_NULL(&set, "next_retry_at");
+        BSON_APPEND_DOCUMENT_BEGIN(&set, "error", &e);
+        BSON_APPEND_UTF8(&e, "code", st->code);
+        BSON_APPEND_UTF8(&e, "message", perr->message);
+        bson_append_document_end(&set, &e);
+        bson_append_document_end(&u, &set);
+        BSON_APPEND_DOCUMENT_BEGIN(&u, "$push", &push);
+        history(&push, str(item, "status") ? str(item, "status") : "failed", t->wall_ms, NULL,
+                event_id, st->code);
+        bson_append_document_end(&u, &push);
+        t->c.resend_failed++;
+        log_message(t, LOG_WARN, "retry.exhausted", target,
+                    "message %s will not be sent again: %s", perr->message);
+        t->c.retry_exhausted++;
+    } else {
+        BSON_APPEND_DATE_TIME(&set, "next_retry_at",
+                              t->env->now_ms + retry_delay_s(t, attempt - 1) * 1000);
+        if (st->maybe_accepted) {
+            bson_t r;
+            BSON_APPEND_DOCUMENT_BEGIN(&set, "supportd_resend", &r);
+            BSON_APPEND_INT64(&r, "attempt", attempt);
+            BSON_APPEND_DATE_TIME(&r, "at", started);
+            BSON_APPEND_BOOL(&r, "uncertain", true);
+            bson_append_document_end(&set, &r);
+            t->c.resend_uncertain++;
+        }
+        bson_append_document_end(&u, &set);
+        log_message(t, LOG_WARN, "retry.send_failed", target,
+                    "re-sending message %s failed, tried again later: %s", perr->message);
+    }
+    bool landed;
+    int rc = write_message(t, item, &u, &landed, err);
+    bson_destroy(&u);
+    return rc;
+}
+
+/* Sends one due message again, under its attempt's claim. -1 only when the
+ * sweep cannot go on (Redis or the database down, the lease gone). */
+static int resend_one(struct ms_tick *t, struct clients *c, const bson_t *item, const bson_t *msg,
+                      struct sd_error *err)
+{
+    const char *target = str(item, "target");
+    bson_iter_t it;
+    int64_t attempt = bson_iter_init_find(&it, item, "attempt") ? bson_iter_as_int64(&it) : 2;
+    char claim_id[120], key[160];
+    snprintf(claim_id, sizeof claim_id, "resend:%s:%lld", target, (long long)attempt);
+    snprintf(key, sizeof key, "retry:%s:%lld", target, (long long)attempt);
+    struct outbox_claim claim;
+    if (claim_acquire(t->env->redis, t->env->cfg->redis_prefix, claim_id, c->owner,
+                      RESEND_CLAIM_TTL_MS, &claim, err))
+        return -1;
+    if (claim.state == CLAIM_TAKEN)
+        return 0;
+    if (claim.state == CLAIM_SENT) { /* a sender died after the provider accepted */
+        t->c.resend_recovered++;
+        return record_resent(t, item, claim.sent_provider, claim.sent_id, attempt, err);
+    }
+    /* Uncertain earlier attempt of this same number? */
+    int64_t started = 0;
+    if (bson_iter_init(&it, msg) && bson_iter_find_descendant(&it, "supportd_resend.at", &it) &&
+        BSON_ITER_HOLDS_DATE_TIME(&it))
+        started = bson_iter_date_time(&it);
+    bson_t entry = BSON_INITIALIZER;
+    as_entry(msg, key, started, &entry);
+    struct outbox_message om;
+    struct provider_status st;
+    struct sd_error perr = {""};
+    char message_id[160] = "";
+    int rc = 0;
+    if (outbox_message_prepare(&c->ctx, &entry, &om, &st, &perr)) {
+        rc = record_resend_failure(t, item, attempt, &st, &perr, 0,
+                                   st.cls == PROVIDER_PERMANENT, err);
+        goto done;
+    }
+    if (started) {
+        if (om.via != VIA_SMS) {
+            st.cls = PROVIDER_PERMANENT;
+            snprintf(st.code, sizeof st.code, "resend_uncertain");
+            sd_error_set(&perr, "the last re-send ended without an answer and %s cannot be "
+                                "asked whether it arrived; not sent again to avoid a duplicate",
+                         om.provider);
+            rc = record_resend_failure(t, item, attempt, &st, &perr, 0, true, err);
+            goto done;
+        }
+        bool found = false;
+        if (outbox_message_find_sent(&c->ctx, &om, &found, message_id, sizeof message_id, &st,
+                                     &perr)) {
+            st.maybe_accepted = true;
+            rc = record_resend_failure(t, item, attempt, &st, &perr, started, false, err);
+            goto done;
+        }
+        if (found) {
+            claim_mark_sent(t->env->redis, &claim, om.provider, message_id, RESEND_SENT_TTL_MS,
+                            NULL);
+            t->c.resend_recovered++;
+            rc = record_resent(t, item, om.provider, message_id, attempt, err);
+            goto done;
+        }
+    }
+    int64_t sent_at = clock_now_ms();
+    if (!ms_fence(t, err)) {
+        rc = -1;
+        goto done;
+    }
+    if (outbox_message_send(&c->ctx, &om, t->env->now_ms, message_id, sizeof message_id, &st,
+                            &perr) == 0) {
+        struct sd_error merr;
+        if (claim_mark_sent(t->env->redis, &claim, om.provider, message_id, RESEND_SENT_TTL_MS,
+                            &merr))
+            log_message(t, LOG_WARN, "retry.claim", target,
+                        "message %s: recording the re-send in Redis failed: %s", merr.message);
+        t->c.resent++;
+        rc = record_resent(t, item, om.provider, message_id, attempt, err);
+    } else {
+        rc = record_resend_failure(t, item, attempt, &st, &perr, sent_at,
+                                   st.cls == PROVIDER_PERMANENT, err);
+    }
+done:
+    if (claim.state == CLAIM_OURS && !message_id[0])
+        claim_release(t->env->redis, &claim, NULL);
+    outbox_message_free(&om);
+    bson_destroy(&entry);
+    return rc;
+}
+
+int ms_retry_sweep(struct ms_tick *t, struct sd_error *err)
+{
+    static const char *const statuses[] = {"failed", "undelivered"};
+    struct clients c;
+    bool open = false;
+    int rc = 0;
+    for (size_t s = 0; s < 2 && rc == 0 && !job_should_stop(t->env); s++) {
+        bson_t filter = BSON_INITIALIZER, lte, opts = BSON_INITIALIZER, sort;
+        BSON_APPEND_UTF8(&filter, "status", statuses[s]);
+        BSON_APPEND_DOCUMENT_BEGIN(&filter, "next_retry_at", &lte);
+        BSON_APPEND_DATE_TIME(&lte, "$lte", t->env->now_ms);
+        bson_append_document_end(&filter, &lte);
+        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+        BSON_APPEND_INT32(&sort, "next_retry_at", 1);
+        bson_append_document_end(&opts, &sort);
+        BSON_APPEND_INT64(&opts, "limit", RETRY_BATCH);
+        bson_t **docs = NULL;
+        size_t n = 0;
+        rc = store_find_all(t->msgs, &filter, &opts, &docs, &n, err);
+        bson_destroy(&filter);
+        bson_destroy(&opts);
+        bson_t plan = BSON_INITIALIZER;
+        uint32_t np = 0;
+        if (rc == 0)
+            msgstatus_plan_retries((const bson_t *const *)docs, n, t->env->now_ms, &plan, &np);
+        t->c.retries_due += np;
+        if (rc == 0 && np && !open) {
+            rc = clients_open(t, &c, err);
+            open = rc == 0;
+        }
+        bson_iter_t it;
+        if (rc == 0 && np && bson_iter_init(&it, &plan)) {
+            while (rc == 0 && bson_iter_next(&it) && !job_should_stop(t->env)) {
+                bson_t item;
+                uint32_t len;
+                const uint8_t *data;
+                bson_iter_document(&it, &len, &data);
+                bson_init_static(&item, data, len);
+                const char *target = str(&item, "target");
+                for (size_t i = 0; i < n && target; i++) {
+                    bson_iter_t id;
+                    char hex[25] = "";
+                    if (bson_iter_init_find(&id, docs[i], "_id") && BSON_ITER_HOLDS_OID(&id))
+                        bson_oid_to_string(bson_iter_oid(&id), hex);
+                    if (!strcmp(hex, target)) {
+                        rc = resend_one(t, &c, &item, docs[i], err);
+                        break;
+                    }
+                }
+            }
+        }
+        bson_destroy(&plan);
+        store_docs_free(docs, n);
+    }
+    if (open)
+        clients_close(&c);
+    return rc;
+}
+
+/* ---- reconcile --------------------------------------------------------------- */
+
+int ms_reconcile_sweep(struct ms_tick *t, struct sd_error *err)
+{
+    static const char *const statuses[] = {"queued", "sending", "sent"};
+    const struct config *cfg = t->env->cfg;
+    bson_t cfgv = BSON_INITIALIZER;
+    int rc = rules_get(t->env->rules, "retry", "reconcile", &cfgv, err);
+    bson_iter_t it;
+    bool configured = rc == 0 && bson_iter_init_find(&it, &cfgv, "result");
+    bson_destroy(&cfgv);
+    if (rc || !configured || !cfg->twilio_account_sid || !cfg->twilio_auth_token)
+        return rc;
+    struct clients c;
+    bool open = false;
+    for (size_t s = 0; s < 3 && rc == 0 && !job_should_stop(t->env); s++) {
+        int64_t after_ms = 0;
+        /* The query's cutoff: the rule's threshold for this status. */
+        bson_t v = BSON_INITIALIZER;
+        bson_iter_t f;
+        char path[80];
+        snprintf(path, sizeof path, "result.after_seconds.%s", statuses[s]);
+        if (rules_get(t->env->rules, "retry", "reconcile", &v, err)) {
+            bson_destroy(&v);
+            rc = -1;
+            break;
+        }
+        bool has = bson_iter_init(&f, &v) && bson_iter_find_descendant(&f, path, &f) &&
+                   BSON_ITER_HOLDS_NUMBER(&f);
+        if (has)
+            after_ms = bson_iter_as_int64(&f) * 1000;
+        bson_destroy(&v);
+        if (!has)
+            continue;
+        bson_t filter = BSON_INITIALIZER, lt, opts = BSON_INITIALIZER, sort;
+        BSON_APPEND_UTF8(&filter, "status", statuses[s]);
+        BSON_APPEND_DOCUMENT_BEGIN(&filter, "updated_at", &lt);
+        BSON_APPEND_DATE_TIME(&lt, "$lt", t->env->now_ms - after_ms);
+        bson_append_document_end(&filter, &lt);
+        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+        BSON_APPEND_INT32(&sort, "updated_at", 1);
+        bson_append_document_end(&opts, &sort);
+        BSON_APPEND_INT64(&opts, "limit", 500);
+        bson_t **docs = NULL;
+        size_t n = 0;
+        rc = store_find_all(t->msgs, &filter, &opts, &docs, &n, err);
+        bson_destroy(&filter);
+        bson_destroy(&opts);
+        bson_t plan = BSON_INITIALIZER;
+        uint32_t np = 0;
+        if (rc == 0)
+            rc = msgstatus_plan_polls((const bson_t *const *)docs, n, t->env->now_ms,
+                                      t->env->rules, &plan, &np, err);
+        store_docs_free(docs, n);
+        if (rc == 0 && np && !open) {
+            rc = clients_open(t, &c, err);
+            open = rc == 0;
+        }
+        bson_t **entries = calloc(np + 1, sizeof *entries);
+        size_t ne = 0;
+        bson_iter_t p;
+        if (rc == 0 && np && bson_iter_init(&p, &plan)) {
+            struct twilio tw = {.http = c.http,
+                                .base = cfg->twilio_api_base,
+                                .account_sid = cfg->twilio_account_sid,
+                                .auth_token = cfg->twilio_auth_token};
+            while (bson_iter_next(&p) && !job_should_stop(t->env)) {
+                bson_t item;
+                uint32_t len;
+                const uint8_t *data;
+                bson_iter_document(&p, &len, &data);
+                bson_init_static(&item, data, len);
+                struct twilio_message tm;
+                struct provider_status st;
+                struct sd_error perr;
+                const char *sid = str(&item, "provider_message_id");
+                if (twilio_fetch_message(&tw, NULL, sid, &tm, &st, &perr)) {
+                    t->c.poll_failed++;
+                    log_message(t, LOG_WARN, "reconcile.failed", str(&item, "target"),
+                                "looking message %s up at Twilio failed: %s", perr.message);
+                    continue;
+                }
+                t->c.polled++;
+                entries[ne] = bson_new();
+                msgstatus_poll_entry("twilio", sid, tm.status, tm.error_code, tm.error_message,
+                                     t->wall_ms, entries[ne]);
+                ne++;
+            }
+        }
+        if (rc == 0 && ne) {
+            bson_t out = BSON_INITIALIZER, not_landed = BSON_INITIALIZER;
+            rc = ms_decide_and_write(t, (const bson_t *const *)entries, ne, &out, &not_landed,
+                                     err);
+            bson_destroy(&out);
+            bson_destroy(&not_landed);
+        }
+        /* Polled with no news: remember it, so the next look waits a period. */
+        if (rc == 0 && np && ms_fence(t, err)) {
+            bson_t ids = BSON_INITIALIZER, in, list, u = BSON_INITIALIZER, set;
+            BSON_APPEND_DOCUMENT_BEGIN(&ids, "_id", &in);
+            BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
+            uint32_t k = 0;
+            bson_iter_init(&p, &plan);
+            while (bson_iter_next(&p)) {
+                bson_iter_t m;
+                if (bson_iter_recurse(&p, &m) && bson_iter_find(&m, "message_id")) {
+                    char idx[12];
+                    snprintf(idx, sizeof idx, "%u", k++);
+                    bson_append_iter(&list, idx, -1, &m);
+                }
+            }
+            bson_append_array_end(&in, &list);
+            bson_append_document_end(&ids, &in);
+            BSON_APPEND_UTF8(&ids, "status", statuses[s]);
+            BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
+            BSON_APPEND_DATE_TIME(&set, "supportd_polled_at", t->env->now_ms);
+            bson_append_document_end(&u, &set);
+            bson_error_t berr;
+            if (!mongoc_collection_update_many(t->msgs, &ids, &u, NULL, NULL, &berr))
+                rc = sd_error_set(err, "recording polls: %s", berr.message);
+            bson_destroy(&ids);
+            bson_destroy(&u);
+        } else if (rc == 0 && np) {
+            rc = -1;
+        }
+        for (size_t i = 0; i < ne; i++)
+            bson_destroy(entries[i]);
+        free(entries);
+        bson_destroy(&plan);
+    }
+    if (open)
+        clients_close(&c);
+    return rc;
+}

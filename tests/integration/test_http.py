@@ -1,0 +1,448 @@
+"""The HTTP surface of `supportd run` (QM_SUPPORT_HTTP_LISTEN): the signed
+webhook receiver, /healthz, /readyz and /metrics, driven by real HTTP clients
+(curl, requests, httpx, raw sockets for slow clients) against the running
+binary, with webhooks signed by the providers' own helper libraries."""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import time
+import uuid
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import requests
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
+from twilio.request_validator import RequestValidator
+
+from conftest import _ping, parse_log_lines, parse_ts, services_script, wait_until
+from fakes_fixtures import *  # noqa: F401,F403
+from test_message_status import World
+
+PUBLIC = "https://hooks.example.com"
+TWILIO_PATH = "/webhooks/twilio/status"
+SENDGRID_PATH = "/webhooks/sendgrid/events"
+SG_SIG = "X-Twilio-Email-Event-Webhook-Signature"
+SG_TS = "X-Twilio-Email-Event-Webhook-Timestamp"
+FIELDS = {"provider", "body", "url", "signature", "timestamp", "received_at"}
+
+FAMILIES = [  # every family /metrics must expose (issue #12)
+    "supportd_job_ticks", "supportd_job_tick_duration_seconds", "supportd_job_items",
+    "supportd_job_last_success_timestamp_seconds", "supportd_outbox_entries",
+    "supportd_status_events_lag", "supportd_status_events_pending",
+    "supportd_status_events_length", "supportd_alerts_open", "supportd_rules_info",
+    "supportd_rules_reload_failures", "supportd_rules_reloads", "supportd_webhooks_received",
+    "supportd_webhooks_rejected", "supportd_http_requests",
+    "supportd_process_resident_memory_bytes", "supportd_process_open_fds",
+    "supportd_process_cpu_seconds", "supportd_process_start_time_seconds",
+    "supportd_scrape_source_up",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Http:
+    """A `supportd run` with the HTTP server on, and signed requests to it."""
+
+    def __init__(self, world: World, **env):
+        self.w = world
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        overrides = {"QM_SUPPORT_HTTP_LISTEN": f"127.0.0.1:{self.port}",
+                     "QM_SUPPORT_PUBLIC_URL": PUBLIC, "QM_SUPPORT_PROBE": "true",
+                     "QM_SUPPORT_PROBE_CRON": "* * * * * *"}
+        overrides.update(env)
+        self.d = world.sd.start("run", **world.env(**overrides))
+        self.d.wait_for("http.listening", timeout=20)
+
+    # -- Twilio: form body, signed over the public URL + path + query --
+    def twilio_request(self, sid, status="delivered", *, query="", token=None, json_body=False):
+        v = RequestValidator(token or self.w.token)
+        params = {"AccountSid": self.w.p.twilio_sid, "MessageSid": sid, "SmsSid": sid,
+                  "MessageStatus": status, "SmsStatus": status, "To": "+15551230000"}
+        if json_body:
+            body = json.dumps(params)
+            q = f"bodySHA256={v.compute_hash(body)}"
+            target = f"{TWILIO_PATH}?{q}"
+            sig = v.compute_signature(PUBLIC + target, {})
+            ctype = "application/json"
+        else:
+            body = urlencode(params)
+            target = TWILIO_PATH + (f"?{query}" if query else "")
+            sig = v.compute_signature(PUBLIC + target, params)
+            assert v.validate(PUBLIC + target, params, sig)
+            ctype = "application/x-www-form-urlencoded"
+        return target, body, {"X-Twilio-Signature": sig, "Content-Type": ctype}
+
+    def post_twilio(self, sid, status="delivered", **kw):
+        target, body, headers = self.twilio_request(sid, status, **kw)
+        return requests.post(self.base + target, data=body.encode(), headers=headers, timeout=10)
+
+    # -- SendGrid: JSON array, ECDSA over timestamp + body --
+    def sendgrid_request(self, events, *, ts=None, raw=None, forge=False):
+        ts = str(ts if ts is not None else int(time.time()))
+        payload = raw if raw is not None else json.dumps(events) + "\r\n"
+        key = ec.generate_private_key(ec.SECP256R1()) if forge else None
+        sig = (base64.b64encode(key.sign((ts + payload).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+               if forge else self.w.sg_sign(ts, payload))
+        return payload, {SG_SIG: sig, SG_TS: ts, "Content-Type": "application/json"}
+
+    def post_sendgrid(self, events, **kw):
+        payload, headers = self.sendgrid_request(events, **kw)
+        with httpx.Client(timeout=10) as c:
+            return c.post(self.base + SENDGRID_PATH, content=payload.encode(), headers=headers)
+
+    def get(self, path, timeout=10):
+        return requests.get(self.base + path, timeout=timeout)
+
+    def metrics(self) -> dict:
+        r = self.get("/metrics")
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+    def stream(self):
+        return self.w.sd.redis.xrange(self.w.stream)
+
+
+def sample(families, name, **labels):
+    fam = families[name]
+    for s in fam.samples:
+        if all(s.labels.get(k) == v for k, v in labels.items()) and s.name in (
+                name, name + "_total"):
+            return s.value
+    return None
+
+
+@pytest.fixture
+def world(sd, providers):
+    return World(sd, providers)
+
+
+# --------------------------------------------------------- webhooks in ----
+
+def test_signed_webhooks_reach_the_stream_then_the_next_tick_applies_them(world):
+    h = Http(world)
+    tw = world.message("twilio", status="sent")
+    tw_json = world.message("twilio", status="sent")
+    sg = world.message("sendgrid", status="sent")
+    before = int(time.time() * 1000)
+    r1 = h.post_twilio(tw["provider_message_id"], "delivered", query="tenant=7&x=a%20b")
+    r2 = h.post_twilio(tw_json["provider_message_id"], "read", json_body=True)
+    ev = World.sg_event(sg, "delivered")
+    r3 = h.post_sendgrid([ev])
+    after = int(time.time() * 1000)
+    assert [r1.status_code, r2.status_code, r3.status_code] == [204, 204, 204], (r1.text, r2.text, r3.text)
+
+    entries = [f for _, f in h.stream()]
+    assert len(entries) == 3
+    for f in entries:
+        assert set(f) == FIELDS, f  # exactly SPEC §2's fields
+        assert before <= int(f["received_at"]) <= after
+    t1, t2, s1 = entries
+    target, body, headers = h.twilio_request(tw["provider_message_id"], "delivered", query="tenant=7&x=a%20b")
+    assert t1["provider"] == "twilio" and t1["body"] == body
+    assert t1["url"] == PUBLIC + target and t1["signature"] == headers["X-Twilio-Signature"]
+    assert t1["timestamp"] == ""
+    assert t2["url"].startswith(PUBLIC + TWILIO_PATH + "?bodySHA256=")
+    assert s1["provider"] == "sendgrid" and s1["body"].endswith("\r\n")  # raw, CRLF kept
+    assert json.loads(s1["body"]) == [ev] and s1["timestamp"] and s1["signature"]
+
+    # the next message-status tick applies them (an instance without HTTP)
+    cp = world.once()
+    assert cp.returncode == 0, cp.stderr
+    assert world.get(tw)["status"] == "delivered"
+    assert world.get(tw_json)["status"] == "read"
+    assert world.get(sg)["status"] == "delivered"
+    assert world.side("rejected") == []
+    m = h.metrics()
+    assert sample(m, "supportd_webhooks_received", provider="twilio") == 2
+    assert sample(m, "supportd_webhooks_received", provider="sendgrid") == 1
+    assert not m["supportd_webhooks_rejected"].samples
+    assert h.d.alive() and not h.d.other_lines(), h.d.other_lines()
+    world.p.outputs.append(h.d.stderr())
+
+
+def test_forged_malformed_oversized_and_wrong_requests_get_their_codes(world):
+    h = Http(world)
+    tw = world.message("twilio", status="sent")
+    sid = tw["provider_message_id"]
+    sg = world.message("sendgrid", status="sent")
+    marker = "SECRET-BODY-" + uuid.uuid4().hex
+
+    # Twilio: signed with another token; body changed after signing; no header;
+    # signed for another URL (the proxy's internal one)
+    assert h.post_twilio(sid, token="not-the-token").status_code == 403
+    target, body, headers = h.twilio_request(sid)
+    r = requests.post(h.base + target, data=body.replace("delivered", "read").encode(), headers=headers, timeout=10)
+    assert r.status_code == 403
+    r = requests.post(h.base + target, data=body.encode(), timeout=10,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 403
+    v = RequestValidator(world.token)
+    params = {"MessageSid": sid, "MessageStatus": "read", "Note": marker}
+    wrong = v.compute_signature(h.base + TWILIO_PATH, params)
+    r = requests.post(h.base + TWILIO_PATH, data=params, headers={"X-Twilio-Signature": wrong}, timeout=10)
+    assert r.status_code == 403
+    # Twilio, correctly signed but no MessageSid: malformed
+    p2 = {"MessageStatus": "delivered", "Note": marker}
+    r = requests.post(h.base + TWILIO_PATH, data=p2, timeout=10,
+                      headers={"X-Twilio-Signature": v.compute_signature(PUBLIC + TWILIO_PATH, p2)})
+    assert r.status_code == 400 and "MessageSid" in r.text
+
+    # SendGrid: other key; stale timestamp; signed garbage; not UTF-8; no timestamp
+    assert h.post_sendgrid([World.sg_event(sg, "delivered")], forge=True).status_code == 403
+    stale = int(time.time()) - 8 * 3600
+    assert h.post_sendgrid([World.sg_event(sg, "delivered")], ts=stale).status_code == 403
+    r = h.post_sendgrid(None, raw="{not json " + marker + "\r\n")
+    assert r.status_code == 400 and "malformed" in r.text
+    payload, headers = h.sendgrid_request([World.sg_event(sg, "delivered")])
+    r = httpx.post(h.base + SENDGRID_PATH, content=b"\xff\xfe" + payload.encode(), headers=headers)
+    assert r.status_code == 400
+    headers.pop(SG_TS)
+    assert httpx.post(h.base + SENDGRID_PATH, content=payload.encode(), headers=headers).status_code == 403
+
+    # Oversized: curl, with a declared length (refused before the body is read)
+    big = world.sd.tmp_path / "big.json"
+    big.write_bytes(b"[" + b" " * (2 * 1024 * 1024) + b"]")
+    cp = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                         "-H", "Content-Type: application/json", "--data-binary", f"@{big}",
+                         h.base + SENDGRID_PATH], capture_output=True, text=True, timeout=30)
+    assert cp.stdout == "413", (cp.stdout, cp.stderr)
+    # ... and chunked, with no declared length (read to its end, then refused)
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 65536
+    r = requests.post(h.base + TWILIO_PATH, data=chunks(), timeout=30)
+    assert r.status_code == 413
+    # exactly at the limit is not oversized (then a bad signature)
+    r = requests.post(h.base + TWILIO_PATH, data=b"a" * (1024 * 1024), timeout=30)
+    assert r.status_code == 403
+
+    # wrong method, unknown path
+    r = requests.get(h.base + TWILIO_PATH, timeout=10)
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    assert requests.post(h.base + "/webhooks/mailgun", data="x", timeout=10).status_code == 404
+    assert requests.post(h.base + "/healthz", data="x", timeout=10).status_code == 405
+
+    assert h.stream() == []  # nothing reached the stream
+    m = h.metrics()
+    rej = {(s.labels["provider"], s.labels["reason"]): s.value
+           for s in m["supportd_webhooks_rejected"].samples}
+    assert rej == {("twilio", "bad_signature"): 5, ("twilio", "malformed"): 1, ("twilio", "too_large"): 1,
+                   ("twilio", "method"): 1, ("sendgrid", "bad_signature"): 2,
+                   ("sendgrid", "stale_timestamp"): 1, ("sendgrid", "malformed"): 2,
+                   ("sendgrid", "too_large"): 1}, rej
+
+    # the jobs kept running, and the logs hold nothing of the requests
+    n = h.d.count()
+    h.d.wait_for("tick.end", after=n, timeout=5, outcome="ok")
+    assert h.d.alive()
+    err = h.d.stderr()
+    rejected = [e for e in parse_log_lines(err)[0] if e.get("event") == "webhook.rejected"]
+    assert rejected and all(set(e) >= {"provider", "status", "reason", "bytes", "body_sha256"} for e in rejected)
+    assert marker not in err and sid not in err and wrong not in err
+    world.p.outputs.append(err)
+
+
+def test_slow_clients_are_cut_off_and_the_server_keeps_answering(world):
+    h = Http(world, QM_SUPPORT_HTTP_REQUEST_TIMEOUT="2", QM_SUPPORT_HTTP_IDLE_TIMEOUT="30",
+             QM_SUPPORT_HTTP_MAX_CONNECTIONS="8")
+    # slowloris: 8 connections (the limit), one header byte a second each
+    socks = []
+    for _ in range(8):
+        s = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+        s.sendall(b"POST /webhooks/twilio/status HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    opened, opened_wall = time.monotonic(), time.time()
+    closed_at = {}
+    while len(closed_at) < len(socks) and time.monotonic() - opened < 10:
+        time.sleep(0.5)
+        for i, s in enumerate(socks):
+            if i in closed_at:
+                continue
+            try:
+                s.sendall(b"X")  # one byte: never silent long enough for the idle timeout
+                s.setblocking(False)
+                try:
+                    if s.recv(1024) == b"":
+                        closed_at[i] = time.monotonic() - opened
+                except BlockingIOError:
+                    pass
+                finally:
+                    s.setblocking(True)
+            except OSError:
+                closed_at[i] = time.monotonic() - opened
+    for s in socks:
+        s.close()
+    assert len(closed_at) == 8, f"slow connections still open after 10 s: {closed_at}"
+    assert all(1.5 <= t <= 5 for t in closed_at.values()), closed_at
+    # the slots are free again: probes answer, and the jobs never stopped
+    r = h.get("/healthz", timeout=5)
+    assert r.status_code == 200, r.text
+    assert h.d.events("http.timeout")
+    during = [e for e in h.d.events("tick.end")
+              if e.get("outcome") == "ok" and parse_ts(e["ts"]) > opened_wall]
+    assert len(during) >= 1 and h.d.alive()
+    # libmicrohttpd's own messages come through our logger: JSON lines only
+    assert not h.d.other_lines(), h.d.other_lines()
+
+
+def test_http_answers_while_a_tick_runs(world):
+    h = Http(world, QM_SUPPORT_PROBE_HOLD_MS="3000")
+    start = h.d.wait_for("tick.start", timeout=10)
+    t0 = time.monotonic()
+    r = h.get("/healthz", timeout=5)
+    m = h.get("/metrics", timeout=5)
+    took, answered = time.monotonic() - t0, time.time()
+    assert r.status_code == 200 and m.status_code == 200
+    assert took < 1.0, f"answers took {took:.2f}s while a 3 s tick ran"
+    end = h.d.wait_for("tick.end", tick=start["tick"], timeout=10)
+    assert parse_ts(end["ts"]) > answered, "the tick had ended before the answers"
+
+
+def test_redis_down_gives_503_and_nothing_is_lost_once_it_is_back(world, redis_restart_guard):
+    h = Http(world)
+    tw = world.message("twilio", status="sent")
+    try:
+        services_script("stop-redis")
+        assert not _ping(world.sd.redis)
+        r = h.post_twilio(tw["provider_message_id"], "delivered")
+        assert r.status_code == 503 and r.headers.get("Retry-After")
+        r = h.get("/readyz")
+        assert r.status_code == 503 and "redis: unreachable" in r.text
+        assert h.get("/healthz").status_code == 503
+        m = h.metrics()
+        assert sample(m, "supportd_scrape_source_up", source="redis") == 0
+        assert sample(m, "supportd_webhooks_rejected", provider="twilio", reason="unavailable") == 1
+    finally:
+        services_script("start-redis")
+    wait_until(lambda: _ping(world.sd.redis), 30, 0.2, "Redis to come back")
+    # Twilio retries the callback it got 503 for; the connection comes back
+    # within the reconnect backoff.
+    r = wait_until(lambda: (x := h.post_twilio(tw["provider_message_id"], "delivered")).status_code == 204 and x,
+                   15, 0.5, "the webhook to be accepted again")
+    assert r.status_code == 204
+    assert len(h.stream()) == 1
+    assert world.once().returncode == 0
+    assert world.get(tw)["status"] == "delivered"
+    wait_until(lambda: h.get("/readyz").status_code == 200, 10, 0.5, "/readyz 200 again")
+    assert h.d.alive()
+    world.p.outputs.append(h.d.stderr())
+
+
+# ------------------------------------------------------ probes, metrics ----
+
+def test_readyz_names_each_dependency(world):
+    h = Http(world)
+    r = h.get("/readyz")
+    assert r.status_code == 200
+    lines = r.text.splitlines()
+    assert lines[0] == "ready" and "mongodb: ok" in lines and "redis: ok" in lines
+    version = [l for l in lines if l.startswith("rules: ")][0].split(": ")[1]
+    m = h.metrics()
+    assert sample(m, "supportd_rules_info", version=version) == 1
+    cp = subprocess.run(["curl", "-sS", "-I", h.base + "/readyz"], capture_output=True, text=True, timeout=10)
+    assert cp.stdout.startswith("HTTP/1.1 200")  # HEAD works too
+
+
+def test_healthz_flips_to_503_when_a_job_stops_succeeding(world):
+    h = Http(world)
+    h.d.wait_for("tick.end", outcome="ok", timeout=10)
+    r = h.get("/healthz")
+    assert r.status_code == 200 and "job probe: ok" in r.text
+    # Another "instance" holds the probe's lease and never finishes: every
+    # slot here is skipped, and the last success ages past twice the interval.
+    world.sd.redis.set(world.sd.key("lease:probe"), "elsewhere:1/stuck", px=60000)
+    # (a Response with status >= 400 is falsy: return a tuple)
+    _, r = wait_until(lambda: ((x := h.get("/healthz")).status_code == 503, x)[0] and (True, x),
+                      10, 0.25, "/healthz to turn 503")
+    assert "job probe: no successful tick within twice its interval" in r.text
+    assert h.d.events("tick.skipped")
+    world.sd.redis.delete(world.sd.key("lease:probe"))
+    wait_until(lambda: h.get("/healthz").status_code == 200, 10, 0.25, "/healthz 200 again")
+
+
+def test_metrics_parse_with_every_family_and_counters_move_after_a_tick(world):
+    h = Http(world, QM_SUPPORT_MESSAGE_STATUS="true", QM_SUPPORT_MESSAGE_STATUS_CRON="* * * * * *")
+    # an open alert and outbox entries, for the MongoDB-backed gauges
+    db = world.sd.mongo_client[world.sd.db_name]
+    db["conversation-alert"].insert_many([
+        {"key": "c1:twilio.balance", "check": "twilio.balance", "severity": "warning", "status": "open"},
+        {"key": "c2:twilio.balance", "check": "twilio.balance", "severity": "warning", "status": "open"},
+        {"key": "c3:sendgrid.domain", "check": "sendgrid.domain", "severity": "critical", "status": "open"},
+        {"key": "c4:smtp.connect", "check": "smtp.connect", "severity": "critical", "status": "resolved"}])
+    db["conversation-notification"].insert_many([{"key": f"k{i}", "status": s}
+                                                 for i, s in enumerate(["sent", "sent", "failed"])])
+    h.d.wait_for("tick.end", job="probe", outcome="ok", timeout=10)
+    m1 = h.metrics()
+    missing = [f for f in FAMILIES if f not in m1]
+    assert not missing, f"families missing from /metrics: {missing}"
+    assert m1["supportd_job_tick_duration_seconds"].type == "histogram"
+    assert m1["supportd_job_ticks"].type == "counter"
+    ok1 = sample(m1, "supportd_job_ticks", job="probe", outcome="ok")
+    items1 = sample(m1, "supportd_job_items", job="probe", counter="db_commands")
+    count1 = [s.value for s in m1["supportd_job_tick_duration_seconds"].samples
+              if s.name.endswith("_count") and s.labels["job"] == "probe"][0]
+    assert ok1 >= 1 and items1 >= 1 and count1 >= 1
+    assert sample(m1, "supportd_alerts_open", check="twilio.balance", severity="warning") == 2
+    assert sample(m1, "supportd_alerts_open", check="sendgrid.domain", severity="critical") == 1
+    assert sample(m1, "supportd_alerts_open", check="smtp.connect", severity="critical") is None
+    assert sample(m1, "supportd_outbox_entries", status="sent") == 2
+    assert sample(m1, "supportd_outbox_entries", status="failed") == 1
+    assert sample(m1, "supportd_process_resident_memory_bytes") > 1_000_000
+    assert sample(m1, "supportd_process_open_fds") > 3
+    assert sample(m1, "supportd_job_last_success_timestamp_seconds", job="probe") > time.time() - 10
+    assert sample(m1, "supportd_scrape_source_up", source="mongodb") == 1
+
+    # a webhook waits in the stream until the message-status group reads it
+    tw = world.message("twilio", status="sent")
+    assert h.post_twilio(tw["provider_message_id"], "delivered").status_code == 204
+    n = h.d.count()
+    h.d.wait_for("tick.end", after=n, job="probe", outcome="ok", timeout=10)
+    h.d.wait_for("tick.end", after=n, job="message-status", outcome="ok", timeout=10)
+    wait_until(lambda: world.get(tw)["status"] == "delivered", 10, 0.2, "the webhook applied")
+    m2 = h.metrics()
+    assert sample(m2, "supportd_job_ticks", job="probe", outcome="ok") > ok1
+    assert sample(m2, "supportd_job_items", job="probe", counter="db_commands") > items1
+    assert [s.value for s in m2["supportd_job_tick_duration_seconds"].samples
+            if s.name.endswith("_count") and s.labels["job"] == "probe"][0] > count1
+    assert sample(m2, "supportd_job_ticks", job="message-status", outcome="ok") >= 1
+    assert sample(m2, "supportd_webhooks_received", provider="twilio") == 1
+    assert sample(m2, "supportd_status_events_lag") == 0
+    assert sample(m2, "supportd_status_events_pending") == 0
+    # SIGHUP reloads the rules (same files: ok)
+    h.d.signal(1)
+    wait_until(lambda: sample(h.metrics(), "supportd_rules_reloads", result="ok") == 1, 10, 0.2,
+               "the reload counted")
+    world.p.outputs.append(h.d.stderr())
+
+
+# ------------------------------------------------------------ config ----
+
+def test_http_configuration_errors_name_the_variable(sd, providers):
+    cp = sd.cli("run", QM_SUPPORT_HTTP_LISTEN="localhost", QM_SUPPORT_PROBE="true")
+    assert cp.returncode == 2 and "QM_SUPPORT_HTTP_LISTEN: \"localhost\" is not host:port" in cp.stderr
+    cp = sd.cli("run", QM_SUPPORT_HTTP_LISTEN="127.0.0.1:99999")
+    assert cp.returncode == 2 and "QM_SUPPORT_HTTP_LISTEN" in cp.stderr
+    cp = sd.cli("run", QM_SUPPORT_HTTP_LISTEN="127.0.0.1:8080", **providers.env())
+    assert cp.returncode == 2 and "QM_SUPPORT_PUBLIC_URL: required" in cp.stderr
+    cp = sd.cli("run", QM_SUPPORT_HTTP_LISTEN="127.0.0.1:8080", QM_SUPPORT_PUBLIC_URL="ftp://x")
+    assert cp.returncode == 2 and "QM_SUPPORT_PUBLIC_URL" in cp.stderr
+    # the port is taken: a clear error, exit 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cp = sd.cli("run", QM_SUPPORT_HTTP_LISTEN=f"127.0.0.1:{port}", QM_SUPPORT_PROBE="true")
+    assert cp.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in cp.stderr
+    providers.outputs.append(cp.stderr)
