@@ -7,7 +7,10 @@
 #include "jobs/snooze.h"
 #include "store/mongo.h"
 
-bool dryrun_supports(const char *job) { return strcmp(job, "snooze") == 0; }
+bool dryrun_supports(const char *job)
+{
+    return strcmp(job, "snooze") == 0 || strcmp(job, "communication-check") == 0;
+}
 
 static int by_id(const void *a, const void *b)
 {
@@ -83,7 +86,11 @@ int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job,
     BSON_APPEND_UTF8(plan, "rules", rules_version(rules));
     bson_t jobs;
     BSON_APPEND_DOCUMENT_BEGIN(plan, "jobs", &jobs);
-    int rc = plan_snooze(fx, rules, now_ms, &jobs);
+    int rc = 0;
+    if (!job || strcmp(job, "snooze") == 0)
+        rc = plan_snooze(fx, rules, now_ms, &jobs);
+    if (rc == 0 && (!job || strcmp(job, "communication-check") == 0))
+        rc = dryrun_commcheck(fx, rules, now_ms, &jobs, err);
     bson_append_document_end(plan, &jobs);
     return rc;
 }

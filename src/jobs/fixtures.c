@@ -9,7 +9,8 @@
 #include "store/mongo.h"
 
 static const char *const collections[] = {COLL_CONVERSATION, COLL_ROOM, COLL_MESSAGE,
-                                          COLL_CHANNEL, COLL_ALERT, COLL_NOTIFICATION};
+                                          COLL_CHANNEL, COLL_ALERT, COLL_NOTIFICATION,
+                                          "provider-answers" /* communication-check */};
 #define N_COLLECTIONS (sizeof collections / sizeof *collections)
 
 struct fixtures {

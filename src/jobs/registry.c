@@ -11,8 +11,10 @@ job_fn job_function(int id)
         return job_outbox;
     case JOB_SNOOZE:
         return job_snooze;
+    case JOB_COMMUNICATION_CHECK:
+        return job_communication_check;
     default:
-        return NULL; /* message-status, notification, communication-check: to come */
+        return NULL; /* message-status, notification: to come */
     }
 }
 
