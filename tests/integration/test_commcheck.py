@@ -357,3 +357,29 @@ def test_broken_health_lua_keeps_the_last_good_rules(world):
     assert world.open_alert(cid, "twilio.balance") is None
     assert len(world.alerts(channel_check=f"{cid}:twilio.balance")) == 1
     assert d.terminate_and_wait() == 0
+
+
+# -------------------------------------------------------------- dry-run ----
+
+def test_dry_run_plans_checks_alerts_and_mails_from_canned_answers(sd):
+    import json as _json
+    from conftest import REPO
+    cp = sd.cli("dry-run", "--fixtures", str(REPO / "rules" / "fixtures"), "--job",
+                "communication-check")
+    assert cp.returncode == 0, cp.stderr
+    plan = _json.loads(cp.stdout)["jobs"]["communication-check"]
+    probes = [r["probe"] for r in plan["requests"]]
+    # Two channels share the billing account: one account fetch each, one balance.
+    assert probes.count("twilio.balance:main") == 1 and len(probes) == len(set(probes))
+    outcomes = {(r["channel_id"][-3:], r["check"]): r["outcome"] for r in plan["results"]}
+    assert outcomes[("201", "twilio.balance")] == "failing"
+    assert outcomes[("203", "webhook.endpoint")] == "transient"
+    assert ("204", "smtp.connect") not in outcomes  # inactive: not checked
+    kinds = {(a["kind"], a["target"].split(":", 1)[0][-3:], a["target"].split(":")[1])
+             for a in plan["actions"]}
+    assert ("resolve", "204", "smtp.connect") in kinds
+    assert ("resolve", "205", "sendgrid.domain") in kinds
+    domain = next(a for a in plan["actions"] if a["target"].endswith("203:sendgrid.domain"))
+    assert "dkim1" in domain["alert"]["message"]
+    assert domain["notifications"][0]["recipient"]["email"] == "petra@acme.example"
+    assert plan["streaks"] == {"65e2f0000000000000000203:webhook.endpoint": 1}
