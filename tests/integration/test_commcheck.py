@@ -142,6 +142,12 @@ def test_transient_failures_need_the_threshold_then_recover(world):
     a = world.open_alert(cid, "twilio.account")
     assert a and a["details"]["cause"] == "provider_unreachable"
     assert a["details"]["consecutive_failures"] == 2 and "503" in a["message"]
+    mails = len(world.notifications())  # account and number alerts opened
+    world.tick()  # still failing: seen again, counted, nothing else changes
+    b = world.open_alert(cid, "twilio.account")
+    assert b["_id"] == a["_id"] and b["occurrences"] == 2 and b["severity"] == a["severity"]
+    assert b["details"]["latest"]["consecutive_failures"] == 3
+    assert len(world.notifications()) == mails
     world.fake.reset(twilio_sid=world.p.twilio_sid, twilio_token=world.p.secrets["TWILIO_AUTH_TOKEN"],
                      sendgrid_key=world.p.secrets["SENDGRID_API_KEY"], balance="48.00",
                      numbers=[world.number("+4930123456", world.servers[0].url)])
