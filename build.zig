@@ -53,7 +53,7 @@ const core_sources = [_][]const u8{
     "src/jobs/commcheck.c",
     "src/jobs/commcheck_decide.c",
     "src/jobs/dryrun_commcheck.c",
-    "src/providers/probe.c",
+    "src/providers/endpoint_probe.c",
     "src/rules/marshal.c",
     "src/rules/engine.c",
     "src/rules/reload.c",

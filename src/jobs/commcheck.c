@@ -37,7 +37,7 @@
 #include "jobs/commcheck.h"
 #include "jobs/job.h"
 #include "outbox/outbox.h"
-#include "providers/probe.h"
+#include "providers/endpoint_probe.h"
 #include "store/mongo.h"
 
 #define OUTBOX_LIMIT 1000
@@ -273,6 +273,8 @@ static int run_probes(struct tick *t, const bson_t *planned, uint32_t n,
                     pr->url = bson_iter_utf8(&f, NULL);
                 else if (!strcmp(name, "auth"))
                     auth = bson_iter_utf8(&f, NULL);
+                else if (!strcmp(name, "method"))
+                    pr->post = strcmp(bson_iter_utf8(&f, NULL), "POST") == 0;
                 else if (!strcmp(name, "timeout_ms"))
                     pr->timeout_ms = (int)bson_iter_as_int64(&f);
             }

@@ -9,6 +9,7 @@
  *                              sms_url is the channel's webhook_url
  *   sendgrid  sendgrid.api_key /v3/scopes answers 200 and includes mail.send
  *             sendgrid.domain  the authenticated domain and each DNS record valid
+ *                              (validated live, POST …/validate)
  *   smtp      smtp.connect     connect, STARTTLS or smtps, AUTH, NOOP
  *   any       webhook.endpoint webhook_url answers (< 500) in time; https:
  *                              certificate verified and not expiring within
@@ -18,15 +19,16 @@
  *   collect  active channels (stalest first, capped), open alerts, rooms, the
  *            failure streaks; then the provider answers: commcheck_plan_probes
  *            (pure) names the requests, commcheck.c runs them on curl multi
- *            (providers/probe.h), in two rounds (balances need the account's
- *            owner, i.e. its billing account);
+ *            (providers/endpoint_probe.h), in two rounds (balances need the account's
+ *            owner, i.e. its billing account; a domain's validation its id);
  *   decide   commcheck_decide: pure, documents + answers + rules in, a plan out;
  *   apply    see commcheck.c: alert inserts and conditional updates that carry
  *            their notifications, Redis streaks, outbox.
  *
  * Probe ids (the keys of `answers`, also in dry-run fixtures):
  *   twilio.account:<sid|main>, twilio.balance:<sid|main>,
- *   twilio.number:<sid|main>:<E.164>, sendgrid.api_key, sendgrid.domain:<domain>,
+ *   twilio.number:<sid|main>:<E.164>, sendgrid.api_key, sendgrid.domain:<domain>
+ *   (the listing), sendgrid.validate:<domain id> (round 2: a live validation),
  *   smtp.connect, webhook:<url>.
  * An answer: {status: <int, 0 when none>, failure: "timeout"|"connect"|"tls"|
  *   "login_denied"|"no_starttls"|"other" (absent when an answer arrived),
@@ -86,9 +88,10 @@ struct commcheck_input {
     const struct log_ctx *log;
 };
 
-/* Appends the requests round 1 (everything but balances) or round 2 (the
- * balances of the billing accounts named in round 1's answers) needs that are
- * not in in->answers yet: {id, kind: "http"|"smtp", url, auth:
+/* Appends the requests round 1 (everything but balances and validations) or
+ * round 2 (the balances of the billing accounts, the validations of the
+ * domains named in round 1's answers) needs that are not in in->answers yet:
+ * {id, kind: "http"|"smtp", method: "GET"|"POST", url, auth:
  * "twilio"|"sendgrid"|"smtp"|"none", timeout_ms}. Returns how many. Pure. */
 uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson_t *probes);
 

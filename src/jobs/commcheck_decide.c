@@ -289,8 +289,8 @@ static void trim_base(const char *base, char *out, size_t size)
         out[--n] = '\0';
 }
 
-static void add_probe(bson_t *probes, uint32_t *n, const char *id, const char *kind,
-                      const char *url, const char *auth, int timeout_ms)
+static void add_probe_m(bson_t *probes, uint32_t *n, const char *id, const char *kind,
+                        const char *method, const char *url, const char *auth, int timeout_ms)
 {
     char k[12];
     idx(k, sizeof k, (*n)++);
@@ -298,15 +298,57 @@ static void add_probe(bson_t *probes, uint32_t *n, const char *id, const char *k
     BSON_APPEND_DOCUMENT_BEGIN(probes, k, &p);
     BSON_APPEND_UTF8(&p, "id", id);
     BSON_APPEND_UTF8(&p, "kind", kind);
+    BSON_APPEND_UTF8(&p, "method", method);
     BSON_APPEND_UTF8(&p, "url", url);
     BSON_APPEND_UTF8(&p, "auth", auth);
     BSON_APPEND_INT32(&p, "timeout_ms", timeout_ms);
     bson_append_document_end(probes, &p);
 }
 
+static void add_probe(bson_t *probes, uint32_t *n, const char *id, const char *kind,
+                      const char *url, const char *auth, int timeout_ms)
+{
+    add_probe_m(probes, n, id, kind, "GET", url, auth, timeout_ms);
+}
+
+/* The authenticated-domain entry of the channel in round 1's answer to
+ * GET /v3/whitelabel/domains?domain=… (matched by domain_id when the channel
+ * has one, else by name). */
+static bool domain_entry(const struct commcheck_input *in, const bson_t *ch, const char *probe_id,
+                         bson_t *entry)
+{
+    bson_t ans, body;
+    if (!entry_of(in->answers, probe_id, &ans) || int_at(&ans, "status", 0) != 200 ||
+        !child_at(&ans, "body", &body))
+        return false;
+    const char *domain = domain_of(ch);
+    int64_t want_id = int_at(ch, "domain_id", -1);
+    bson_iter_t it;
+    if (!bson_iter_init(&it, &body))
+        return false;
+    while (bson_iter_next(&it)) {
+        if (!BSON_ITER_HOLDS_DOCUMENT(&it))
+            continue;
+        uint32_t len;
+        const uint8_t *data;
+        bson_iter_document(&it, &len, &data);
+        bson_init_static(entry, data, len);
+        const char *d = utf8_at(entry, "domain");
+        if (want_id >= 0 ? int_at(entry, "id", -2) == want_id
+                         : (d && domain && strcasecmp(d, domain) == 0))
+            return true;
+    }
+    return false;
+}
+
 static const char *sid_of_label(const char *label, const struct commcheck_providers *p)
 {
     return strcmp(label, "main") == 0 && p->twilio_main_sid ? p->twilio_main_sid : label;
+}
+
+static bool http_url(const char *u)
+{
+    return u && (strncasecmp(u, "http://", 7) == 0 || strncasecmp(u, "https://", 8) == 0);
 }
 
 uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson_t *probes)
@@ -326,6 +368,21 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
             char url[1400], id[600];
             bson_t have;
             snprintf(id, sizeof id, "%s", ids[i]);
+            if (round == 2 && strcmp(checks[i], "sendgrid.domain") == 0 && p->sendgrid_ready) {
+                /* Ask SendGrid to validate now: the listed `valid` flags are
+                 * those of the last validation, not of the DNS today. */
+                bson_t entry;
+                if (!domain_entry(in, ch, ids[i], &entry))
+                    continue;
+                snprintf(id, sizeof id, "sendgrid.validate:%lld",
+                         (long long)int_at(&entry, "id", 0));
+                if (entry_of(in->answers, id, &have) || listed(probes, id))
+                    continue;
+                snprintf(url, sizeof url, "%s/v3/whitelabel/domains/%lld/validate", sg,
+                         (long long)int_at(&entry, "id", 0));
+                add_probe_m(probes, &n, id, "http", "POST", url, "sendgrid", api_ms);
+                continue;
+            }
             if (round == 2) {
                 if (strcmp(checks[i], "twilio.balance") != 0 || !p->twilio_ready)
                     continue;
@@ -352,6 +409,10 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
                 char acct[128];
                 snprintf(acct, sizeof acct, "%.*s", (int)strcspn(label, ":"), label);
                 char *e = http_escape(sid_of_label(acct, p));
+                if (strcmp(check, "twilio.number") == 0 && !has(utf8_at(ch, "phone_number"))) {
+                    free(e);
+                    continue;
+                }
                 if (strcmp(check, "twilio.account") == 0) {
                     snprintf(url, sizeof url, "%s/2010-04-01/Accounts/%s.json", tw, e ? e : "");
                 } else {
@@ -379,7 +440,8 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
                 if (!p->smtp_ready)
                     continue;
                 add_probe(probes, &n, id, "smtp", p->smtp_url, "smtp", api_ms);
-            } else if (strcmp(check, "webhook.endpoint") == 0) {
+            } else if (strcmp(check, "webhook.endpoint") == 0 &&
+                       http_url(utf8_at(ch, "webhook_url"))) {
                 add_probe(probes, &n, id, "http", utf8_at(ch, "webhook_url"), "none", hook_ms);
             }
         }
@@ -536,6 +598,19 @@ static void observe(const struct commcheck_input *in, const bson_t *ch, const ch
     obs_init(o);
     bson_t ans;
     char label[128];
+    /* What the channel document itself gets wrong needs no request. */
+    if (strcmp(check, "twilio.number") == 0 && !has(utf8_at(ch, "phone_number"))) {
+        obs_broken(o);
+        snprintf(o->message, sizeof o->message, "the channel has no phone_number");
+        return;
+    }
+    if (strcmp(check, "webhook.endpoint") == 0 && !http_url(utf8_at(ch, "webhook_url"))) {
+        obs_broken(o);
+        snprintf(o->target, sizeof o->target, "%s", utf8_at(ch, "webhook_url"));
+        snprintf(o->message, sizeof o->message, "the webhook_url %s is not an http(s) URL",
+                 o->target);
+        return;
+    }
     if (strcmp(check, "twilio.balance") == 0) {
         if (!billing_label(in, ch, label, sizeof label)) {
             o->unchecked = true;
@@ -692,65 +767,68 @@ static void observe(const struct commcheck_input *in, const bson_t *ch, const ch
         }
     } else if (strcmp(check, "sendgrid.domain") == 0) {
         const char *domain = domain_of(ch);
-        int64_t want_id = int_at(ch, "domain_id", -1);
-        bson_iter_t it;
         bson_t entry;
-        bool found = false;
-        if (have_body && bson_iter_init(&it, &body)) {
-            while (!found && bson_iter_next(&it)) {
-                if (!BSON_ITER_HOLDS_DOCUMENT(&it))
-                    continue;
-                uint32_t len;
-                const uint8_t *data;
-                bson_iter_document(&it, &len, &data);
-                bson_init_static(&entry, data, len);
-                const char *d = utf8_at(&entry, "domain");
-                found = want_id >= 0 ? int_at(&entry, "id", -2) == want_id
-                                     : (d && domain && strcasecmp(d, domain) == 0);
-            }
-        }
-        if (!found) {
+        if (!domain_entry(in, ch, probe_id, &entry)) {
             obs_broken(o);
             snprintf(o->message, sizeof o->message,
                      "%s is not an authenticated domain in SendGrid", domain ? domain : "?");
+            return;
+        }
+        /* The live validation when it answered, else the listed state. Each
+         * record on its own: SendGrid's own example pairs valid:true with an
+         * invalid mail_cname (reference/providers.md §7). */
+        char vid[64];
+        snprintf(vid, sizeof vid, "sendgrid.validate:%lld", (long long)int_at(&entry, "id", 0));
+        bson_t vans, vbody, results;
+        bool live = entry_of(in->answers, vid, &vans) && int_at(&vans, "status", 0) == 200 &&
+                    child_at(&vans, "body", &vbody) &&
+                    child_at(&vbody, "validation_results", &results);
+        bson_t dns;
+        bool have_dns = child_at(&entry, "dns", &dns);
+        char bad[450] = "";
+        bson_iter_t r;
+        if ((live || have_dns) && bson_iter_init(&r, live ? &results : &dns)) {
+            while (bson_iter_next(&r)) {
+                if (!BSON_ITER_HOLDS_DOCUMENT(&r))
+                    continue;
+                bson_t rec, listed_rec;
+                uint32_t len;
+                const uint8_t *data;
+                bson_iter_document(&r, &len, &data);
+                bson_init_static(&rec, data, len);
+                bson_iter_t v;
+                if (!bson_iter_init_find(&v, &rec, "valid") || bson_iter_as_bool(&v))
+                    continue;
+                const char *name = bson_iter_key(&r);
+                char path[80];
+                snprintf(path, sizeof path, "dns.%s", name);
+                bool has_listed = child_at(&entry, path, &listed_rec);
+                const char *type = has_listed ? utf8_at(&listed_rec, "type") : NULL;
+                const char *host = has_listed ? utf8_at(&listed_rec, "host") : NULL;
+                const char *val = has_listed ? utf8_at(&listed_rec, "data") : NULL;
+                const char *reason = live ? utf8_at(&rec, "reason") : NULL;
+                size_t l = strlen(bad);
+                if (host)
+                    snprintf(bad + l, sizeof bad - l, "%s%s (%s %s → %s)%s%s", l ? "; " : "",
+                             name, type ? type : "?", host, val ? val : "?",
+                             has(reason) ? ": " : "", has(reason) ? reason : "");
+                else
+                    snprintf(bad + l, sizeof bad - l, "%s%s%s%s", l ? "; " : "", name,
+                             has(reason) ? ": " : "", has(reason) ? reason : "");
+            }
+        }
+        bson_iter_t v;
+        bool valid = live ? bson_iter_init_find(&v, &vbody, "valid") && bson_iter_as_bool(&v)
+                          : bson_iter_init_find(&v, &entry, "valid") && bson_iter_as_bool(&v);
+        if (valid && !bad[0]) {
+            obs_ok(o, "the domain %s is authenticated and every DNS record valid", domain);
         } else {
-            /* Each record on its own: SendGrid's own example pairs valid:true
-             * with an invalid mail_cname (reference/providers.md §7). */
-            char bad[450] = "";
-            bson_t dns;
-            bson_iter_t r;
-            if (child_at(&entry, "dns", &dns) && bson_iter_init(&r, &dns)) {
-                while (bson_iter_next(&r)) {
-                    if (!BSON_ITER_HOLDS_DOCUMENT(&r))
-                        continue;
-                    bson_t rec;
-                    uint32_t len;
-                    const uint8_t *data;
-                    bson_iter_document(&r, &len, &data);
-                    bson_init_static(&rec, data, len);
-                    bson_iter_t v;
-                    if (bson_iter_init_find(&v, &rec, "valid") && !bson_iter_as_bool(&v)) {
-                        const char *type = utf8_at(&rec, "type"), *host = utf8_at(&rec, "host");
-                        const char *val = utf8_at(&rec, "data");
-                        size_t l = strlen(bad);
-                        snprintf(bad + l, sizeof bad - l, "%s%s (%s %s → %s)", l ? "; " : "",
-                                 bson_iter_key(&r), type ? type : "?", host ? host : "?",
-                                 val ? val : "?");
-                    }
-                }
-            }
-            bson_iter_t v;
-            bool valid = bson_iter_init_find(&v, &entry, "valid") && bson_iter_as_bool(&v);
-            if (valid && !bad[0]) {
-                obs_ok(o, "the domain %s is authenticated and every DNS record valid", domain);
-            } else {
-                obs_broken(o);
-                if (bad[0])
-                    BSON_APPEND_UTF8(&o->result, "failing_records", bad);
-                snprintf(o->message, sizeof o->message,
-                         "the authenticated domain %s is not valid%s%s", domain ? domain : "?",
-                         bad[0] ? ": failing DNS record " : "", bad);
-            }
+            obs_broken(o);
+            if (bad[0])
+                BSON_APPEND_UTF8(&o->result, "failing_records", bad);
+            snprintf(o->message, sizeof o->message,
+                     "the authenticated domain %s is not valid%s%s", domain ? domain : "?",
+                     bad[0] ? ": failing DNS record " : "", bad);
         }
     }
 }

@@ -112,8 +112,15 @@ def test_unverified_domain_names_the_failing_record(world):
     world.tick()
     a = world.open_alert(cid, "sendgrid.domain")
     assert "dkim1" in a["message"] and "s1._domainkey.acme.example" in a["message"]
+    assert "record not found" in a["message"]  # the reason of the live validation
     assert "mail_cname" not in a["message"]
     assert "not an authenticated domain" in world.open_alert(other, "sendgrid.domain")["message"]
+    assert len(world.fake.requests("/v3/whitelabel/domains/9/validate")) == 1
+    # The DNS was fixed: SendGrid's validation says so before its listing does.
+    world.fake.state(validations={"9": {"id": 9, "valid": True, "validation_results": {
+        "mail_cname": {"valid": True, "reason": None}, "dkim1": {"valid": True, "reason": None}}}})
+    world.tick()
+    assert world.open_alert(cid, "sendgrid.domain") is None
 
 
 def test_smtp_login_rejected_is_definitive(world):

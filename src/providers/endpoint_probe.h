@@ -1,4 +1,4 @@
-/* probe.h — many one-shot checks of remote endpoints at once, on curl multi.
+/* endpoint_probe.h — many one-shot checks of remote endpoints at once, on curl multi.
  *
  * The communication-check job asks Twilio, SendGrid, the SMTP server and each
  * channel's webhook whether they work. Those are many small, independent
@@ -23,8 +23,8 @@
  * Errors follow core/error.h: probe_run fails (-1) only when curl itself
  * cannot be set up; a failed probe is a result, not an error.
  */
-#ifndef SD_PROVIDERS_PROBE_H
-#define SD_PROVIDERS_PROBE_H
+#ifndef SD_PROVIDERS_ENDPOINT_PROBE_H
+#define SD_PROVIDERS_ENDPOINT_PROBE_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -52,6 +52,7 @@ struct probe_result {
 struct probe {
     enum probe_kind kind;
     const char *url;
+    bool post;                /* HTTP: POST with an empty body (else GET) */
     enum http_auth auth;      /* HTTP: none, basic (user/secret) or bearer (secret) */
     const char *user;         /* Basic user, or SMTP user (NULL: no AUTH) */
     const char *secret;

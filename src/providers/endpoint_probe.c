@@ -1,5 +1,5 @@
-/* probe — one-shot checks on curl multi (see probe.h). */
-#include "providers/probe.h"
+/* endpoint_probe — one-shot checks on curl multi (see endpoint_probe.h). */
+#include "providers/endpoint_probe.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -147,6 +147,11 @@ static void slot_setup(struct slot *s, const struct probe_options *o)
         }
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, s->headers);
+    if (p->post) {
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, 0L);
+    }
 }
 
 /* The leaf certificate's "Expire date" (OpenSSL prints it as
