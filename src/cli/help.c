@@ -94,8 +94,10 @@ int cli_help(const char *command)
               "touched; the same input gives byte-identical output. DIR holds one Extended\n"
               "JSON array per collection (conversation-conversation.json,\n"
               "conversation-room.json, ...) and optionally meta.json {\"now\": ISO 8601},\n"
-              "used when --now is not given. Rules come from $QM_SUPPORT_RULES_DIR\n"
-              "(./rules). Jobs with a dry-run in this version: snooze.\n\n",
+              "used when --now is not given; communication-check also reads\n"
+              "provider-answers.json (canned provider answers, see the README). Rules come\n"
+              "from $QM_SUPPORT_RULES_DIR\n"
+              "(./rules). Jobs with a dry-run in this version: snooze, communication-check.\n\n",
               stdout);
     else if (!strcmp(command, "rules"))
         fputs("Usage: supportd rules check [DIR]\n\n"

@@ -396,3 +396,22 @@ def test_dry_run_plans_checks_alerts_and_mails_from_canned_answers(sd):
     assert "dkim1" in domain["alert"]["message"]
     assert domain["notifications"][0]["recipient"]["email"] == "petra@acme.example"
     assert plan["streaks"] == {"65e2f0000000000000000203:webhook.endpoint": 1}
+
+
+def test_stalest_channels_first_within_the_cap(world):
+    world.health(max_channels_per_tick=2)
+    ids = [world.channel(type="email", provider="smtp", from_email=f"c{i}@acme.example")
+           for i in range(3)]
+    checked = world.sd.key("commcheck:checked_at")
+    assert world.tick()["counts"]["channels"] == 2
+    first = world.sd.redis.hgetall(checked)
+    assert len(first) == 2
+    left_out = next(str(c) for c in ids if str(c) not in first)
+    time.sleep(0.01)
+    assert world.tick()["counts"]["channels"] == 2
+    second = world.sd.redis.hgetall(checked)
+    # The one never checked goes first, then the stalest of the other two
+    # (checked in the same tick: the lower id breaks the tie).
+    assert left_out in second and len(second) == 3
+    refreshed = [k for k in first if second[k] != first[k]]
+    assert refreshed == [str(ids[0])], (first, second)
