@@ -96,8 +96,8 @@ int cli_help(const char *command)
               "conversation-room.json, ...) and optionally meta.json {\"now\": ISO 8601},\n"
               "used when --now is not given; communication-check also reads\n"
               "provider-answers.json (canned provider answers, see the README). Rules come\n"
-              "from $QM_SUPPORT_RULES_DIR\n"
-              "(./rules). Jobs with a dry-run in this version: snooze, communication-check.\n\n",
+              "from $QM_SUPPORT_RULES_DIR (./rules). Jobs with a dry-run in this version:\n"
+              "snooze, communication-check.\n\n",
               stdout);
     else if (!strcmp(command, "rules"))
         fputs("Usage: supportd rules check [DIR]\n\n"
