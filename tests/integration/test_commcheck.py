@@ -280,6 +280,15 @@ def test_inactive_channel_is_skipped_and_its_alerts_resolve(world):
     a = world.alerts(channel_check=f"{cid}:twilio.account")[0]
     assert a["status"] == "resolved" and a["resolve_reason"] == "the channel is inactive"
     assert [n["key"].split(":")[2] for n in world.notifications()].count("resolved") >= 1
+    # A channel deleted outright: its alerts resolve too, saying so.
+    gone = world.channel(type="email", provider="smtp", from_email="gone@acme.example",
+                         webhook_url="ftp://files.acme.example/")
+    world.tick()
+    assert "not an http(s) URL" in world.open_alert(gone, "webhook.endpoint")["message"]
+    world.db[CHANNELS].delete_one({"_id": gone})
+    world.tick()
+    a = world.alerts(channel_check=f"{gone}:webhook.endpoint")[0]
+    assert a["status"] == "resolved" and a["resolve_reason"] == "the channel no longer exists"
 
 
 def test_alerts_unique_per_key_with_two_instances(world):
