@@ -52,6 +52,8 @@ const core_sources = [_][]const u8{
     "src/jobs/dryrun.c",
     "src/jobs/commcheck.c",
     "src/jobs/commcheck_decide.c",
+    "src/jobs/commcheck_plan.c",
+    "src/jobs/commcheck_observe.c",
     "src/jobs/dryrun_commcheck.c",
     "src/providers/endpoint_probe.c",
     "src/rules/marshal.c",

@@ -22,6 +22,8 @@
  *            (providers/endpoint_probe.h), in two rounds (balances need the account's
  *            owner, i.e. its billing account; a domain's validation its id);
  *   decide   commcheck_decide: pure, documents + answers + rules in, a plan out;
+ *            (commcheck_plan.c plans the requests, commcheck_observe.c reads
+ *            an answer, commcheck_decide.c turns observations into alerts);
  *   apply    see commcheck.c: alert inserts and conditional updates that carry
  *            their notifications, Redis streaks, outbox.
  *
