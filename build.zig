@@ -59,6 +59,12 @@ const core_sources = [_][]const u8{
     "src/providers/form.c",
     "src/jobs/fixtures.c",
     "src/jobs/dryrun.c",
+    "src/jobs/commcheck.c",
+    "src/jobs/commcheck_decide.c",
+    "src/jobs/commcheck_plan.c",
+    "src/jobs/commcheck_observe.c",
+    "src/jobs/dryrun_commcheck.c",
+    "src/providers/endpoint_probe.c",
     "src/rules/marshal.c",
     "src/rules/pattern.c",
     "src/rules/engine.c",
@@ -83,7 +89,7 @@ const core_sources = [_][]const u8{
 const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl", "openssl", "libmicrohttpd" };
 
 /// Unit tests: tests/unit/test_<name>.c, one executable each.
-const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "msgstatus", "metrics" };
+const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "msgstatus", "metrics", "commcheck" };
 
 pub fn build(b: *std.Build) void {
     const static = b.option(bool, "static", "Release build: one static x86_64-linux-musl binary (vendor/)") orelse false;

@@ -59,9 +59,12 @@ T["ticket.unsnoozed"] = {
   subject = "Back from snooze: {{conversation.subject}}",
   text = "Hello {{recipient.name}},\n\nthe ticket \"{{conversation.subject}}\" from {{conversation.contact.name}} is back in the {{room.name}} queue ({{event.reason}}).\nPriority: {{conversation.priority}}\n",
 }
+-- channel.alert: event = {state = "opened"|"escalated"|"resolved", severity, check,
+-- channel (the number or domain), message (what was seen), action (health.lua's
+-- advice), reason (why it resolved)}; channel = the conversation-channel document.
 T["channel.alert"] = {
-  subject = "[{{event.severity}}] {{event.state}}: {{event.check}} on {{event.channel}}",
-  text = "Channel {{event.channel}} of {{room.name}}: check {{event.check}} is {{event.state}}.\n\n{{event.message}}\n",
+  subject = "[{{event.severity}}] {{event.check}} {{event.state}} on {{event.channel}}",
+  text = "Hello {{recipient.name}},\n\nthe {{event.channel}} channel of {{room.name}} {{event.state}} an alert: check {{event.check}} ({{event.severity}}).\n\nSeen: {{event.message}}\n{{event.reason}}\n\nWhat to do: {{event.action}}\n",
 }
 
 local escapes = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#39;" }

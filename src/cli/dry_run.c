@@ -4,6 +4,7 @@
 
 #include "cli/cli.h"
 #include "core/clock.h"
+#include "jobs/commcheck.h"
 #include "jobs/dryrun.h"
 #include "jobs/fixtures.h"
 
@@ -157,6 +158,15 @@ static void print_text(const bson_t *plan)
         printf("\n%s:\n", bson_iter_key(&job));
         if (!strcmp(bson_iter_key(&job), "message-status")) {
             print_message_status(&job);
+            continue;
+        }
+        if (strcmp(bson_iter_key(&job), "communication-check") == 0) {
+            bson_t j;
+            uint32_t jlen;
+            const uint8_t *jdata;
+            bson_iter_document(&job, &jlen, &jdata);
+            bson_init_static(&j, jdata, jlen);
+            commcheck_print_text(&j);
             continue;
         }
         if (bson_iter_recurse(&job, &a) && bson_iter_find(&a, "actions") &&

@@ -10,7 +10,8 @@
 
 bool dryrun_supports(const char *job)
 {
-    return strcmp(job, "snooze") == 0 || strcmp(job, "message-status") == 0;
+    return strcmp(job, "snooze") == 0 || strcmp(job, "message-status") == 0 ||
+           strcmp(job, "communication-check") == 0;
 }
 
 static int by_id(const void *a, const void *b)
@@ -131,7 +132,8 @@ static size_t with_status(const bson_t *const *docs, size_t n, const char *const
 
 /* Fixture collect for message-status: the entries of status-events.json in
  * file order (the stream's), messages keyed as production keys them, polls
- * answered from provider-answers.json. */
+ * answered from provider-answers.json's {"probe": "twilio.message:<sid>",
+ * "status": 200, "body": <Twilio's message resource>}. */
 static int plan_message_status(const struct fixtures *fx, struct rules *rules, int64_t now_ms,
                                const struct msgstatus_keys *env_keys, bson_t *jobs,
                                struct sd_error *err)
@@ -193,14 +195,26 @@ static int plan_message_status(const struct fixtures *fx, struct rules *rules, i
             const char *sid = NULL;
             if (bson_iter_recurse(&it, &f) && bson_iter_find(&f, "provider_message_id"))
                 sid = bson_iter_utf8(&f, NULL);
+            char probe[200];
+            snprintf(probe, sizeof probe, "twilio.message:%s", sid ? sid : "");
             for (size_t a = 0; sid && a < n_answers; a++) {
-                const char *asid = str(answers[a], "sid");
-                if (!asid || strcmp(asid, sid))
+                const char *p = str(answers[a], "probe");
+                bson_iter_t b, v;
+                if (!p || strcmp(p, probe) || !bson_iter_init_find(&b, answers[a], "body") ||
+                    !BSON_ITER_HOLDS_DOCUMENT(&b))
                     continue;
+                /* the body as Twilio's message fetch answers it */
+                uint32_t blen;
+                const uint8_t *bdata;
+                bson_t body;
+                bson_iter_document(&b, &blen, &bdata);
+                bson_init_static(&body, bdata, blen);
+                char code[32] = "";
+                if (bson_iter_init_find(&v, &body, "error_code") && BSON_ITER_HOLDS_NUMBER(&v))
+                    snprintf(code, sizeof code, "%lld", (long long)bson_iter_as_int64(&v));
                 answered[n_answered] = bson_new();
-                msgstatus_poll_entry("twilio", sid, str(answers[a], "status") ? str(answers[a], "status") : "",
-                                     str(answers[a], "error_code"),
-                                     str(answers[a], "error_message"), now_ms,
+                msgstatus_poll_entry("twilio", sid, str(&body, "status") ? str(&body, "status") : "",
+                                     code, str(&body, "error_message"), now_ms,
                                      answered[n_answered]);
                 n_answered++;
                 break;
@@ -249,6 +263,8 @@ int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job,
         rc = plan_snooze(fx, rules, now_ms, &jobs, err);
     if (rc == 0 && (!job || !strcmp(job, "message-status")))
         rc = plan_message_status(fx, rules, now_ms, keys, &jobs, err);
+    if (rc == 0 && (!job || strcmp(job, "communication-check") == 0))
+        rc = dryrun_commcheck(fx, rules, now_ms, &jobs, err);
     bson_append_document_end(plan, &jobs);
     return rc;
 }

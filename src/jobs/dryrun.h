@@ -25,6 +25,10 @@
 int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job, int64_t now_ms,
                 const struct msgstatus_keys *keys, bson_t *plan, struct sd_error *err);
 
+/* communication-check on fixtures (jobs/dryrun_commcheck.c). */
+int dryrun_commcheck(const struct fixtures *fx, struct rules *rules, int64_t now_ms, bson_t *jobs,
+                     struct sd_error *err);
+
 /* True when the job can be dry-run in this version. */
 bool dryrun_supports(const char *job);
 

@@ -10,7 +10,8 @@
 #include "store/mongo.h"
 
 /* The collections, then what stands in for Redis and the providers:
- * status-events (stream entries) and provider-answers (what a poll would get). */
+ * status-events (stream entries, message-status) and provider-answers
+ * (canned provider answers: message-status polls, communication-check). */
 static const char *const collections[] = {COLL_CONVERSATION, COLL_ROOM,         COLL_MESSAGE,
                                           COLL_CHANNEL,      COLL_ALERT,        COLL_NOTIFICATION,
                                           FIXTURE_STATUS_EVENTS, FIXTURE_PROVIDER_ANSWERS};

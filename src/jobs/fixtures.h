@@ -44,8 +44,10 @@ const char *fixtures_meta_str(const struct fixtures *f, const char *key);
 
 /* Fixture files that are not collections (message-status): status-events.json
  * holds stream entries {id, provider, body, url, signature, timestamp,
- * received_at}; provider-answers.json what a poll would get,
- * [{provider: "twilio", sid, status, error_code?, error_message?}]. */
+ * received_at}; provider-answers.json the providers' canned answers,
+ * [{probe: "<what was asked>", status: <HTTP status>, body: <answer>}] (a
+ * message-status poll is "twilio.message:<sid>"; communication-check's are
+ * in its README section). */
 #define FIXTURE_STATUS_EVENTS "status-events"
 #define FIXTURE_PROVIDER_ANSWERS "provider-answers"
 

@@ -58,5 +58,6 @@ int job_outbox(struct job_env *env, struct sd_error *err);
 bool job_uses_lease(int id);
 int job_snooze(struct job_env *env, struct sd_error *err);
 int job_message_status(struct job_env *env, struct sd_error *err);
+int job_communication_check(struct job_env *env, struct sd_error *err);
 
 #endif

@@ -13,8 +13,10 @@ job_fn job_function(int id)
         return job_snooze;
     case JOB_MESSAGE_STATUS:
         return job_message_status;
+    case JOB_COMMUNICATION_CHECK:
+        return job_communication_check;
     default:
-        return NULL; /* notification, communication-check: to come */
+        return NULL; /* notification: to come */
     }
 }
 

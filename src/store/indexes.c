@@ -35,6 +35,9 @@ static const struct index_spec indexes[] = {
     {COLL_NOTIFICATION, "supportd_pending", "{\"status\": 1, \"next_attempt_at\": 1}", false},
     /* communication-check: one open alert per channel and check */
     {COLL_ALERT, "supportd_key", "{\"key\": 1}", true},
+    {COLL_ALERT, "supportd_status", "{\"status\": 1}", false},
+    /* communication-check: alerts whose notifications are not in the outbox yet */
+    {COLL_ALERT, "supportd_notify_pending", "{\"supportd_notify_pending\": 1}", false},
     {COLL_CHANNEL, "supportd_active", "{\"active\": 1}", false},
 };
 

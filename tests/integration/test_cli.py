@@ -96,10 +96,9 @@ def test_once_without_job(sd):
     assert cp.returncode == EXIT_USAGE, (cp.stdout, cp.stderr)
 
 
-# A job not implemented yet (snooze was, until it landed; communication-check is
-# the last of the four to come). Move this to the next missing one, or drop it
-# once all four exist.
-UNIMPLEMENTED_JOB, UNIMPLEMENTED_FLAG = "communication-check", "QM_SUPPORT_COMMUNICATION_CHECK"
+# A job not implemented yet (snooze and communication-check were, until they
+# landed). Move this to the next missing one, or drop it once all four exist.
+UNIMPLEMENTED_JOB, UNIMPLEMENTED_FLAG = "notification", "QM_SUPPORT_NOTIFICATION"
 
 
 def test_once_unimplemented_job(sd):
