@@ -32,9 +32,14 @@ delivers up to 1000 of them (OUTBOX_LIMIT) through SMTP to Mailpit.
 Runs against a FerretDB and a redis-server of the bench's own (common.py;
 --shared-services for those of scripts/services). After seeding it times each
 query shape alone and estimates the three runs; over --budget minutes (default
-15) it stops there. On FerretDB 1.24 the issue's size (20,000 due among
-200,000) takes over an hour: every update or find by _id scans the table, see
-BENCH_NOTES below; --quick (2,000 among 20,000) takes about 5 minutes.
+15) it stops there.
+
+--gin on (default): the index-served test database, as scripts/services sets
+it up (GIN twins of FerretDB's indexes, scripts/services.d/gin-indexes.sql):
+2,000 due among 200,000 takes about 3 minutes. --gin off: FerretDB's own
+btree indexes only, where every update or find by _id scans the table (see
+BENCH_NOTES below) — the "before"; --quick (2,000 among 20,000) then takes
+about 5 minutes, 20,000 among 200,000 over an hour.
 """
 from __future__ import annotations
 
