@@ -360,8 +360,9 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
  * $or in Go after decoding every snoozed ticket, so each query costs a decode
  * of all of them (0.5 s at 4,000 snoozed, scripts/bench); MongoDB (4.4+)
  * serves the $or's branches from {status, snooze.until} and {status,
- * updated_at} and returns each ticket once. */
-static int sweep(struct tick *t, int64_t since, struct sd_error *err)
+ * updated_at} and returns each ticket once. *complete: the cursor was read to
+ * its end (not stopped by MAX_BATCHES or a stop request). */
+static int sweep(struct tick *t, int64_t since, bool *complete, struct sd_error *err)
 {
     bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&filter, "status", "snoozed");
@@ -404,6 +405,7 @@ static int sweep(struct tick *t, int64_t since, struct sd_error *err)
         for (size_t i = 0; i < n; i++)
             bson_destroy(docs[i]);
     }
+    *complete = rc == 0 && !more;
     mongoc_cursor_destroy(cur);
     return rc;
 }
@@ -436,9 +438,12 @@ int job_snooze(struct job_env *env, struct sd_error *err)
     int64_t checkpoint = read_checkpoint(&t, key, sizeof key);
     /* Markers left by a tick that died first, then the sweep. */
     int rc = finish_marked(&t, err);
+    bool complete = false;
     if (rc == 0)
-        rc = sweep(&t, checkpoint < 0 ? -1 : checkpoint - CHANGED_SKEW_MS, err);
-    if (rc == 0 && !job_should_stop(env)) {
+        rc = sweep(&t, checkpoint < 0 ? -1 : checkpoint - CHANGED_SKEW_MS, &complete, err);
+    /* The checkpoint moves only past a sweep read to its end: the changed
+     * tickets it did not reach are looked at again next tick. */
+    if (rc == 0 && complete && !job_should_stop(env)) {
         char value[64];
         snprintf(value, sizeof value, "%lld %s", (long long)t.wall_ms, rules_version(env->rules));
         redisReply *rep = rds_command(env->redis, err, "SET %s %s", key, value);
