@@ -34,6 +34,8 @@ SERVICES_ENV = REPO / ".services.env"
 SERVICES_STATE = REPO / ".services" / "state"
 FERRETDB_BIN = CACHE / "bin" / "ferretdb"
 BENCH_PG_DB = "ferretdb_bench"
+# The index-served test database (scripts/services.d/gin-indexes.sql).
+GIN_SQL = REPO / "scripts" / "services.d" / "gin-indexes.sql"
 # FerretDB 1.x defaults to 50; lower here so that the bench instance and the
 # shared one fit in PostgreSQL's default max_connections (100) together.
 POOL_MAX_CONNS = 40
@@ -125,6 +127,27 @@ class Postgres:
         if tables:
             self.run(db, "VACUUM (ANALYZE) " + ", ".join(tables))
 
+    def gin(self, db: str, on: bool, schemas=()):
+        """The index-served database on (the GIN twins of FerretDB's indexes:
+        event trigger, and the twins of the indexes in `schemas` now) or off
+        (trigger and twins dropped: FerretDB as it sets itself up)."""
+        if on:
+            cp = subprocess.run([self.psql, "-X", "-q", "-h", "127.0.0.1", "-p", str(self.port),
+                                 "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-f", str(GIN_SQL)],
+                                capture_output=True, text=True, timeout=600,
+                                env=dict(os.environ, PGOPTIONS="-c client_min_messages=warning"))
+            if cp.returncode != 0:
+                raise RuntimeError(f"psql ({db}) -f {GIN_SQL}: {cp.stderr.strip()}")
+            for s in schemas:
+                self.run(db, f"SELECT public.supportd_gin_for_schema('{s}')")
+            return
+        self.run(db, "DROP EVENT TRIGGER IF EXISTS supportd_gin")
+        for s in schemas:
+            names = self.run(db, f"SELECT indexname FROM pg_indexes WHERE schemaname = '{s}' "
+                                 "AND indexdef LIKE '% USING gin %'").split()
+            if names:
+                self.run(db, "DROP INDEX " + ", ".join(f'"{s}"."{n}"' for n in names))
+
     def connections(self, db: str) -> int:
         return int(self.run("postgres", "SELECT count(*) FROM pg_stat_activity "
                                         f"WHERE datname = '{db}'").strip() or 0)
@@ -170,7 +193,7 @@ class PrivateFerretDB:
         self.proc = subprocess.Popen(
             [str(FERRETDB_BIN), "--handler=postgresql",
              f"--postgresql-url=postgres://postgres@127.0.0.1:{self.pg.port}/{BENCH_PG_DB}"
-             f"?pool_max_conns={POOL_MAX_CONNS}",
+             f"?pool_max_conns={POOL_MAX_CONNS}&plan_cache_mode=force_custom_plan",
              f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=-", "--state-dir=-",
              "--telemetry=disable", "--log-level=error"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.log_dir)

@@ -18,9 +18,9 @@
  *   room not found → woken and queued, no notification.
  *
  * The job is collect → decide → apply:
- *   collect  due tickets in batches, by the index {status, snooze.until}, and
- *            snoozed tickets changed since the last tick (early wake-up,
- *            malformed snoozes), by {status, updated_at};
+ *   collect  one query, read in batches: snoozed tickets that are due
+ *            ({status, snooze.until}) or changed since the last tick (early
+ *            wake-up, malformed snoozes; {status, updated_at});
  *   decide   snooze_decide(): pure, documents and rules in, a plan out;
  *   apply    see snooze.c: a conditional bulk update that also writes a
  *            completion marker, then queue and outbox from the marker.

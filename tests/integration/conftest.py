@@ -35,7 +35,8 @@ import redis
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES_ENV = REPO / ".services.env"
-SERVICE_VARS = ("MONGO_DB_URL", "REDIS_HOST", "REDIS_PORT", "SMTP_URL", "MAILPIT_API_URL")
+SERVICE_VARS = ("MONGO_DB_URL", "REDIS_HOST", "REDIS_PORT", "SMTP_URL", "MAILPIT_API_URL",
+                "POSTGRES_URL")
 
 # Variables the daemon reads; never inherited from the caller's environment so
 # that a developer's shell cannot change what a test means.
