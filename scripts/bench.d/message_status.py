@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
-from common import (CACHE, REPO, CommandCounter, Postgres, PrivateFerretDB,  # noqa: E402
+from common import (BENCH_PG_DB, CACHE, REPO, CommandCounter, Postgres, PrivateFerretDB,  # noqa: E402
                     PrivateRedis, die, load_services, log_events, ping, run_measured, say,
                     url_with_db, warn)
 
@@ -242,6 +242,8 @@ def main():
     ap.add_argument("--sg-events", type=int, default=EVENTS_PER_SG,
                     help=f"SendGrid events per entry (default {EVENTS_PER_SG}; 1 = one POST per event, "
                          "the worst case for signature checks)")
+    ap.add_argument("--gin", choices=("on", "off"), default="on",
+                    help="the index-served test database (GIN twins of FerretDB's indexes; default on)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", type=Path, default=CACHE / "bench-out" / "bin" / "supportd")
     ap.add_argument("--shared-services", action="store_true")
@@ -298,7 +300,11 @@ def main():
         res["idle"] = m
         for name in (DB + "_floor", DB + "_one"):
             client[name]["conversation-message"].create_index("provider_message_id")
-        pg.vacuum(pg_db(ferret), DB)
+        if ferret:  # the same database for all three: indexed, or FerretDB as it sets itself up
+            pg.gin(BENCH_PG_DB, args.gin == "on", schemas=[DB, DB + "_floor", DB + "_one"])
+        res["gin"] = args.gin if ferret else "shared services"
+        for name in (DB, DB + "_floor", DB + "_one"):
+            pg.vacuum(pg_db(ferret), name)
         push_stream(r, entries)
 
         say("==> supportd once message-status ...")
@@ -340,7 +346,6 @@ def main():
 
 
 def pg_db(ferret):
-    from common import BENCH_PG_DB
     return BENCH_PG_DB if ferret else "ferretdb"
 
 
@@ -355,7 +360,8 @@ def report(res) -> str:
     c = s["counts"]
     lines = [
         f"{n:,} entries for {res['messages']:,} messages (10% duplicates, 5% of messages out of order, "
-        f"1% forged; SendGrid {res['sg_events']} events per entry), {res['cpus']} CPUs, same run:",
+        f"1% forged; SendGrid {res['sg_events']} events per entry), {res['cpus']} CPUs, FerretDB "
+        f"{'index-served (GIN)' if res.get('gin') == 'on' else 'with its own indexes only' if res.get('gin') == 'off' else '(shared)'}, same run:",
         "",
         "| | wall | entries/s of supportd CPU | db commands / 1,000 entries | Redis round trips / 1,000 | peak RSS |",
         "|---|---:|---:|---:|---:|---:|",

@@ -26,8 +26,8 @@
 #include "store/stream.h"
 
 #define GROUP "supportd"
-#define BATCH 1000
-#define MAX_BATCHES 1000         /* a tick's bound: 1,000,000 entries */
+#define BATCH 5000
+#define MAX_BATCHES 200          /* a tick's bound: 1,000,000 entries */
 #define WRITE_CHUNK 500          /* statements per bulk write */
 #define SIDE_MAXLEN 100000       /* status-events:rejected / :unmatched keep about this many */
 
@@ -91,16 +91,22 @@ static const char *str(const bson_t *doc, const char *key)
                : NULL;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* The messages named by the parsed entries' events, keyed
- * "<provider>:<provider_message_id>": one $in query on the indexed
- * provider_message_id. */
+ * "<provider>:<provider_message_id>", by the indexed provider_message_id.
+ * MongoDB: one {$in: [...]} for the batch. FerretDB filters $in in Go, per
+ * document against the whole list, after reading the collection (50,000
+ * messages: 3 s for 100 ids, 12 s for 5,000), while an equality is served by
+ * the index (1.1 ms): there, one find per distinct id (README, Compatibility). */
 static int load_messages(struct ms_tick *t, const bson_t *const *parsed, size_t n,
                          bson_t *messages, struct sd_error *err)
 {
-    bson_t filter = BSON_INITIALIZER, in, ids;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "provider_message_id", &in);
-    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
-    uint32_t k = 0;
+    size_t cap = 64, k = 0;
+    const char **ids = malloc(cap * sizeof *ids);
     for (size_t i = 0; i < n; i++) {
         bson_iter_t it, evs, f;
         if (!bson_iter_init_find(&it, parsed[i], "events") || !bson_iter_recurse(&it, &evs))
@@ -108,31 +114,51 @@ static int load_messages(struct ms_tick *t, const bson_t *const *parsed, size_t 
         while (bson_iter_next(&evs))
             if (bson_iter_recurse(&evs, &f) && bson_iter_find(&f, "provider_message_id") &&
                 BSON_ITER_HOLDS_UTF8(&f)) {
-                char idx[12];
-                snprintf(idx, sizeof idx, "%u", k++);
-                BSON_APPEND_UTF8(&ids, idx, bson_iter_utf8(&f, NULL));
+                if (k == cap)
+                    ids = realloc(ids, (cap *= 2) * sizeof *ids);
+                ids[k++] = bson_iter_utf8(&f, NULL);
             }
     }
-    bson_append_array_end(&in, &ids);
-    bson_append_document_end(&filter, &in);
+    qsort(ids, k, sizeof *ids, cmp_str);
+    size_t distinct = 0;
+    for (size_t i = 0; i < k; i++)
+        if (i == 0 || strcmp(ids[i], ids[distinct - 1]))
+            ids[distinct++] = ids[i];
+    bson_t **docs = NULL;
+    size_t nd = 0;
     int rc = 0;
-    if (k) {
-        bson_t **docs = NULL;
-        size_t nd = 0;
-        rc = store_find_all(t->msgs, &filter, NULL, &docs, &nd, err);
-        for (size_t i = 0; i < nd; i++) {
-            const char *provider = str(docs[i], "provider"),
-                       *pmid = str(docs[i], "provider_message_id");
-            if (!provider || !pmid)
-                continue;
-            char key[240];
-            snprintf(key, sizeof key, "%s:%s", provider, pmid);
-            /* two messages with one provider id: decide uses one of them */
-            BSON_APPEND_DOCUMENT(messages, key, docs[i]);
+    if (distinct && store_is_ferretdb(t->env->mongo)) {
+        for (size_t i = 0; i < distinct && rc == 0; i++) {
+            bson_t filter = BSON_INITIALIZER;
+            BSON_APPEND_UTF8(&filter, "provider_message_id", ids[i]);
+            rc = store_find_all(t->msgs, &filter, NULL, &docs, &nd, err);
+            bson_destroy(&filter);
         }
-        store_docs_free(docs, nd);
+    } else if (distinct) {
+        bson_t filter = BSON_INITIALIZER, in, list;
+        BSON_APPEND_DOCUMENT_BEGIN(&filter, "provider_message_id", &in);
+        BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
+        for (size_t i = 0; i < distinct; i++) {
+            char idx[16];
+            snprintf(idx, sizeof idx, "%zu", i);
+            BSON_APPEND_UTF8(&list, idx, ids[i]);
+        }
+        bson_append_array_end(&in, &list);
+        bson_append_document_end(&filter, &in);
+        rc = store_find_all(t->msgs, &filter, NULL, &docs, &nd, err);
+        bson_destroy(&filter);
     }
-    bson_destroy(&filter);
+    for (size_t i = 0; i < nd; i++) {
+        const char *provider = str(docs[i], "provider"), *pmid = str(docs[i], "provider_message_id");
+        if (!provider || !pmid)
+            continue;
+        char key[240];
+        snprintf(key, sizeof key, "%s:%s", provider, pmid);
+        /* two messages with one provider id: decide uses one of them */
+        BSON_APPEND_DOCUMENT(messages, key, docs[i]);
+    }
+    store_docs_free(docs, nd);
+    free(ids);
     return rc;
 }
 

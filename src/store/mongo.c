@@ -1,5 +1,6 @@
 #include "store/mongo.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,6 +102,31 @@ void store_docs_free(bson_t **docs, size_t n)
     for (size_t i = 0; i < n; i++)
         bson_destroy(docs[i]);
     free(docs);
+}
+
+bool store_is_ferretdb(mongoc_client_t *client)
+{
+    static _Atomic int flavor = -1; /* -1 not asked yet, 0 MongoDB, 1 FerretDB */
+    int f = atomic_load(&flavor);
+    if (f >= 0)
+        return f == 1;
+    /* Tests only: run the other database's query shapes against the test server. */
+    const char *forced = getenv("QM_SUPPORT_TEST_FLAVOR");
+    if (forced && (!strcmp(forced, "mongodb") || !strcmp(forced, "ferretdb"))) {
+        atomic_store(&flavor, !strcmp(forced, "ferretdb"));
+        return !strcmp(forced, "ferretdb");
+    }
+    bson_t cmd = BSON_INITIALIZER, reply;
+    BSON_APPEND_INT32(&cmd, "buildInfo", 1);
+    bson_error_t berr;
+    bool ok = mongoc_client_command_simple(client, "admin", &cmd, NULL, &reply, &berr);
+    if (ok) {
+        f = bson_has_field(&reply, "ferretdbVersion") ? 1 : 0;
+        atomic_store(&flavor, f);
+    }
+    bson_destroy(&cmd);
+    bson_destroy(&reply);
+    return ok && f == 1;
 }
 
 int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err)

@@ -44,6 +44,13 @@ int store_find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t
                    bson_t ***docs, size_t *n, struct sd_error *err);
 void store_docs_free(bson_t **docs, size_t n);
 
+/* True when the server is FerretDB (its buildInfo carries ferretdbVersion).
+ * Asked once per process; false when it cannot be asked. Only for choosing
+ * between query shapes that both databases answer alike but serve at very
+ * different cost (README, Compatibility): never for correctness.
+ * QM_SUPPORT_TEST_FLAVOR=mongodb|ferretdb (tests only) overrides the answer. */
+bool store_is_ferretdb(mongoc_client_t *client);
+
 /* Round trip to the server ({ping: 1}). */
 int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err);
 
