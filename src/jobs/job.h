@@ -57,5 +57,6 @@ int job_outbox(struct job_env *env, struct sd_error *err);
  * its own): the runner takes no lease for them. */
 bool job_uses_lease(int id);
 int job_snooze(struct job_env *env, struct sd_error *err);
+int job_notification(struct job_env *env, struct sd_error *err);
 
 #endif

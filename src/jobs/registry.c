@@ -11,8 +11,10 @@ job_fn job_function(int id)
         return job_outbox;
     case JOB_SNOOZE:
         return job_snooze;
+    case JOB_NOTIFICATION:
+        return job_notification;
     default:
-        return NULL; /* message-status, notification, communication-check: to come */
+        return NULL; /* message-status, communication-check: to come */
     }
 }
 
