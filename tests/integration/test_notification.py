@@ -329,3 +329,137 @@ def test_kill_between_enqueue_and_delivery_delivers_once_next_tick(world, tmp_pa
     assert sorted(to for to, _ in world.mails()) == sorted([world.anna["email"], world.jonas["email"]])
     world.tick(T0 + timedelta(minutes=3))
     assert len(world.mails()) == 2
+
+
+# ---- SLA ------------------------------------------------------------------------------------
+
+SPLIT_WEEK = {d: [{"from": "09:00", "to": "12:00"}, {"from": "13:00", "to": "17:00"}]
+              for d in ("mon", "tue", "wed", "thu", "fri")}
+
+
+@pytest.mark.parametrize("case,created,expected", [
+    # Friday 16:30 CET + 60 business minutes: 30 on Friday, 30 on Monday
+    ("weekend", datetime(2026, 3, 6, 15, 30, tzinfo=UTC), datetime(2026, 3, 9, 8, 30, tzinfo=UTC)),
+    # Thursday 24 Dec 16:30 CET: Friday 25th is a holiday, then the weekend
+    ("holiday", datetime(2026, 12, 24, 15, 30, tzinfo=UTC), datetime(2026, 12, 28, 8, 30, tzinfo=UTC)),
+    # Monday 11:30 CET: 30 minutes before lunch, 30 after it
+    ("two intervals", datetime(2026, 3, 2, 10, 30, tzinfo=UTC), datetime(2026, 3, 2, 12, 30, tzinfo=UTC)),
+    # Friday 27 March 16:30 CET; clocks go forward on Sunday: Monday 09:30 CEST
+    ("daylight saving", datetime(2026, 3, 27, 15, 30, tzinfo=UTC), datetime(2026, 3, 30, 7, 30, tzinfo=UTC)),
+])
+def test_business_hours_in_the_rooms_zone(world, case, created, expected):
+    room = world.room(hours=SPLIT_WEEK, holidays=["2026-12-25"])
+    installed(world, created - timedelta(minutes=5))
+    t = world.ticket(created, room=room, priority="high")
+    world.tick(created + timedelta(minutes=1))
+    sla = world.conv(t)["sla"]
+    assert sla["first_response_due"] == expected, (case, sla)
+    assert sla["policy"] == "default" and sla["next_due"] <= expected
+
+
+def test_unknown_zone_is_logged_with_the_room_and_treated_as_utc(world, sd):
+    room = world.room(tz="Mars/Olympus_Mons", hours=SPLIT_WEEK)
+    installed(world)
+    t = world.ticket(datetime(2026, 3, 2, 10, 30, tzinfo=UTC), room=room, priority="high")
+    cp = sd.cli("once", "notification", "--now", iso(T0 + timedelta(hours=3)), **world.env())
+    assert cp.returncode == 0, cp.stderr
+    assert "notification.unknown_timezone" in cp.stderr and str(room) in cp.stderr
+    assert world.conv(t)["sla"]["first_response_due"] == datetime(2026, 3, 2, 11, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("pause", ["pending", "snoozed"])
+def test_clock_pauses_while_pending_or_snoozed(world, pause):
+    installed(world)
+    t = world.ticket(T0, assignee_id=world.anna["user_id"])  # normal: first response in 240
+    world.tick(T0 + timedelta(minutes=1))
+    assert world.conv(t)["sla"]["first_response_due"] == T0 + timedelta(minutes=240)
+    world.change(t, T0 + timedelta(minutes=60), status=pause)
+    world.tick(T0 + timedelta(minutes=61))
+    assert "next_due" not in world.conv(t)["sla"]
+    # the old warning time passes while paused: no warning
+    world.tick(T0 + timedelta(minutes=230))
+    assert world.outbox(t, "ticket.sla_warning") == []
+    world.change(t, T0 + timedelta(minutes=300), status="open")
+    world.tick(T0 + timedelta(minutes=301))
+    sla = world.conv(t)["sla"]
+    assert sla["first_response_due"] == T0 + timedelta(minutes=240 + 240)
+    assert sla["paused_minutes"] == 240 and "paused_at" not in sla
+
+
+def answered(world, t, at):
+    world.change(t, at, first_response_at=at, last_agent_message_at=at)
+
+
+def test_priority_change_moves_the_deadline_and_warns_again(world):
+    installed(world)
+    t = world.ticket(T0, priority="high", assignee_id=world.anna["user_id"],
+                     first_response_at=T0, last_agent_message_at=T0)  # resolution in 480
+    world.tick(T0 + timedelta(minutes=1))
+    world.tick(T0 + timedelta(minutes=470))
+    assert len(world.outbox(t, "ticket.sla_warning")) == 1
+    world.change(t, T0 + timedelta(minutes=471), priority="normal")  # resolution in 1440
+    world.tick(T0 + timedelta(minutes=472))
+    assert world.conv(t)["sla"]["resolution_due"] == T0 + timedelta(minutes=1440)
+    assert len(world.outbox(t, "ticket.sla_warning")) == 1
+    world.tick(T0 + timedelta(minutes=1430))
+    warnings = world.outbox(t, "ticket.sla_warning")
+    assert len(warnings) == 2 and {w["recipient"]["email"] for w in warnings} == {world.anna["email"]}
+    assert sum(s.startswith("SLA warning") for s in world.mails_to(world.anna)) == 2
+
+
+def test_warning_then_breach_then_escalation_one_mail_each(world):
+    installed(world)
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"],
+                     first_response_at=T0, last_agent_message_at=T0)  # resolution in 240
+    world.tick(T0 + timedelta(minutes=1))
+    for m in (226, 227):
+        world.tick(T0 + timedelta(minutes=m))
+    assert [s for s in world.mails_to(world.anna) if s.startswith("SLA warning")]
+    for m in (241, 242):
+        world.tick(T0 + timedelta(minutes=m))
+    to_petra = world.mails_to(world.petra)
+    assert sorted(to_petra) == sorted([f"SLA breached: {world.conv(t)['subject']}",
+                                       f"Escalated to level 1: {world.conv(t)['subject']}"])
+    assert world.conv(t)["escalation_level"] == 1
+    for m in (301, 302):  # 60 minutes overdue: level 2
+        counts = world.tick(T0 + timedelta(minutes=m))
+        assert counts["changed"] == 0  # found through sla.next_due
+    assert world.conv(t)["escalation_level"] == 2
+    assert len(world.mails_to(world.petra)) == 3
+    assert sum(s.startswith("SLA warning") for s in world.mails_to(world.anna)) == 1
+    # a later change of the ticket recomputes, but never steps back or repeats
+    world.change(t, T0 + timedelta(minutes=303), subject=world.conv(t)["subject"])
+    world.tick(T0 + timedelta(minutes=304))
+    assert len(world.mails_to(world.petra)) == 3 and world.conv(t)["escalation_level"] == 2
+
+
+def test_reminders_are_bounded_and_stop_when_an_agent_answers(world):
+    installed(world)
+    a = world.ticket(T0, assignee_id=world.anna["user_id"], first_response_at=T0 - timedelta(hours=1))
+    b = world.ticket(T0, assignee_id=world.jonas["user_id"], first_response_at=T0 - timedelta(hours=1))
+    world.tick(T0 + timedelta(minutes=1))
+    world.tick(T0 + timedelta(minutes=61))   # after 60 minutes: first reminder
+    world.tick(T0 + timedelta(minutes=62))
+    assert len(world.outbox(a, "ticket.response_reminder")) == 1
+    assert len(world.outbox(b, "ticket.response_reminder")) == 1
+    answered(world, b, T0 + timedelta(minutes=100))
+    for m in (181, 301, 421, 541, 661):      # every 120 minutes, 3 at most
+        world.tick(T0 + timedelta(minutes=m))
+    assert len(world.outbox(a, "ticket.response_reminder")) == 3
+    assert len(world.outbox(b, "ticket.response_reminder")) == 1
+    assert sum(s.startswith("Reminder:") for s in world.mails_to(world.anna)) == 3
+
+
+def test_nothing_for_a_resolved_tickets_old_deadline(world):
+    installed(world)
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"])
+    world.tick(T0 + timedelta(minutes=1))
+    assert world.conv(t)["sla"]["next_due"] is not None
+    world.change(t, T0 + timedelta(minutes=10), status="resolved",
+                 resolved_at=T0 + timedelta(minutes=10))
+    world.tick(T0 + timedelta(minutes=11))
+    for m in (26, 31, 100, 241, 400):
+        world.tick(T0 + timedelta(minutes=m))
+    assert "next_due" not in world.conv(t)["sla"]
+    types = {e["type"] for e in world.outbox(t)}
+    assert types == {"ticket.created", "ticket.assigned", "ticket.resolved"}, types
