@@ -24,6 +24,7 @@ struct tz_blob {
 };
 extern const struct tz_blob sd_tz_blobs[];
 extern const unsigned int sd_tz_blob_count;
+extern const char sd_tz_version[];
 #endif
 
 static uint32_t be32(const unsigned char *p)
@@ -192,7 +193,9 @@ const struct tz_zone *tz_get(const char *name)
 const char *tz_source(void)
 {
 #ifdef SD_TZ_EMBEDDED
-    return "embedded";
+    static char text[64];
+    snprintf(text, sizeof text, "embedded tzdata %s", sd_tz_version);
+    return text;
 #else
     const char *dir = getenv("TZDIR");
     return dir && *dir ? dir : "/usr/share/zoneinfo";

@@ -9,7 +9,9 @@
 #include "store/mongo.h"
 
 static const char *const collections[] = {COLL_CONVERSATION, COLL_ROOM, COLL_MESSAGE,
-                                          COLL_CHANNEL, COLL_ALERT, COLL_NOTIFICATION};
+                                          COLL_CHANNEL, COLL_ALERT, COLL_NOTIFICATION,
+                                          /* the notification job's own state */
+                                          "conversation-notify-state"};
 #define N_COLLECTIONS (sizeof collections / sizeof *collections)
 
 struct fixtures {
