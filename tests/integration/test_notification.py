@@ -463,3 +463,30 @@ def test_nothing_for_a_resolved_tickets_old_deadline(world):
     assert "next_due" not in world.conv(t)["sla"]
     types = {e["type"] for e in world.outbox(t)}
     assert types == {"ticket.created", "ticket.assigned", "ticket.resolved"}, types
+
+
+# ---- dry-run ----------------------------------------------------------------------------------
+
+def test_dry_run_plans_every_mail_with_key_recipient_rendering_and_sla(sd):
+    from conftest import REPO
+    fx = str(REPO / "tests" / "fixtures" / "notification")
+    cp = sd.cli("dry-run", "--fixtures", fx, "--job", "notification")
+    assert cp.returncode == 0, cp.stderr
+    again = sd.cli("dry-run", "--fixtures", fx, "--job", "notification")
+    assert again.stdout == cp.stdout  # byte-stable
+    plan = json.loads(cp.stdout)["jobs"]["notification"]["actions"]
+    by = {a["target"][-3:]: a for a in plan}
+    keys = {a["target"][-3:]: [(n["key"], n["recipient"]["email"]) for n in a["notifications"]]
+            for a in plan}
+    assert keys["101"] == [("ticket.created:65e2f0000000000000000101:new:u-anna", "anna@acme.example")]
+    assert keys["102"][0][0].startswith("ticket.assigned:65e2f0000000000000000102:u-anna:")
+    assert keys["103"] == [("ticket.customer_message:65e2f0000000000000000103:1772452740000:u-anna",
+                            "anna@acme.example")]
+    assert "wrote 2 new message(s)" in by["103"]["notifications"][0]["text"]
+    assert [k for k, _ in keys["104"]] == [
+        "ticket.sla_breached:65e2f0000000000000000104:resolution:1772452800000:u-petra",
+        "ticket.escalated:65e2f0000000000000000104:1:1772452800000:u-petra"]
+    assert "&amp;" in by["104"]["notifications"][0]["html"]  # rendered, escaped
+    sla = by["104"]["sla"]
+    assert sla["resolution_due"] == {"$date": "2026-03-02T12:00:00Z"}
+    assert sla["breached"] == ["resolution:1772452800000"] and by["104"]["escalation_level"] == 1
