@@ -71,7 +71,7 @@ const core_sources = [_][]const u8{
 const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl", "openssl" };
 
 /// Unit tests: tests/unit/test_<name>.c, one executable each.
-const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle" };
+const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "tz" };
 
 pub fn build(b: *std.Build) void {
     const static = b.option(bool, "static", "Release build: one static x86_64-linux-musl binary (vendor/)") orelse false;
