@@ -199,36 +199,42 @@ static int load_counts(struct tick *t, bson_t **docs, size_t n, const bson_t *st
 /* The outbox entries of every action: one insertMany, unique keys. */
 static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *err)
 {
-    size_t cap = 64, n = 0;
-    bson_t *owned = calloc(cap, sizeof *owned);
+    /* Counted first: a static bson_t points into itself, so an array of them
+     * must not move (no realloc) once initialised. */
+    size_t n = 0;
     bson_iter_t it, a, e;
+    bson_iter_init(&it, actions);
+    while (bson_iter_next(&it))
+        if (bson_iter_recurse(&it, &a) && bson_iter_find(&a, "notifications") &&
+            bson_iter_recurse(&a, &e))
+            while (bson_iter_next(&e))
+                n++;
+    if (n == 0)
+        return 0;
+    bson_t *owned = calloc(n, sizeof *owned);
+    const bson_t **entries = calloc(n, sizeof *entries);
+    size_t k = 0;
     bson_iter_init(&it, actions);
     while (bson_iter_next(&it)) {
         if (!bson_iter_recurse(&it, &a) || !bson_iter_find(&a, "notifications") ||
             !bson_iter_recurse(&a, &e))
             continue;
-        while (bson_iter_next(&e)) {
+        while (bson_iter_next(&e) && k < n) {
             uint32_t len;
             const uint8_t *data;
             bson_iter_document(&e, &len, &data);
-            if (n == cap)
-                owned = realloc(owned, (cap *= 2) * sizeof *owned);
-            bson_init_static(&owned[n++], data, len);
+            bson_init_static(&owned[k], data, len);
+            entries[k] = &owned[k];
+            k++;
         }
     }
-    int rc = 0;
-    if (n) {
-        const bson_t **entries = calloc(n, sizeof *entries);
-        for (size_t i = 0; i < n; i++)
-            entries[i] = &owned[i];
-        int inserted = 0;
-        rc = outbox_enqueue(t->env->mongo, t->env->db, entries, n, t->env->now_ms, &inserted, err);
-        if (rc == 0) {
-            t->enqueued += inserted;
-            t->duplicates += (int64_t)n - inserted;
-        }
-        free(entries);
+    int inserted = 0;
+    int rc = outbox_enqueue(t->env->mongo, t->env->db, entries, k, t->env->now_ms, &inserted, err);
+    if (rc == 0) {
+        t->enqueued += inserted;
+        t->duplicates += (int64_t)k - inserted;
     }
+    free(entries);
     free(owned);
     return rc;
 }

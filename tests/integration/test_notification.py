@@ -490,3 +490,16 @@ def test_dry_run_plans_every_mail_with_key_recipient_rendering_and_sla(sd):
     sla = by["104"]["sla"]
     assert sla["resolution_due"] == {"$date": "2026-03-02T12:00:00Z"}
     assert sla["breached"] == ["resolution:1772452800000"] and by["104"]["escalation_level"] == 1
+
+
+def test_a_batch_with_many_mails_enqueues_and_delivers_each_once(world):
+    """More outbox entries in one batch than the first allocation holds (a
+    regression: entries moved in memory lost their keys; seen with the
+    release build, where no sanitizer quarantine keeps the freed copy intact)."""
+    installed(world)
+    ids = [world.ticket(T0) for _ in range(60)]
+    counts = world.tick(T0 + timedelta(minutes=1))
+    assert counts["notifications"] == 120 and counts["outbox_sent"] == 120, counts
+    assert {e["key"] for e in world.outbox()} == {
+        f"ticket.created:{t}:new:{m['user_id']}" for t in ids for m in (world.anna, world.jonas)}
+    assert len(world.mails()) == 120
