@@ -3,9 +3,15 @@
 -- policy(conversation, room) -> {
 --     name, first_response = <business minutes>, resolution = <business minutes>,
 --     warn_before = <minutes>, business_hours = <normalized, see below> }
--- due(start_ms, minutes, hours, utc_offset_minutes) -> ms
+-- due(start_ms, minutes, hours, zone, holidays) -> ms
 --     the moment `minutes` of business time have passed since start_ms, for
---     business hours `hours` in a zone `utc_offset_minutes` from UTC.
+--     business hours `hours` in `zone`, skipping the local dates in
+--     `holidays` ({"2026-12-25", ...}). `zone` is either a fixed offset in
+--     minutes east of UTC or, as supportd passes it, the zone's offsets
+--     resolved in C from the IANA rules: { {at = <ms>, offset = <minutes>},
+--     ... } sorted by `at`, each in effect from `at` on (daylight saving).
+-- between(from_ms, to_ms, hours, zone, holidays) -> business minutes in
+--     [from_ms, to_ms) (the SLA clock's pauses and the escalation ladder).
 -- escalation_level(minutes_overdue) -> level (0 = none)
 --
 -- Business hours come from the room: { mon = { {"09:00","17:00"} }, ... }
@@ -58,28 +64,69 @@ function M.policy(conversation, room)
   }
 end
 
--- Walks business spans forward from start; at most a year of days.
-function M.due(start_ms, minutes, hours, utc_offset_minutes)
-  local week = M.normalize_hours(hours)
-  if not week then return start_ms + minutes * 60000 end
-  local offset = (utc_offset_minutes or 0) * 60000
-  local t = start_ms + offset                       -- local wall time in ms
-  local left = minutes * 60000
-  for _ = 1, 366 do
-    local day_start = t - t % 86400000
-    local wday = (day_start // 86400000 + 4) % 7    -- 1970-01-01 was a Thursday
-    for _, span in ipairs(week[wday]) do
-      local from, to = day_start + span[1] * 60000, day_start + span[2] * 60000
-      if t < to then
-        local begin = math.max(t, from)
-        if begin + left <= to then return begin + left - offset end
-        left = left - (to - begin)
-        t = to
+-- Minutes east of UTC in effect at t_ms (ms).
+local function offset_at(zone, t_ms)
+  if type(zone) ~= "table" then return (zone or 0) * 60000 end
+  local off = zone[1] and zone[1].offset or 0
+  for _, z in ipairs(zone) do
+    if z.at <= t_ms then off = z.offset else break end
+  end
+  return off * 60000
+end
+
+-- Local wall time (ms) to UTC: the offset of the guess, refined once, so a
+-- day on which the clocks change gets the offset in effect at that hour.
+local function to_utc(zone, local_ms)
+  local guess = local_ms - offset_at(zone, local_ms)
+  return local_ms - offset_at(zone, guess)
+end
+
+-- Calls visit(from_ms, to_ms) for every business span (UTC) that ends after
+-- start_ms, in order, clipped to start at start_ms at the earliest, until
+-- visit returns true; at most a year of local days. Returns true if stopped.
+local function walk(start_ms, week, zone, holidays, visit)
+  local closed = {}
+  for _, d in ipairs(holidays or {}) do closed[d] = true end
+  local lt = start_ms + offset_at(zone, start_ms)
+  local day = lt - lt % 86400000                    -- local midnight, as ms
+  for _ = 1, 367 do
+    local wday = (day // 86400000 + 4) % 7          -- 1970-01-01 was a Thursday
+    if not closed[os.date("!%Y-%m-%d", day // 1000)] then
+      for _, span in ipairs(week[wday]) do
+        local from = to_utc(zone, day + span[1] * 60000)
+        local to = to_utc(zone, day + span[2] * 60000)
+        if to > start_ms and visit(math.max(from, start_ms), to) then return true end
       end
     end
-    t = day_start + 86400000
+    day = day + 86400000
   end
-  error("no business hours within a year")
+  return false
+end
+
+function M.due(start_ms, minutes, hours, zone, holidays)
+  local week = M.normalize_hours(hours)
+  if not week then return start_ms + minutes * 60000 end
+  local left, result = minutes * 60000, nil
+  local found = walk(start_ms, week, zone, holidays, function(from, to)
+    if from + left <= to then result = from + left return true end
+    left = left - (to - from)
+    return false
+  end)
+  if not found then error("no business hours within a year") end
+  return result
+end
+
+function M.between(from_ms, to_ms, hours, zone, holidays)
+  if to_ms <= from_ms then return 0 end
+  local week = M.normalize_hours(hours)
+  if not week then return (to_ms - from_ms) // 60000 end
+  local total = 0
+  walk(from_ms, week, zone, holidays, function(a, b)
+    if a >= to_ms then return true end
+    total = total + (math.min(b, to_ms) - a)
+    return b >= to_ms
+  end)
+  return total // 60000
 end
 
 function M.escalation_level(minutes_overdue)
@@ -103,6 +150,24 @@ M.tests = {
                                   tue = { { from = "09:00", to = "17:00" } } }, 0 },
     expect = 1772530200000 },
   { name = "one hour late is level 2", fn = "escalation_level", args = { 61 }, expect = 2 },
+  -- Friday 2026-03-06 16:30 UTC + 60 business minutes = Monday 09:30 (weekend skipped)
+  { name = "skips the weekend", fn = "due",
+    args = { 1772814600000, 60, { mon = { { "09:00", "17:00" } }, fri = { { "09:00", "17:00" } } }, 0 },
+    expect = 1773048600000 },
+  -- Monday 16:30 UTC, Tuesday a holiday (and only Monday and Tuesday open): next Monday 09:30
+  { name = "skips holidays", fn = "due",
+    args = { 1772469000000, 60, weekdays, 0, { "2026-03-03" } }, expect = 1773048600000 },
+  { name = "two intervals a day", fn = "due",
+    args = { 1772442000000, 300, { mon = { { "09:00", "12:00" }, { "13:00", "17:00" } } }, 0 },
+    expect = 1772463600000 },
+  -- Europe/Berlin, clocks forward on 2026-03-29 at 01:00 UTC: Friday 27th 16:30 CET
+  -- (15:30 UTC) + 60 minutes = Monday 30th 09:30 CEST = 07:30 UTC
+  { name = "daylight saving", fn = "due",
+    args = { 1774625400000, 60, { mon = { { "09:00", "17:00" } }, fri = { { "09:00", "17:00" } } },
+             { { at = 0, offset = 60 }, { at = 1774746000000, offset = 120 } } },
+    expect = 1774855800000 },
+  { name = "business minutes between", fn = "between",
+    args = { 1772469000000, 1772530200000, weekdays, 0 }, expect = 60 },
 }
 
 return M

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "core/tz.h"
 #include "version.h"
 
 static int dispatch(int argc, char **argv)
@@ -18,7 +19,7 @@ static int dispatch(int argc, char **argv)
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         if (cli_wants_help(argc - 1, argv + 1))
             return cli_help("version"), EXIT_OK;
-        printf("supportd %s\n", SUPPORTD_VERSION);
+        printf("supportd %s\ntime zones: %s\n", SUPPORTD_VERSION, tz_source());
         return EXIT_OK;
     }
     if (cli_wants_help(argc - 1, argv + 1)) {

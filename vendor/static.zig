@@ -7,6 +7,8 @@
 //!     `zig cc -target x86_64-linux-musl` as the compiler, by scripts/build-static-deps
 //!     (which runs vendor-fetch first), into .cache/static/<name>/. That script runs at
 //!     the start of every static build and returns at once when its stamps are current.
+//!   - the IANA zone rules (tzdata): compiled by zic into .cache/static/tzdata/tzdata.c by
+//!     the same script, and compiled into supportd here (src/core/tz.c);
 //!   - Lua and hiredis: compiled here by Zig (lua.zig, hiredis.zig); Zig's cache
 //!     keeps them.
 //! Every library is built without UBSan and optimized (their own Release settings, or
@@ -58,6 +60,10 @@ pub const Libs = struct {
         mod.linkLibrary(self.lua.lib);
         mod.linkLibrary(self.hiredis.lib);
         for (archives) |a| mod.addObjectFile(b.path(a));
+        // The zone rules, compiled from the pinned tzdata by scripts/build-static-deps
+        // (src/core/tz.c reads them instead of /usr/share/zoneinfo).
+        mod.addCSourceFile(.{ .file = b.path(".cache/static/tzdata/tzdata.c"), .flags = &.{"-std=c11"} });
+        mod.addCMacro("SD_TZ_EMBEDDED", "1");
         mod.strip = self.strip;
     }
 };

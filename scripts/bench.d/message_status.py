@@ -244,6 +244,9 @@ def main():
                          "the worst case for signature checks)")
     ap.add_argument("--gin", choices=("on", "off"), default="on",
                     help="the index-served test database (GIN twins of FerretDB's indexes; default on)")
+    ap.add_argument("--shape", choices=("auto", "mongodb"), default="auto",
+                    help="mongodb: make supportd use MongoDB's query shape ($in per batch) on "
+                         "FerretDB too (QM_SUPPORT_TEST_FLAVOR), to compare")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--bin", type=Path, default=CACHE / "bench-out" / "bin" / "supportd")
     ap.add_argument("--shared-services", action="store_true")
@@ -290,6 +293,9 @@ def main():
                    QM_SUPPORT_RULES_DIR=str(REPO / "rules"), TWILIO_AUTH_TOKEN=TOKEN,
                    TWILIO_ACCOUNT_SID=ACCOUNT, SENDGRID_WEBHOOK_PUBLIC_KEY=public,
                    TWILIO_API_BASE="http://127.0.0.1:1", LOG_LEVEL="warn")
+        if args.shape == "mongodb":
+            env["QM_SUPPORT_TEST_FLAVOR"] = "mongodb"
+        res["shape"] = args.shape
         for name in (DB, DB + "_floor", DB + "_one"):
             say(f"==> seeding {name} ...")
             seed(client[name], msgs)
@@ -361,7 +367,8 @@ def report(res) -> str:
     lines = [
         f"{n:,} entries for {res['messages']:,} messages (10% duplicates, 5% of messages out of order, "
         f"1% forged; SendGrid {res['sg_events']} events per entry), {res['cpus']} CPUs, FerretDB "
-        f"{'index-served (GIN)' if res.get('gin') == 'on' else 'with its own indexes only' if res.get('gin') == 'off' else '(shared)'}, same run:",
+        f"{'index-served (GIN)' if res.get('gin') == 'on' else 'with its own indexes only' if res.get('gin') == 'off' else '(shared)'}"
+        f"{', MongoDB query shape forced' if res.get('shape') == 'mongodb' else ''}, same run:",
         "",
         "| | wall | entries/s of supportd CPU | db commands / 1,000 entries | Redis round trips / 1,000 | peak RSS |",
         "|---|---:|---:|---:|---:|---:|",

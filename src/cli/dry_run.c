@@ -178,10 +178,20 @@ static void print_text(const bson_t *plan)
                 bson_iter_document(&list, &len, &data);
                 bson_init_static(&action, data, len);
                 n++;
-                printf("  %s %s (%s): %s/%s -> %s/%s\n", str(&action, "kind"),
-                       str(&action, "target"), str(&action, "reason"),
-                       str(&action, "before.status"), str(&action, "before.priority"),
-                       str(&action, "after.status"), str(&action, "after.priority"));
+                bson_iter_t nd;
+                char due[40] = "none";
+                if (bson_iter_init(&nd, &action) &&
+                    bson_iter_find_descendant(&nd, "sla.next_due", &nd) &&
+                    BSON_ITER_HOLDS_DATE_TIME(&nd))
+                    clock_format_iso(bson_iter_date_time(&nd), due, sizeof due);
+                if (!strcmp(str(&action, "kind"), "notify"))
+                    printf("  notify %s: status %s, sla next_due %s\n", str(&action, "target"),
+                           str(&action, "state.status"), due);
+                else
+                    printf("  %s %s (%s): %s/%s -> %s/%s\n", str(&action, "kind"),
+                           str(&action, "target"), str(&action, "reason"),
+                           str(&action, "before.status"), str(&action, "before.priority"),
+                           str(&action, "after.status"), str(&action, "after.priority"));
                 bson_iter_t q, nl;
                 if (bson_iter_init(&q, &action) && bson_iter_find_descendant(&q, "queue.score", &q))
                     printf("    queue %s score %.0f\n", str(&action, "queue.key"),

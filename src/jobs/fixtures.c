@@ -14,7 +14,9 @@
  * (canned provider answers: message-status polls, communication-check). */
 static const char *const collections[] = {COLL_CONVERSATION, COLL_ROOM,         COLL_MESSAGE,
                                           COLL_CHANNEL,      COLL_ALERT,        COLL_NOTIFICATION,
-                                          FIXTURE_STATUS_EVENTS, FIXTURE_PROVIDER_ANSWERS};
+                                          FIXTURE_STATUS_EVENTS, FIXTURE_PROVIDER_ANSWERS,
+                                          /* the notification job's own state */
+                                          "conversation-notify-state"};
 #define N_COLLECTIONS (sizeof collections / sizeof *collections)
 
 struct fixtures {

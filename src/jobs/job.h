@@ -59,5 +59,6 @@ bool job_uses_lease(int id);
 int job_snooze(struct job_env *env, struct sd_error *err);
 int job_message_status(struct job_env *env, struct sd_error *err);
 int job_communication_check(struct job_env *env, struct sd_error *err);
+int job_notification(struct job_env *env, struct sd_error *err);
 
 #endif

@@ -39,6 +39,8 @@ int job_deliver_outbox(struct job_env *env, int limit, struct sd_error *err)
     }
     char owner[128];
     runner_instance_id(owner, sizeof owner);
+    struct rds_options ropts;
+    runner_redis_options(cfg, &ropts);
     struct outbox_ctx ctx = {.mongo = env->mongo,
                              .db = env->db,
                              .redis = env->redis,
@@ -48,7 +50,8 @@ int job_deliver_outbox(struct job_env *env, int limit, struct sd_error *err)
                              .smtp = smtp,
                              .log = env->log,
                              .stop = env->stop,
-                             .owner = owner};
+                             .owner = owner,
+                             .redis_opts = &ropts};
     struct outbox_stats st = {0};
     int rc = outbox_deliver(&ctx, env->now_ms, limit, &st, err);
     BSON_APPEND_INT64(env->counts, "outbox_due", st.due);

@@ -13,10 +13,12 @@ job_fn job_function(int id)
         return job_snooze;
     case JOB_MESSAGE_STATUS:
         return job_message_status;
+    case JOB_NOTIFICATION:
+        return job_notification;
     case JOB_COMMUNICATION_CHECK:
         return job_communication_check;
     default:
-        return NULL; /* notification: to come */
+        return NULL;
     }
 }
 

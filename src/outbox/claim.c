@@ -74,3 +74,82 @@ int claim_release(struct rds *r, const struct outbox_claim *c, struct sd_error *
     freeReplyObject(rep);
     return 0;
 }
+
+int claim_acquire_many(struct rds *r, const char *prefix, const char *const *entry_ids,
+                       const char *owner, int ttl_ms, struct outbox_claim *c, size_t n,
+                       struct sd_error *err)
+{
+    /* One pipeline of SET NX for the batch, then one of GET for the ones
+     * another deliverer (or a "sent:" marker) holds. */
+    for (size_t i = 0; i < n; i++) {
+        memset(&c[i], 0, sizeof c[i]);
+        snprintf(c[i].key, sizeof c[i].key, "%soutbox:claim:%s", prefix, entry_ids[i]);
+        char rnd[17];
+        if (clock_random_hex(rnd, 8, err))
+            return -1;
+        snprintf(c[i].token, sizeof c[i].token, "claimed:%s/%s", owner, rnd);
+        if (rds_pipeline_append(r, err, "SET %s %s NX PX %d", c[i].key, c[i].token, ttl_ms))
+            return sd_error_prefix(err, "claiming outbox entries");
+    }
+    size_t taken = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct sd_error scratch;
+        redisReply *rep = rds_pipeline_read(r, rc ? &scratch : err);
+        if (!rep) {
+            if (!rc)
+                rc = sd_error_prefix(err, "claiming outbox entries");
+            continue;
+        }
+        c[i].state = rep->type == REDIS_REPLY_STATUS ? CLAIM_OURS : CLAIM_TAKEN;
+        freeReplyObject(rep);
+        if (c[i].state == CLAIM_TAKEN && rc == 0) {
+            taken++;
+        }
+    }
+    if (rc)
+        return rc;
+    if (taken == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (c[i].state == CLAIM_TAKEN && rds_pipeline_append(r, err, "GET %s", c[i].key))
+            return sd_error_prefix(err, "reading outbox claims");
+    for (size_t i = 0; i < n; i++) {
+        if (c[i].state != CLAIM_TAKEN)
+            continue;
+        struct sd_error scratch;
+        redisReply *rep = rds_pipeline_read(r, rc ? &scratch : err);
+        if (!rep) {
+            if (!rc)
+                rc = sd_error_prefix(err, "reading outbox claims");
+            continue;
+        }
+        if (rep->type == REDIS_REPLY_STRING && strncmp(rep->str, "sent:", 5) == 0) {
+            c[i].state = CLAIM_SENT;
+            parse_sent(rep->str, &c[i]);
+        }
+        freeReplyObject(rep);
+    }
+    return rc;
+}
+
+int claim_release_many(struct rds *r, const struct outbox_claim *const *c, size_t n,
+                       struct sd_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (rds_pipeline_append(r, err, "EVAL %s 1 %s %s", release_script, c[i]->key,
+                                c[i]->token))
+            return sd_error_prefix(err, "releasing outbox claims");
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct sd_error scratch;
+        redisReply *rep = rds_pipeline_read(r, rc ? &scratch : err);
+        if (!rep) {
+            if (!rc)
+                rc = sd_error_prefix(err, "releasing outbox claims");
+            continue;
+        }
+        freeReplyObject(rep);
+    }
+    return rc;
+}

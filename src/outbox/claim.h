@@ -42,4 +42,12 @@ int claim_mark_sent(struct rds *r, const struct outbox_claim *c, const char *pro
 /* Deletes the claim if it still holds our token. */
 int claim_release(struct rds *r, const struct outbox_claim *c, struct sd_error *err);
 
+/* The same for a batch, each in one pipeline (one round trip; two when some
+ * claims are held by others and are read back). c has n elements. */
+int claim_acquire_many(struct rds *r, const char *prefix, const char *const *entry_ids,
+                       const char *owner, int ttl_ms, struct outbox_claim *c, size_t n,
+                       struct sd_error *err);
+int claim_release_many(struct rds *r, const struct outbox_claim *const *c, size_t n,
+                       struct sd_error *err);
+
 #endif

@@ -1,7 +1,9 @@
-/* outbox_deliver: claim → send → record, one due entry at a time (the
- * contract is in outbox.h). Updates filter on {_id, status: "pending"} so a
+/* outbox_deliver: claim → send → record, in batches (the contract is in
+ * outbox.h; the batch's shape is described above deliver_batch). Updates filter on {_id, status: "pending"} so a
  * late writer never turns a finished entry back; the claim, not the update,
  * is what keeps two deliverers apart (FerretDB updates are not atomic). */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,14 +63,33 @@ static int entry_attempts(const bson_t *doc)
     return bson_iter_init_find(&it, doc, "attempts") ? (int)bson_iter_as_int64(&it) : 0;
 }
 
-/* update_one({_id, status: "pending"}, update); *modified may be NULL. */
-static int update_pending(mongoc_collection_t *coll, const struct item *it, const bson_t *update,
-                          int64_t *modified, struct sd_error *err)
+/* The batch's writes: one unordered bulk, executed once the batch is sent.
+ * NULL where a write must happen at once. */
+struct writes {
+    mongoc_bulk_operation_t *bulk;
+    int n;
+};
+
+/* update_one({_id, status: "pending"}, update); *modified may be NULL. With
+ * w, the statement joins the batch's bulk instead (as update_many on the
+ * _id filter: FerretDB 1.24 deadlocks on a bulk of more than 50 update_one
+ * statements, see jobs/snooze.c). */
+static int update_pending_w(mongoc_collection_t *coll, struct writes *w, const struct item *it,
+                            const bson_t *update, int64_t *modified, struct sd_error *err)
 {
     bson_t filter = BSON_INITIALIZER, reply;
     BSON_APPEND_VALUE(&filter, "_id", &it->id);
     BSON_APPEND_UTF8(&filter, "status", "pending");
     bson_error_t berr;
+    if (w) {
+        bool ok = mongoc_bulk_operation_update_many_with_opts(w->bulk, &filter, update, NULL,
+                                                              &berr);
+        bson_destroy(&filter);
+        if (!ok)
+            return sd_error_set(err, "updating outbox entry %s: %s", it->id_text, berr.message);
+        w->n++;
+        return 0;
+    }
     bool ok = mongoc_collection_update_one(coll, &filter, update, NULL, &reply, &berr);
     bson_iter_t r;
     if (ok && modified)
@@ -102,9 +123,9 @@ static void log_entry(struct outbox_ctx *ctx, enum log_level level, const char *
 }
 
 /* Marks the entry sent. inc_attempt: this delivery counts as an attempt. */
-static int record_sent(mongoc_collection_t *coll, const struct item *it, const char *provider,
-                       const char *message_id, int64_t now_ms, bool inc_attempt,
-                       int64_t *modified, struct sd_error *err)
+static int record_sent(mongoc_collection_t *coll, struct writes *w, const struct item *it,
+                       const char *provider, const char *message_id, int64_t now_ms,
+                       bool inc_attempt, int64_t *modified, struct sd_error *err)
 {
     bson_t u = BSON_INITIALIZER, set, inc, unset;
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
@@ -126,7 +147,7 @@ static int record_sent(mongoc_collection_t *coll, const struct item *it, const c
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
     BSON_APPEND_UTF8(&unset, "send_started_at", "");
     bson_append_document_end(&u, &unset);
-    int rc = update_pending(coll, it, &u, modified, err);
+    int rc = update_pending_w(coll, w, it, &u, modified, err);
     bson_destroy(&u);
     return rc;
 }
@@ -145,9 +166,10 @@ static void append_error(bson_t *set, const struct provider_status *st, const ch
 }
 
 /* A failed attempt: reschedule (transient) or give up (permanent, or too many). */
-static void record_failure(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct item *it,
-                           const struct outbox_message *msg, const struct provider_status *st,
-                           const struct sd_error *why, int64_t now_ms, struct outbox_stats *stats)
+static void record_failure(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct writes *w,
+                           struct item *it, const struct outbox_message *msg,
+                           const struct provider_status *st, const struct sd_error *why,
+                           int64_t now_ms, struct outbox_stats *stats)
 {
     int attempts = it->attempts + 1;
     bool give_up = st->cls != PROVIDER_TRANSIENT || attempts >= OUTBOX_MAX_ATTEMPTS;
@@ -183,7 +205,7 @@ static void record_failure(struct outbox_ctx *ctx, mongoc_collection_t *coll, st
         bson_append_document_end(&u, &unset);
     }
     struct sd_error uerr;
-    if (update_pending(coll, it, &u, NULL, &uerr))
+    if (update_pending_w(coll, w, it, &u, NULL, &uerr))
         log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s", uerr.message);
     bson_destroy(&u);
 
@@ -202,16 +224,19 @@ static void record_failure(struct outbox_ctx *ctx, mongoc_collection_t *coll, st
     }
 }
 
-static void record_accepted(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct item *it,
-                            const char *provider, const char *message_id, bool found_later,
-                            int64_t now_ms, struct outbox_stats *stats)
+/* marked: the worker that sent it has written the claim's "sent:" already. */
+static void record_accepted(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct writes *w,
+                            struct item *it, const char *provider, const char *message_id,
+                            bool found_later, bool marked, int64_t now_ms,
+                            struct outbox_stats *stats)
 {
     struct sd_error e;
     /* Redis first: from here on no deliverer sends this entry again, even if
      * we die before MongoDB has the news. */
-    if (claim_mark_sent(ctx->redis, &it->claim, provider, message_id, OUTBOX_SENT_MARK_TTL_MS, &e))
+    if (!marked && claim_mark_sent(ctx->redis, &it->claim, provider, message_id,
+                                   OUTBOX_SENT_MARK_TTL_MS, &e))
         log_msg(LOG_ERROR, ctx->log, "outbox.claim", NULL, "%s", e.message);
-    if (record_sent(coll, it, provider, message_id, now_ms, !found_later, NULL, &e))
+    if (record_sent(coll, w, it, provider, message_id, now_ms, !found_later, NULL, &e))
         log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s (the send is recorded in Redis)",
                 e.message);
     if (found_later)
@@ -222,144 +247,379 @@ static void record_accepted(struct outbox_ctx *ctx, mongoc_collection_t *coll, s
               message_id, NULL, found_later ? "had reached the provider already" : "sent");
 }
 
-/* Re-reads the entry under our claim: still pending and due? */
-static bool still_due(mongoc_collection_t *coll, struct item *it, int64_t now_ms)
+
+/* ---- one batch ----------------------------------------------------------------
+ *
+ * claims (one Redis pipeline) → re-read the claimed entries (one find) →
+ * prepare → SMS: look up an earlier uncertain send, mark send_started_at (one
+ * update) → send, at most OUTBOX_IN_FLIGHT at once, each worker with its own
+ * HTTP/SMTP connection and Redis connection, writing the claim's "sent:"
+ * marker the moment the provider accepts → record every outcome (one bulk
+ * write) → release the claims (one pipeline). */
+
+#define OUTBOX_BATCH 100
+#define OUTBOX_IN_FLIGHT 16
+
+struct send {
+    struct item *it;
+    struct outbox_message msg;
+    int rc;
+    struct provider_status st;
+    struct sd_error err;
+    char message_id[160];
+    bool marked;
+};
+
+/* A sender's own connections, made on first use and kept for the call. */
+struct worker {
+    struct http_client *http;
+    struct smtp_client *smtp;
+    struct rds *redis;
+    bool failed;
+    pthread_t thread;
+    struct pool *pool;
+};
+
+struct pool {
+    struct outbox_ctx *ctx;
+    struct rds_options redis_opts;
+    bool have_redis;
+    struct send *sends;
+    size_t n;
+    atomic_size_t next;
+    int64_t now_ms;
+    struct worker workers[OUTBOX_IN_FLIGHT];
+};
+
+static int worker_ready(struct pool *p, struct worker *w)
 {
-    bson_t filter = BSON_INITIALIZER;
-    BSON_APPEND_VALUE(&filter, "_id", &it->id);
-    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, NULL, NULL);
-    const bson_t *doc;
-    bool due = false;
-    if (mongoc_cursor_next(cur, &doc)) {
-        bson_iter_t t;
-        due = strcmp(entry_str(doc, "status"), "pending") == 0 &&
-              bson_iter_init_find(&t, doc, "next_attempt_at") &&
-              (!BSON_ITER_HOLDS_DATE_TIME(&t) || bson_iter_date_time(&t) <= now_ms);
-        if (due) {
-            bson_destroy(it->entry);
-            it->entry = bson_copy(doc);
-            it->key = entry_str(it->entry, "key");
-            it->attempts = entry_attempts(it->entry);
-        }
+    if (w->http || w->failed)
+        return w->failed ? -1 : 0;
+    const struct config *cfg = p->ctx->cfg;
+    struct sd_error err;
+    struct http_options hopts = {.timeout_ms = cfg->http_timeout_ms, .stop = p->ctx->stop};
+    w->http = http_client_new(&hopts, &err);
+    if (w->http && p->ctx->smtp && cfg->smtp_url) {
+        struct smtp_options sopts = {.url = cfg->smtp_url,
+                                     .user = cfg->smtp_user,
+                                     .password = cfg->smtp_password,
+                                     .timeout_ms = 2 * cfg->http_timeout_ms,
+                                     .stop = p->ctx->stop};
+        w->smtp = smtp_client_new(&sopts, &err);
     }
-    mongoc_cursor_destroy(cur);
-    bson_destroy(&filter);
-    return due;
+    if (p->have_redis)
+        w->redis = rds_new(&p->redis_opts);
+    w->failed = !w->http || (p->ctx->smtp && !w->smtp);
+    if (w->failed)
+        log_msg(LOG_ERROR, p->ctx->log, "outbox.worker", NULL,
+                "cannot start a sender: %s; sending with fewer", err.message);
+    return w->failed ? -1 : 0;
 }
 
-static int mark_send_started(mongoc_collection_t *coll, struct item *it, int64_t now_ms,
-                             struct sd_error *err)
+static void *worker_run(void *arg)
 {
-    bson_t u = BSON_INITIALIZER, set;
+    struct worker *w = arg;
+    struct pool *p = w->pool;
+    struct outbox_ctx local = *p->ctx;
+    local.http = w->http;
+    local.smtp = w->smtp;
+    for (;;) {
+        size_t i = atomic_fetch_add(&p->next, 1);
+        if (i >= p->n || (p->ctx->stop && atomic_load(p->ctx->stop)))
+            break;
+        struct send *s = &p->sends[i];
+        s->rc = outbox_message_send(&local, &s->msg, p->now_ms, s->message_id,
+                                    sizeof s->message_id, &s->st, &s->err);
+        /* Redis at once: the window in which a crash resends stays as short as
+         * one send's. An SMS without an id is looked up first (below). */
+        struct sd_error e;
+        if (s->rc == 0 && w->redis && (s->message_id[0] || s->msg.via != VIA_SMS) &&
+            claim_mark_sent(w->redis, &s->it->claim, s->msg.provider, s->message_id,
+                            OUTBOX_SENT_MARK_TTL_MS, &e) == 0)
+            s->marked = true;
+    }
+    return NULL;
+}
+
+/* Sends p->sends: inline for one, else on up to OUTBOX_IN_FLIGHT threads. */
+static void send_all(struct pool *p)
+{
+    atomic_store(&p->next, 0);
+    size_t want = p->n < OUTBOX_IN_FLIGHT ? p->n : OUTBOX_IN_FLIGHT;
+    size_t started = 0;
+    if (p->n > 1 && p->ctx->cfg) {
+        for (size_t k = 0; k < want; k++) {
+            struct worker *w = &p->workers[k];
+            w->pool = p;
+            if (worker_ready(p, w) == 0 && pthread_create(&w->thread, NULL, worker_run, w) == 0)
+                started++;
+            else
+                w->failed = true;
+        }
+    }
+    if (started == 0) {
+        /* One entry, or no threads: this thread, its own connections. */
+        struct worker inline_w = {.http = p->ctx->http, .smtp = p->ctx->smtp, .pool = p};
+        worker_run(&inline_w);
+        return;
+    }
+    for (size_t k = 0; k < want; k++)
+        if (!p->workers[k].failed)
+            pthread_join(p->workers[k].thread, NULL);
+}
+
+static void pool_destroy(struct pool *p)
+{
+    for (int k = 0; k < OUTBOX_IN_FLIGHT; k++) {
+        http_client_destroy(p->workers[k].http);
+        smtp_client_destroy(p->workers[k].smtp);
+        if (p->workers[k].redis)
+            rds_destroy(p->workers[k].redis);
+    }
+}
+
+/* One find for the claimed entries: still pending and due? Replaces each
+ * item's entry with the fresh copy; returns how many are due (flags in due). */
+static int reread(mongoc_collection_t *coll, struct item **mine, size_t n, int64_t now_ms,
+                  bool *due, struct sd_error *err)
+{
+    bson_t filter = BSON_INITIALIZER, in, ids;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
+    for (size_t i = 0; i < n; i++) {
+        char k[12];
+        snprintf(k, sizeof k, "%zu", i);
+        BSON_APPEND_VALUE(&ids, k, &mine[i]->id);
+        due[i] = false;
+    }
+    bson_append_array_end(&in, &ids);
+    bson_append_document_end(&filter, &in);
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, NULL, NULL);
+    const bson_t *doc;
+    while (mongoc_cursor_next(cur, &doc)) {
+        char text[200];
+        bson_value_t id;
+        if (!id_text(doc, text, sizeof text, &id))
+            continue;
+        bson_value_destroy(&id);
+        for (size_t i = 0; i < n; i++) {
+            if (due[i] || strcmp(mine[i]->id_text, text) != 0)
+                continue;
+            bson_iter_t t;
+            due[i] = strcmp(entry_str(doc, "status"), "pending") == 0 &&
+                     bson_iter_init_find(&t, doc, "next_attempt_at") &&
+                     (!BSON_ITER_HOLDS_DATE_TIME(&t) || bson_iter_date_time(&t) <= now_ms);
+            if (due[i]) {
+                bson_destroy(mine[i]->entry);
+                mine[i]->entry = bson_copy(doc);
+                mine[i]->key = entry_str(mine[i]->entry, "key");
+                mine[i]->attempts = entry_attempts(mine[i]->entry);
+            }
+            break;
+        }
+    }
+    bson_error_t berr;
+    int rc = 0;
+    if (mongoc_cursor_error(cur, &berr))
+        rc = sd_error_set(err, "outbox: re-reading claimed entries: %s", berr.message);
+    mongoc_cursor_destroy(cur);
+    bson_destroy(&filter);
+    return rc;
+}
+
+/* send_started_at on every SMS about to go out, one update. */
+static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
+                        struct sd_error *err)
+{
+    bson_t filter = BSON_INITIALIZER, in, ids, u = BSON_INITIALIZER, set;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (sends[i].msg.via != VIA_SMS)
+            continue;
+        char key[12];
+        snprintf(key, sizeof key, "%zu", k++);
+        BSON_APPEND_VALUE(&ids, key, &sends[i].it->id);
+    }
+    bson_append_array_end(&in, &ids);
+    bson_append_document_end(&filter, &in);
+    BSON_APPEND_UTF8(&filter, "status", "pending");
+    /* Wall-clock time, not the tick's (maybe --now) time: it is compared with
+     * Twilio's date_created. */
+    int64_t now = clock_now_ms();
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
-    BSON_APPEND_DATE_TIME(&set, "send_started_at", now_ms);
-    BSON_APPEND_DATE_TIME(&set, "updated_at", now_ms);
+    BSON_APPEND_DATE_TIME(&set, "send_started_at", now);
+    BSON_APPEND_DATE_TIME(&set, "updated_at", now);
     bson_append_document_end(&u, &set);
-    int rc = update_pending(coll, it, &u, NULL, err);
+    bson_error_t berr;
+    int rc = 0;
+    if (k && !mongoc_collection_update_many(coll, &filter, &u, NULL, NULL, &berr))
+        rc = sd_error_set(err, "marking %zu SMS as being sent: %s", k, berr.message);
+    bson_destroy(&filter);
     bson_destroy(&u);
     return rc;
 }
 
-/* Under our claim: prepare, maybe look up, send, record. */
-static void deliver_claimed(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct item *it,
-                            int64_t now_ms, struct outbox_stats *stats)
+static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct pool *pool,
+                         struct item *items, size_t n, int64_t now_ms, struct outbox_stats *stats,
+                         struct sd_error *err)
 {
-    struct outbox_message msg;
-    struct provider_status st;
-    struct sd_error err = {""};
-    char message_id[160] = "";
-    if (outbox_message_prepare(ctx, it->entry, &msg, &st, &err)) {
-        record_failure(ctx, coll, it, &msg, &st, &err, now_ms, stats);
-        outbox_message_free(&msg);
-        return;
-    }
-    if (msg.via == VIA_SMS && msg.send_started_at) {
-        bool found = false;
-        if (outbox_message_find_sent(ctx, &msg, &found, message_id, sizeof message_id, &st,
-                                     &err)) {
-            /* Cannot tell whether it went out: do not send blind. */
-            st.cls = PROVIDER_TRANSIENT;
-            st.maybe_accepted = true;
-            sd_error_prefix(&err, "checking whether an earlier send arrived");
-            record_failure(ctx, coll, it, &msg, &st, &err, now_ms, stats);
-            outbox_message_free(&msg);
-            return;
-        }
-        if (found) {
-            record_accepted(ctx, coll, it, msg.provider, message_id, true, now_ms, stats);
-            outbox_message_free(&msg);
-            return;
-        }
-    }
-    /* Wall-clock time, not the tick's (maybe --now) time: it is compared with
-     * Twilio's date_created. */
-    if (msg.via == VIA_SMS && mark_send_started(coll, it, clock_now_ms(), &err)) {
-        provider_status_init(&st);
-        st.cls = PROVIDER_TRANSIENT;
-        snprintf(st.code, sizeof st.code, "database");
-        record_failure(ctx, coll, it, &msg, &st, &err, now_ms, stats);
-        outbox_message_free(&msg);
-        return;
-    }
-    if (outbox_message_send(ctx, &msg, now_ms, message_id, sizeof message_id, &st, &err) == 0) {
-        if (!message_id[0] && msg.via == VIA_SMS) {
-            /* Accepted with an unreadable answer: ask Twilio for the SID, so
-             * status callbacks can still be matched. */
-            struct outbox_message since = msg;
-            struct provider_status lst;
-            struct sd_error lerr;
-            bool found = false;
-            since.send_started_at = clock_now_ms();
-            outbox_message_find_sent(ctx, &since, &found, message_id, sizeof message_id, &lst,
-                                     &lerr);
-        }
-        if (!message_id[0]) /* accepted, but the answer lacked the id */
-            log_entry(ctx, LOG_WARN, "outbox.no_message_id", it, msg.provider, NULL, &st,
-                      "was accepted but the provider's answer carried no message id");
-        record_accepted(ctx, coll, it, msg.provider, message_id, false, now_ms, stats);
-    } else {
-        record_failure(ctx, coll, it, &msg, &st, &err, now_ms, stats);
-    }
-    outbox_message_free(&msg);
-}
-
-/* -1 only when Redis cannot be asked (the batch stops). */
-static int deliver_one(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct item *it,
-                       int64_t now_ms, struct outbox_stats *stats, struct sd_error *err)
-{
-    if (claim_acquire(ctx->redis, ctx->prefix, it->id_text, ctx->owner, OUTBOX_CLAIM_TTL_MS,
-                      &it->claim, err))
-        return -1;
-    if (it->claim.state == CLAIM_TAKEN) {
-        stats->skipped++;
-        return 0;
-    }
-    if (it->claim.state == CLAIM_SENT) {
-        /* A deliverer crashed between the provider's answer and MongoDB. */
-        int64_t modified = 0;
-        struct sd_error e;
-        if (record_sent(coll, it, it->claim.sent_provider, it->claim.sent_id, now_ms, true,
-                        &modified, &e))
-            log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s", e.message);
-        if (modified > 0) {
-            stats->recovered++;
-            log_entry(ctx, LOG_INFO, "outbox.recovered", it, it->claim.sent_provider,
-                      it->claim.sent_id, NULL, "had been sent (claim says so); recorded it");
-        } else {
+    const char **ids = calloc(n, sizeof *ids);
+    struct outbox_claim *claims = calloc(n, sizeof *claims);
+    struct item **mine = calloc(n, sizeof *mine);
+    bool *due = calloc(n, sizeof *due);
+    struct send *sends = calloc(n, sizeof *sends);
+    const struct outbox_claim **release = calloc(n, sizeof *release);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = items[i].id_text;
+    int rc = claim_acquire_many(ctx->redis, ctx->prefix, ids, ctx->owner, OUTBOX_CLAIM_TTL_MS,
+                                claims, n, err);
+    size_t n_mine = 0, n_sends = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        struct item *it = &items[i];
+        it->claim = claims[i];
+        if (it->claim.state == CLAIM_TAKEN) {
             stats->skipped++;
+        } else if (it->claim.state == CLAIM_SENT) {
+            /* A deliverer crashed between the provider's answer and MongoDB. */
+            int64_t modified = 0;
+            struct sd_error e;
+            if (record_sent(coll, NULL, it, it->claim.sent_provider, it->claim.sent_id, now_ms,
+                            true, &modified, &e))
+                log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s", e.message);
+            if (modified > 0) {
+                stats->recovered++;
+                log_entry(ctx, LOG_INFO, "outbox.recovered", it, it->claim.sent_provider,
+                          it->claim.sent_id, NULL, "had been sent (claim says so); recorded it");
+            } else {
+                stats->skipped++;
+            }
+        } else {
+            mine[n_mine] = it;
+            release[n_mine++] = &it->claim;
         }
-        return 0;
     }
-    if (still_due(coll, it, now_ms))
-        deliver_claimed(ctx, coll, it, now_ms, stats);
-    else
-        stats->skipped++;
+    if (rc == 0 && n_mine)
+        rc = reread(coll, mine, n_mine, now_ms, due, err);
+
+    bson_t bopts = BSON_INITIALIZER;
+    BSON_APPEND_BOOL(&bopts, "ordered", false);
+    struct writes w = {mongoc_collection_create_bulk_operation_with_opts(coll, &bopts), 0};
+    bson_destroy(&bopts);
+    for (size_t i = 0; rc == 0 && i < n_mine; i++) {
+        struct item *it = mine[i];
+        if (!due[i]) {
+            stats->skipped++;
+            continue;
+        }
+        struct send *s = &sends[n_sends];
+        s->it = it;
+        struct sd_error e = {""};
+        if (outbox_message_prepare(ctx, it->entry, &s->msg, &s->st, &e)) {
+            record_failure(ctx, coll, &w, it, &s->msg, &s->st, &e, now_ms, stats);
+            outbox_message_free(&s->msg);
+            continue;
+        }
+        if (s->msg.via == VIA_SMS && s->msg.send_started_at) {
+            bool found = false;
+            char message_id[160] = "";
+            if (outbox_message_find_sent(ctx, &s->msg, &found, message_id, sizeof message_id,
+                                         &s->st, &e)) {
+                /* Cannot tell whether it went out: do not send blind. */
+                s->st.cls = PROVIDER_TRANSIENT;
+                s->st.maybe_accepted = true;
+                sd_error_prefix(&e, "checking whether an earlier send arrived");
+                record_failure(ctx, coll, &w, it, &s->msg, &s->st, &e, now_ms, stats);
+                outbox_message_free(&s->msg);
+                continue;
+            }
+            if (found) {
+                record_accepted(ctx, coll, &w, it, s->msg.provider, message_id, true, false,
+                                now_ms, stats);
+                outbox_message_free(&s->msg);
+                continue;
+            }
+        }
+        n_sends++;
+    }
+    if (rc == 0 && n_sends) {
+        struct sd_error e;
+        if (mark_started(coll, sends, n_sends, &e)) {
+            /* Without the marker a crash could resend blind: these SMS wait. */
+            for (size_t i = 0; i < n_sends; i++) {
+                if (sends[i].msg.via != VIA_SMS)
+                    continue;
+                provider_status_init(&sends[i].st);
+                sends[i].st.cls = PROVIDER_TRANSIENT;
+                snprintf(sends[i].st.code, sizeof sends[i].st.code, "database");
+                sends[i].rc = 1; /* not sent */
+                sends[i].err = e;
+            }
+        }
+        /* Only what may go out goes to the senders. */
+        struct send *go = calloc(n_sends, sizeof *go);
+        size_t n_go = 0;
+        for (size_t i = 0; i < n_sends; i++)
+            if (sends[i].rc == 0)
+                go[n_go++] = sends[i];
+        pool->sends = go;
+        pool->n = n_go;
+        pool->now_ms = now_ms;
+        send_all(pool);
+        for (size_t i = 0, j = 0; i < n_sends; i++)
+            if (sends[i].rc == 0)
+                sends[i] = go[j++];
+        free(go);
+        for (size_t i = 0; i < n_sends; i++) {
+            struct send *s = &sends[i];
+            if (s->rc == 0) {
+                if (!s->message_id[0] && s->msg.via == VIA_SMS) {
+                    /* Accepted with an unreadable answer: ask Twilio for the
+                     * SID, so status callbacks can still be matched. */
+                    struct outbox_message since = s->msg;
+                    struct provider_status lst;
+                    struct sd_error lerr;
+                    bool found = false;
+                    since.send_started_at = clock_now_ms();
+                    outbox_message_find_sent(ctx, &since, &found, s->message_id,
+                                             sizeof s->message_id, &lst, &lerr);
+                }
+                if (!s->message_id[0])
+                    log_entry(ctx, LOG_WARN, "outbox.no_message_id", s->it, s->msg.provider,
+                              NULL, &s->st,
+                              "was accepted but the provider's answer carried no message id");
+                record_accepted(ctx, coll, &w, s->it, s->msg.provider, s->message_id, false,
+                                s->marked, now_ms, stats);
+            } else {
+                record_failure(ctx, coll, &w, s->it, &s->msg, &s->st, &s->err, now_ms, stats);
+            }
+            outbox_message_free(&s->msg);
+        }
+    }
+    if (w.n) {
+        bson_t reply;
+        bson_error_t berr;
+        if (!mongoc_bulk_operation_execute(w.bulk, &reply, &berr))
+            log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL,
+                    "recording %d outbox outcomes: %s (sends are recorded in Redis)", w.n,
+                    berr.message);
+        bson_destroy(&reply);
+    }
+    mongoc_bulk_operation_destroy(w.bulk);
     /* Compare-and-delete: an accepted entry's "sent:" marker no longer holds
      * our token and stays. */
     struct sd_error e;
-    if (claim_release(ctx->redis, &it->claim, &e))
-        log_msg(LOG_WARN, ctx->log, "outbox.claim", NULL, "%s (expires by itself)", e.message);
-    return 0;
+    if (n_mine && claim_release_many(ctx->redis, release, n_mine, &e))
+        log_msg(LOG_WARN, ctx->log, "outbox.claim", NULL, "%s (they expire by themselves)",
+                e.message);
+    free(ids);
+    free(claims);
+    free(mine);
+    free(due);
+    free(sends);
+    free(release);
+    return rc;
 }
 
 int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct outbox_stats *stats,
@@ -407,11 +667,20 @@ int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct out
     mongoc_cursor_destroy(cur);
     stats->due += (int64_t)n;
 
-    for (size_t i = 0; rc == 0 && i < n; i++) {
+    struct pool *pool = calloc(1, sizeof *pool);
+    pool->ctx = ctx;
+    if (ctx->redis_opts) {
+        pool->redis_opts = *ctx->redis_opts;
+        pool->have_redis = true;
+    }
+    for (size_t i = 0; rc == 0 && i < n; i += OUTBOX_BATCH) {
         if (ctx->stop && atomic_load(ctx->stop))
             break;
-        rc = deliver_one(ctx, coll, &items[i], now_ms, stats, err);
+        size_t m = n - i < OUTBOX_BATCH ? n - i : OUTBOX_BATCH;
+        rc = deliver_batch(ctx, coll, pool, items + i, m, now_ms, stats, err);
     }
+    pool_destroy(pool);
+    free(pool);
     for (size_t i = 0; i < n; i++) {
         bson_destroy(items[i].entry);
         bson_value_destroy(&items[i].id);

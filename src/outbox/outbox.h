@@ -78,6 +78,9 @@ struct outbox_ctx {
     const struct log_ctx *log;
     atomic_bool *stop;          /* checked between entries */
     const char *owner;          /* "<host>:<pid>", part of claim tokens */
+    /* Where concurrent senders connect to Redis to record an accepted send at
+     * once; NULL: the calling thread records it after the batch. */
+    const struct rds_options *redis_opts;
 };
 
 struct outbox_stats {

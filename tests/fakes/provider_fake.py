@@ -453,6 +453,10 @@ def main(argv=None) -> int:
     ap.add_argument("--state", help="JSON object merged into the default state")
     args = ap.parse_args(argv)
     Handler.fake = Fake(json.loads(args.state) if args.state else None)
+    # A listen backlog for concurrent senders (the outbox opens up to 16
+    # connections at once): socketserver's default of 5 drops SYNs, which
+    # the client retransmits only after a second.
+    ThreadingHTTPServer.request_queue_size = 128
     srv = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     srv.daemon_threads = True
     port = srv.server_address[1]

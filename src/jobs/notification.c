@@ -1,0 +1,501 @@
+/* notification — collect and apply around notification_decide (see
+ * notification.h).
+ *
+ * Exactly once rests on the outbox's unique keys, which notification_decide
+ * derives from what triggered each mail: the outbox entries of a batch are
+ * inserted first, then the state records, then the SLA fields. A process
+ * killed anywhere in between leaves the conversation as it was (its
+ * updated_at is still past the checkpoint, which moves only at the end of a
+ * tick, and its sla.next_due still due): the next tick decides the same
+ * mails again, and their inserts are no-ops. Two instances at once insert
+ * the same keys; one wins.
+ *
+ * The SLA write is conditional on updated_at as read and does not change
+ * it: a conversation the platform changed meanwhile keeps its old sla and is
+ * seen again by the next tick's change query. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobs/job.h"
+#include "jobs/notification.h"
+#include "jobs/seam.h"
+#include "outbox/outbox.h"
+#include "store/mongo.h"
+
+#define BATCH 500
+#define MAX_BATCHES 2000
+#define CHANGED_SKEW_MS 60000 /* a write that commits late is still seen */
+#define OUTBOX_LIMIT 1000
+
+struct tick {
+    struct job_env *env;
+    mongoc_collection_t *convs;
+    bool baseline;
+    int64_t changed, due, enqueued, duplicates, states, sla_written, sla_conflicts, bad,
+        batches;
+};
+
+static void counts_to(struct tick *t)
+{
+    bson_t *c = t->env->counts;
+    BSON_APPEND_BOOL(c, "baseline", t->baseline);
+    BSON_APPEND_INT64(c, "changed", t->changed);
+    BSON_APPEND_INT64(c, "due", t->due);
+    BSON_APPEND_INT64(c, "notifications", t->enqueued);
+    BSON_APPEND_INT64(c, "duplicate_notifications", t->duplicates);
+    BSON_APPEND_INT64(c, "states", t->states);
+    BSON_APPEND_INT64(c, "sla_written", t->sla_written);
+    BSON_APPEND_INT64(c, "sla_conflicts", t->sla_conflicts);
+    BSON_APPEND_INT64(c, "bad_documents", t->bad);
+    BSON_APPEND_INT64(c, "batches", t->batches);
+}
+
+static int find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts,
+                    bson_t ***docs, size_t *n, struct sd_error *err)
+{
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
+    const bson_t *doc;
+    size_t cap = *n + 64;
+    *docs = realloc(*docs, cap * sizeof **docs);
+    while (mongoc_cursor_next(cur, &doc)) {
+        if (*n == cap)
+            *docs = realloc(*docs, (cap *= 2) * sizeof **docs);
+        (*docs)[(*n)++] = bson_copy(doc);
+    }
+    bson_error_t berr;
+    int rc = 0;
+    if (mongoc_cursor_error(cur, &berr))
+        rc = sd_error_set(err, "reading %s: %s", mongoc_collection_get_name(coll), berr.message);
+    mongoc_cursor_destroy(cur);
+    return rc;
+}
+
+static void free_docs(bson_t **docs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        bson_destroy(docs[i]);
+    free(docs);
+}
+
+/* Appends {field: {$in: [values of docs' `from` field]}} to filter. */
+static uint32_t append_in(bson_t *filter, const char *field, bson_t **docs, size_t n,
+                          const char *from)
+{
+    bson_t in, ids;
+    uint32_t k = 0;
+    BSON_APPEND_DOCUMENT_BEGIN(filter, field, &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, docs[i], from) && BSON_ITER_HOLDS_OID(&it)) {
+            char idx[12];
+            snprintf(idx, sizeof idx, "%u", k++);
+            BSON_APPEND_OID(&ids, idx, bson_iter_oid(&it));
+        }
+    }
+    bson_append_array_end(&in, &ids);
+    bson_append_document_end(filter, &in);
+    return k;
+}
+
+/* Runs filter on coll and files each result under the hex of its `by` field. */
+static int load_map(struct tick *t, const char *coll_name, bson_t *filter, const char *by,
+                    bson_t *map, struct sd_error *err)
+{
+    bson_t **found = NULL;
+    size_t n = 0;
+    mongoc_collection_t *coll = mongoc_client_get_collection(t->env->mongo, t->env->db, coll_name);
+    int rc = find_all(coll, filter, NULL, &found, &n, err);
+    mongoc_collection_destroy(coll);
+    bson_t seen = BSON_INITIALIZER;
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, found[i], by) && BSON_ITER_HOLDS_OID(&it)) {
+            char hex[25];
+            bson_oid_to_string(bson_iter_oid(&it), hex);
+            if (!bson_has_field(&seen, hex)) { /* first one wins (channels) */
+                BSON_APPEND_BOOL(&seen, hex, true);
+                BSON_APPEND_DOCUMENT(map, hex, found[i]);
+            }
+        }
+    }
+    bson_destroy(&seen);
+    free_docs(found, n);
+    return rc;
+}
+
+/* New inbound messages per conversation since what was last notified, for
+ * the coalesced mail's count: one query for the conversations concerned. */
+static int load_counts(struct tick *t, bson_t **docs, size_t n, const bson_t *states,
+                       bson_t *counts, struct sd_error *err)
+{
+    bson_t **want = calloc(n + 1, sizeof *want);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t it, s;
+        char hex[25];
+        if (!bson_iter_init_find(&it, docs[i], "_id") || !BSON_ITER_HOLDS_OID(&it))
+            continue;
+        bson_oid_to_string(bson_iter_oid(&it), hex);
+        int64_t customer = 0, seen = 0;
+        if (bson_iter_init_find(&it, docs[i], "last_customer_message_at") &&
+            BSON_ITER_HOLDS_DATE_TIME(&it))
+            customer = bson_iter_date_time(&it);
+        char path[64];
+        snprintf(path, sizeof path, "%s.customer_at", hex);
+        if (bson_iter_init(&s, states) && bson_iter_find_descendant(&s, path, &s) &&
+            BSON_ITER_HOLDS_DATE_TIME(&s))
+            seen = bson_iter_date_time(&s);
+        else
+            continue; /* new ticket: ticket.created covers its messages */
+        if (customer > seen)
+            want[k++] = docs[i];
+    }
+    int rc = 0;
+    if (k) {
+        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
+        append_in(&filter, "conversation_id", want, k, "_id");
+        BSON_APPEND_UTF8(&filter, "direction", "inbound");
+        BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+        BSON_APPEND_INT32(&proj, "conversation_id", 1);
+        BSON_APPEND_INT32(&proj, "created_at", 1);
+        bson_append_document_end(&opts, &proj);
+        bson_t **msgs = NULL;
+        size_t n_msgs = 0;
+        mongoc_collection_t *coll =
+            mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_MESSAGE);
+        rc = find_all(coll, &filter, &opts, &msgs, &n_msgs, err);
+        mongoc_collection_destroy(coll);
+        bson_destroy(&filter);
+        bson_destroy(&opts);
+        for (size_t i = 0; i < k && rc == 0; i++) {
+            bson_iter_t it, s;
+            char hex[25], path[64];
+            bson_iter_init_find(&it, want[i], "_id");
+            const bson_oid_t *oid = bson_iter_oid(&it);
+            bson_oid_to_string(oid, hex);
+            snprintf(path, sizeof path, "%s.customer_at", hex);
+            bson_iter_init(&s, states);
+            bson_iter_find_descendant(&s, path, &s);
+            int64_t seen = bson_iter_date_time(&s), count = 0;
+            for (size_t j = 0; j < n_msgs; j++) {
+                bson_iter_t c, d;
+                if (bson_iter_init_find(&c, msgs[j], "conversation_id") &&
+                    BSON_ITER_HOLDS_OID(&c) && bson_oid_equal(bson_iter_oid(&c), oid) &&
+                    bson_iter_init_find(&d, msgs[j], "created_at") &&
+                    BSON_ITER_HOLDS_DATE_TIME(&d) && bson_iter_date_time(&d) > seen)
+                    count++;
+            }
+            if (count)
+                BSON_APPEND_INT64(counts, hex, count);
+        }
+        free_docs(msgs, n_msgs);
+    }
+    free(want);
+    return rc;
+}
+
+/* The outbox entries of every action: one insertMany, unique keys. */
+static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *err)
+{
+    /* Counted first: a static bson_t points into itself, so an array of them
+     * must not move (no realloc) once initialised. */
+    size_t n = 0;
+    bson_iter_t it, a, e;
+    bson_iter_init(&it, actions);
+    while (bson_iter_next(&it))
+        if (bson_iter_recurse(&it, &a) && bson_iter_find(&a, "notifications") &&
+            bson_iter_recurse(&a, &e))
+            while (bson_iter_next(&e))
+                n++;
+    if (n == 0)
+        return 0;
+    bson_t *owned = calloc(n, sizeof *owned);
+    const bson_t **entries = calloc(n, sizeof *entries);
+    size_t k = 0;
+    bson_iter_init(&it, actions);
+    while (bson_iter_next(&it)) {
+        if (!bson_iter_recurse(&it, &a) || !bson_iter_find(&a, "notifications") ||
+            !bson_iter_recurse(&a, &e))
+            continue;
+        while (bson_iter_next(&e) && k < n) {
+            uint32_t len;
+            const uint8_t *data;
+            bson_iter_document(&e, &len, &data);
+            bson_init_static(&owned[k], data, len);
+            entries[k] = &owned[k];
+            k++;
+        }
+    }
+    int inserted = 0;
+    int rc = outbox_enqueue(t->env->mongo, t->env->db, entries, k, t->env->now_ms, &inserted, err);
+    if (rc == 0) {
+        t->enqueued += inserted;
+        t->duplicates += (int64_t)k - inserted;
+    }
+    free(entries);
+    free(owned);
+    return rc;
+}
+
+static bool sub_doc(const bson_t *doc, const char *key, bson_t *out)
+{
+    bson_iter_t it;
+    uint32_t len;
+    const uint8_t *data;
+    if (!bson_iter_init_find(&it, doc, key) || !BSON_ITER_HOLDS_DOCUMENT(&it))
+        return false;
+    bson_iter_document(&it, &len, &data);
+    return bson_init_static(out, data, len);
+}
+
+/* The state records (upserts) and the changed SLA fields (conditional). */
+static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *actions,
+                       struct sd_error *err)
+{
+    bson_t opts = BSON_INITIALIZER;
+    BSON_APPEND_BOOL(&opts, "ordered", false);
+    mongoc_collection_t *states =
+        mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_NOTIFY_STATE);
+    mongoc_bulk_operation_t *sb = mongoc_collection_create_bulk_operation_with_opts(states, &opts);
+    mongoc_bulk_operation_t *cb = mongoc_collection_create_bulk_operation_with_opts(t->convs, &opts);
+    bson_destroy(&opts);
+    int n_states = 0, n_sla = 0, rc = 0;
+    bson_iter_t it;
+    bson_iter_init(&it, actions);
+    while (bson_iter_next(&it) && rc == 0) {
+        uint32_t len;
+        const uint8_t *data;
+        bson_t action, state, sla;
+        bson_iter_document(&it, &len, &data);
+        bson_init_static(&action, data, len);
+        bson_iter_t f;
+        bson_iter_init_find(&f, &action, "conversation_id");
+        const bson_oid_t *oid = bson_iter_oid(&f);
+        bson_error_t berr;
+        /* update_many on an _id filter, not update_one: FerretDB 1.24 holds a
+         * connection per multi:false statement and a bulk of more than 50
+         * deadlocks it (see snooze.c). */
+        if (sub_doc(&action, "state", &state)) {
+            bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, uopts = BSON_INITIALIZER;
+            BSON_APPEND_OID(&filter, "_id", oid);
+            BSON_APPEND_DOCUMENT(&update, "$set", &state);
+            BSON_APPEND_BOOL(&uopts, "upsert", true);
+            if (!mongoc_bulk_operation_update_many_with_opts(sb, &filter, &update, &uopts, &berr))
+                rc = sd_error_set(err, "building the state write: %s", berr.message);
+            n_states++;
+            bson_destroy(&filter);
+            bson_destroy(&update);
+            bson_destroy(&uopts);
+        }
+        /* The SLA, only when it differs from what was read. */
+        const bson_t *conv = NULL;
+        for (size_t i = 0; i < n && !conv; i++) {
+            bson_iter_t id;
+            if (bson_iter_init_find(&id, docs[i], "_id") && BSON_ITER_HOLDS_OID(&id) &&
+                bson_oid_equal(bson_iter_oid(&id), oid))
+                conv = docs[i];
+        }
+        bool has_sla = sub_doc(&action, "sla", &sla);
+        bool level = bson_iter_init_find(&f, &action, "escalation_level");
+        bson_t old;
+        bool same = has_sla && conv && sub_doc(conv, "sla", &old) && bson_equal(&old, &sla);
+        if (rc == 0 && conv && ((has_sla && !same) || level)) {
+            bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, set;
+            BSON_APPEND_OID(&filter, "_id", oid);
+            bson_iter_t u;
+            if (bson_iter_init_find(&u, &action, "read_updated_at"))
+                BSON_APPEND_DATE_TIME(&filter, "updated_at", bson_iter_date_time(&u));
+            BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+            if (has_sla)
+                BSON_APPEND_DOCUMENT(&set, "sla", &sla);
+            if (level)
+                BSON_APPEND_INT64(&set, "escalation_level", bson_iter_as_int64(&f));
+            bson_append_document_end(&update, &set);
+            if (!mongoc_bulk_operation_update_many_with_opts(cb, &filter, &update, NULL, &berr))
+                rc = sd_error_set(err, "building the SLA write: %s", berr.message);
+            n_sla++;
+            bson_destroy(&filter);
+            bson_destroy(&update);
+        }
+    }
+    bson_t reply;
+    bson_error_t berr;
+    if (rc == 0 && n_states) {
+        if (!mongoc_bulk_operation_execute(sb, &reply, &berr))
+            rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, berr.message);
+        else
+            t->states += n_states;
+        bson_destroy(&reply);
+    }
+    if (rc == 0 && n_sla) {
+        bool ok = mongoc_bulk_operation_execute(cb, &reply, &berr);
+        bson_iter_t r;
+        int64_t matched = 0;
+        if (bson_iter_init_find(&r, &reply, "nMatched"))
+            matched = bson_iter_as_int64(&r);
+        bson_destroy(&reply);
+        if (!ok)
+            rc = sd_error_set(err, "writing the SLA of %d conversations: %s", n_sla, berr.message);
+        t->sla_written += matched;
+        t->sla_conflicts += n_sla - matched;
+    }
+    mongoc_bulk_operation_destroy(sb);
+    mongoc_bulk_operation_destroy(cb);
+    mongoc_collection_destroy(states);
+    return rc;
+}
+
+/* collect the rest of a batch, decide, apply. */
+static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err)
+{
+    bson_t rooms = BSON_INITIALIZER, states = BSON_INITIALIZER, channels = BSON_INITIALIZER,
+           zones = BSON_INITIALIZER, counts = BSON_INITIALIZER, actions = BSON_INITIALIZER;
+    bson_t f1 = BSON_INITIALIZER, f2 = BSON_INITIALIZER, f3 = BSON_INITIALIZER;
+    int rc = 0;
+    if (append_in(&f1, "_id", docs, n, "room_id"))
+        rc = load_map(t, COLL_ROOM, &f1, "_id", &rooms, err);
+    if (rc == 0 && append_in(&f2, "_id", docs, n, "_id"))
+        rc = load_map(t, COLL_NOTIFY_STATE, &f2, "_id", &states, err);
+    if (rc == 0 && !bson_empty(&rooms)) {
+        append_in(&f3, "room_id", docs, n, "room_id");
+        BSON_APPEND_UTF8(&f3, "type", "sms");
+        BSON_APPEND_BOOL(&f3, "active", true);
+        rc = load_map(t, COLL_CHANNEL, &f3, "room_id", &channels, err);
+    }
+    if (rc == 0 && !t->baseline)
+        rc = load_counts(t, docs, n, &states, &counts, err);
+    bson_iter_t it;
+    if (rc == 0 && bson_iter_init(&it, &rooms)) {
+        while (bson_iter_next(&it)) {
+            bson_t room;
+            uint32_t len;
+            const uint8_t *data;
+            bson_iter_document(&it, &len, &data);
+            bson_init_static(&room, data, len);
+            notification_zone(&room, bson_iter_key(&it), t->env->now_ms, t->env->log, &zones,
+                              bson_iter_key(&it));
+        }
+    }
+    if (rc == 0) {
+        uint32_t n_actions = 0;
+        struct notification_input in = {.conversations = (const bson_t *const *)docs,
+                                        .n_conversations = n,
+                                        .rooms = &rooms,
+                                        .states = &states,
+                                        .channels = &channels,
+                                        .zones = &zones,
+                                        .counts = &counts,
+                                        .now_ms = t->env->now_ms,
+                                        .baseline = t->baseline,
+                                        .rules = t->env->rules,
+                                        .log = t->env->log};
+        t->bad += notification_decide(&in, &actions, &n_actions);
+        rc = write_outbox(t, &actions, err);
+        seam_wait("notification_after_enqueue");
+        if (rc == 0)
+            rc = write_state(t, docs, n, &actions, err);
+    }
+    bson_destroy(&f1);
+    bson_destroy(&f2);
+    bson_destroy(&f3);
+    bson_destroy(&rooms);
+    bson_destroy(&states);
+    bson_destroy(&channels);
+    bson_destroy(&zones);
+    bson_destroy(&counts);
+    bson_destroy(&actions);
+    t->batches++;
+    return rc;
+}
+
+/* Pages through `cond` (plus _id > last) in _id order, BATCH at a time. */
+static int sweep(struct tick *t, const bson_t *cond, int64_t *found, struct sd_error *err)
+{
+    bson_oid_t last;
+    bool have_last = false;
+    for (int round = 0; round < MAX_BATCHES && !job_should_stop(t->env); round++) {
+        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort, gt;
+        bson_concat(&filter, cond);
+        if (have_last) {
+            BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &gt);
+            BSON_APPEND_OID(&gt, "$gt", &last);
+            bson_append_document_end(&filter, &gt);
+        }
+        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+        BSON_APPEND_INT32(&sort, "_id", 1);
+        bson_append_document_end(&opts, &sort);
+        BSON_APPEND_INT64(&opts, "limit", BATCH);
+        bson_t **docs = NULL;
+        size_t n = 0;
+        int rc = find_all(t->convs, &filter, &opts, &docs, &n, err);
+        bson_destroy(&filter);
+        bson_destroy(&opts);
+        bson_iter_t it;
+        if (n && bson_iter_init_find(&it, docs[n - 1], "_id") && BSON_ITER_HOLDS_OID(&it)) {
+            bson_oid_copy(bson_iter_oid(&it), &last);
+            have_last = true;
+        }
+        *found += (int64_t)n;
+        if (rc == 0 && n)
+            rc = process(t, docs, n, err);
+        free_docs(docs, n);
+        if (rc || n < BATCH)
+            return rc;
+    }
+    return 0;
+}
+
+int job_notification(struct job_env *env, struct sd_error *err)
+{
+    struct tick t = {.env = env};
+    t.convs = mongoc_client_get_collection(env->mongo, env->db, COLL_CONVERSATION);
+    char key[300];
+    snprintf(key, sizeof key, "%snotification:changed_since", env->cfg->redis_prefix);
+    int rc = 0;
+    int64_t since = -1;
+    redisReply *rep = rds_command(env->redis, err, "GET %s", key);
+    if (!rep) {
+        rc = -1;
+    } else {
+        if (rep->type == REDIS_REPLY_STRING)
+            since = strtoll(rep->str, NULL, 10);
+        freeReplyObject(rep);
+    }
+    t.baseline = rc == 0 && since < 0;
+    if (rc == 0) {
+        bson_t cond = BSON_INITIALIZER, range;
+        if (!t.baseline) {
+            /* No lower bound on a fresh install: every conversation once. */
+            BSON_APPEND_DOCUMENT_BEGIN(&cond, "updated_at", &range);
+            BSON_APPEND_DATE_TIME(&range, "$gte", since - CHANGED_SKEW_MS);
+            bson_append_document_end(&cond, &range);
+        }
+        rc = sweep(&t, &cond, &t.changed, err);
+        bson_destroy(&cond);
+    }
+    if (rc == 0 && !job_should_stop(env)) {
+        bson_t cond = BSON_INITIALIZER, range;
+        BSON_APPEND_DOCUMENT_BEGIN(&cond, "sla.next_due", &range);
+        BSON_APPEND_DATE_TIME(&range, "$lte", env->now_ms);
+        bson_append_document_end(&cond, &range);
+        rc = sweep(&t, &cond, &t.due, err);
+        bson_destroy(&cond);
+    }
+    if (rc == 0 && !job_should_stop(env)) {
+        /* The tick's now, not the wall clock: what --now ran against is what
+         * the next tick's change query starts from. */
+        rep = rds_command(env->redis, err, "SET %s %lld", key, (long long)env->now_ms);
+        if (!rep)
+            rc = -1;
+        else
+            freeReplyObject(rep);
+    }
+    counts_to(&t);
+    /* The job delivers what it enqueued, and what any job left pending. */
+    if (rc == 0 && !job_should_stop(env))
+        rc = job_deliver_outbox(env, OUTBOX_LIMIT, err);
+    mongoc_collection_destroy(t.convs);
+    return rc;
+}

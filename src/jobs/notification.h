@@ -1,0 +1,74 @@
+/* notification.h — the notification job: ticket activity, SLA warnings,
+ * breaches and escalation, response reminders and customer updates, each
+ * sent once (SPEC §7).
+ *
+ * What it keeps:
+ *   conversation-notify-state  one document per conversation, supportd's
+ *       own: what it last notified about (see struct below). _id is the
+ *       conversation's _id.
+ *       { _id, status, assignee (text: id hex or string, "" for none),
+ *         customer_at (ms of the last customer message notified, 0 none),
+ *         seen_updated_at (ms: the conversation's updated_at then),
+ *         reminder_for (ms: last_customer_message_at reminders count for),
+ *         reminders (how many were sent for it), at (ms written) }
+ *   conversation.sla  { policy, first_response_due, resolution_due,
+ *       next_due, warned: ["<target>:<due ms>"], breached: [...],
+ *       paused_at?, paused_minutes } and conversation.escalation_level.
+ *   Redis notification:changed_since  "<ms>": where the next tick's change
+ *       query starts (minus a skew margin). Absent = a fresh install: the
+ *       first tick records the present of every conversation, mails nobody.
+ *
+ * The job is collect → decide → apply:
+ *   collect  conversations changed since the checkpoint (updated_at), and
+ *            those with sla.next_due <= now (index), in batches, with their
+ *            rooms, notify-state records, SMS channels and zone offsets;
+ *   decide   notification_decide(): pure, documents and rules in, a plan out;
+ *   apply    outbox inserts under keys derived from what triggered each
+ *            (exactly once), then the state records, then the SLA fields
+ *            (conditional on updated_at as read), then delivery.
+ *
+ * Ownership: notification_decide appends to caller-owned BSON. Errors follow
+ * core/error.h.
+ */
+#ifndef SD_JOBS_NOTIFICATION_H
+#define SD_JOBS_NOTIFICATION_H
+
+#include <bson/bson.h>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "rules/engine.h"
+
+#define COLL_NOTIFY_STATE "conversation-notify-state"
+
+struct notification_input {
+    const bson_t *const *conversations; /* as read */
+    size_t n_conversations;
+    const bson_t *rooms;     /* { "<room id hex>": room } */
+    const bson_t *states;    /* { "<conversation id hex>": notify-state record } */
+    const bson_t *channels;  /* { "<room id hex>": the room's active SMS channel } */
+    const bson_t *zones;     /* { "<room id hex>": [{at: ms, offset: minutes}, ...] } */
+    const bson_t *counts;    /* { "<conversation id hex>": new inbound messages } */
+    int64_t now_ms;
+    bool baseline;           /* fresh install: record the present, mail nobody */
+    struct rules *rules;
+    const struct log_ctx *log;
+};
+
+/* Appends one action per conversation to `actions` (keys continue from
+ * *n_actions):
+ *   { kind: "notify", target: <id hex>, conversation_id, read_updated_at?,
+ *     state: <the notify-state record to write>,
+ *     sla: <the sla document to write> (absent: leave it), sla_unset: bool,
+ *     escalation_level: <new level> (absent: unchanged),
+ *     notifications: [ <outbox entry, SPEC §2, status "pending"> ] }
+ * Returns the number of bad documents met (logged). Pure but for logging. */
+int notification_decide(const struct notification_input *in, bson_t *actions,
+                        uint32_t *n_actions);
+
+/* Zone offsets of a room for the rules, around now: [{at, offset}] into
+ * `out` under key `key`. Logs an unknown zone with the room id (then UTC). */
+void notification_zone(const bson_t *room, const char *room_hex, int64_t now_ms,
+                       const struct log_ctx *log, bson_t *out, const char *key);
+
+#endif

@@ -1,0 +1,821 @@
+/* notification_decide — the pure heart of the notification job (see
+ * notification.h): compares each conversation with what supportd last
+ * notified about, computes its SLA from sla.lua, and plans the outbox
+ * entries, the new state record and the SLA fields.
+ *
+ * Outbox keys are "<type>:<conversation>:<trigger>:<recipient>", the trigger
+ * being what caused the mail, never when it was seen:
+ *   ticket.created           (nothing: once per conversation)
+ *   ticket.assigned          <assignee>:<assigned_at, else the updated_at
+ *                            of the state the change was seen against>
+ *   ticket.customer_message  <last_customer_message_at>
+ *   ticket.status_changed / resolved / closed
+ *                            <status>:<resolved_at/closed_at, else the
+ *                            updated_at of the previous state>
+ *   ticket.sla_warning / sla_breached
+ *                            <target>:<deadline ms>
+ *   ticket.escalated         <level>:<deadline ms>
+ *   ticket.response_reminder <last_customer_message_at>:<n>
+ * so a change seen in two ticks, or by two instances, inserts the same key
+ * (a no-op), and a moved deadline can warn again. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/tz.h"
+#include "jobs/notification.h"
+
+#define MAX_LEVELS 16
+
+/* ---- reading documents ---------------------------------------------------- */
+
+static bool find(const bson_t *doc, const char *path, bson_iter_t *it)
+{
+    return doc && bson_iter_init(it, doc) && bson_iter_find_descendant(it, path, it);
+}
+
+static const char *utf8_at(const bson_t *doc, const char *path)
+{
+    bson_iter_t it;
+    return find(doc, path, &it) && BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : NULL;
+}
+
+/* A date or an integer (ms), else 0. */
+static int64_t ms_at(const bson_t *doc, const char *path)
+{
+    bson_iter_t it;
+    if (!find(doc, path, &it))
+        return 0;
+    if (BSON_ITER_HOLDS_DATE_TIME(&it))
+        return bson_iter_date_time(&it);
+    if (BSON_ITER_HOLDS_INT(&it))
+        return bson_iter_as_int64(&it);
+    return 0;
+}
+
+static int64_t int_at(const bson_t *doc, const char *path, int64_t dflt)
+{
+    bson_iter_t it;
+    return find(doc, path, &it) && BSON_ITER_HOLDS_NUMBER(&it) ? bson_iter_as_int64(&it) : dflt;
+}
+
+static bool sub_doc(const bson_t *doc, const char *key, bson_t *out)
+{
+    bson_iter_t it;
+    if (!doc || !bson_iter_init_find(&it, doc, key) ||
+        !(BSON_ITER_HOLDS_DOCUMENT(&it) || BSON_ITER_HOLDS_ARRAY(&it)))
+        return false;
+    uint32_t len;
+    const uint8_t *data;
+    if (BSON_ITER_HOLDS_DOCUMENT(&it))
+        bson_iter_document(&it, &len, &data);
+    else
+        bson_iter_array(&it, &len, &data);
+    return bson_init_static(out, data, len);
+}
+
+/* An id (ObjectId or string) as text; "" for none. */
+static void id_text(const bson_t *doc, const char *path, char *out, size_t size)
+{
+    bson_iter_t it;
+    out[0] = '\0';
+    if (!find(doc, path, &it))
+        return;
+    if (BSON_ITER_HOLDS_OID(&it) && size >= 25)
+        bson_oid_to_string(bson_iter_oid(&it), out);
+    else if (BSON_ITER_HOLDS_UTF8(&it))
+        snprintf(out, size, "%s", bson_iter_utf8(&it, NULL));
+}
+
+static bool list_has(const bson_t *list, const char *s)
+{
+    bson_iter_t it;
+    if (!list || !bson_iter_init(&it, list))
+        return false;
+    while (bson_iter_next(&it))
+        if (BSON_ITER_HOLDS_UTF8(&it) && strcmp(bson_iter_utf8(&it, NULL), s) == 0)
+            return true;
+    return false;
+}
+
+/* ---- calling the rules ---------------------------------------------------- */
+
+struct args {
+    bson_t b;
+    int n;
+};
+
+static const char *next_key(struct args *a, char *buf)
+{
+    snprintf(buf, 12, "%d", a->n++);
+    return buf;
+}
+
+static void arg_str(struct args *a, const char *s)
+{
+    char k[12];
+    BSON_APPEND_UTF8(&a->b, next_key(a, k), s);
+}
+
+static void arg_int(struct args *a, int64_t v)
+{
+    char k[12];
+    BSON_APPEND_INT64(&a->b, next_key(a, k), v);
+}
+
+static void arg_doc(struct args *a, const bson_t *d)
+{
+    char k[12];
+    next_key(a, k);
+    if (d)
+        BSON_APPEND_DOCUMENT(&a->b, k, d);
+    else
+        BSON_APPEND_NULL(&a->b, k);
+}
+
+/* The value at doc.key (any type) or null. */
+static void arg_field(struct args *a, const bson_t *doc, const char *key)
+{
+    char k[12];
+    bson_iter_t it;
+    next_key(a, k);
+    if (doc && bson_iter_init_find(&it, doc, key))
+        bson_append_iter(&a->b, k, -1, &it);
+    else
+        BSON_APPEND_NULL(&a->b, k);
+}
+
+struct ctx {
+    const struct notification_input *in;
+    const bson_t *conv;
+    const bson_t *room;       /* NULL: not found */
+    const bson_t *channel;    /* the room's SMS channel, or NULL */
+    bson_t zone;              /* [{at, offset}] */
+    bool have_zone;
+    char id[25];
+    bson_oid_t oid;
+    bson_t *list;             /* outbox entries being planned */
+    uint32_t n_entries;
+    bool mail;                /* false: record only (baseline, no room) */
+};
+
+static int call(struct ctx *c, const char *module, const char *fn, struct args *a, bson_t *out,
+                struct sd_error *err)
+{
+    int rc = rules_call(c->in->rules, module, fn, &a->b, out, err);
+    bson_destroy(&a->b);
+    return rc;
+}
+
+static int call_int(struct ctx *c, const char *module, const char *fn, struct args *a,
+                    int64_t *v, struct sd_error *err)
+{
+    bson_t out = BSON_INITIALIZER;
+    int rc = call(c, module, fn, a, &out, err);
+    bson_iter_t it;
+    if (rc == 0) {
+        if (bson_iter_init_find(&it, &out, "result") && BSON_ITER_HOLDS_NUMBER(&it))
+            *v = bson_iter_as_int64(&it);
+        else
+            rc = sd_error_set(err, "%s.lua: %s did not return a number", module, fn);
+    }
+    bson_destroy(&out);
+    return rc;
+}
+
+/* The room's calendar arguments: hours, zone, holidays. */
+static void calendar(struct ctx *c, struct args *a)
+{
+    arg_field(a, c->room, "business_hours");
+    char k[12];
+    next_key(a, k);
+    if (c->have_zone)
+        BSON_APPEND_ARRAY(&a->b, k, &c->zone);
+    else
+        BSON_APPEND_INT64(&a->b, k, 0);
+    arg_field(a, c->room, "holidays");
+}
+
+/* sla.due(start, minutes, calendar) */
+static int sla_due(struct ctx *c, int64_t start, int64_t minutes, int64_t *out,
+                   struct sd_error *err)
+{
+    struct args a = {BSON_INITIALIZER, 0};
+    arg_int(&a, start);
+    arg_int(&a, minutes < 0 ? 0 : minutes);
+    calendar(c, &a);
+    return call_int(c, "sla", "due", &a, out, err);
+}
+
+/* sla.between(from, to, calendar) in business minutes */
+static int sla_between(struct ctx *c, int64_t from, int64_t to, int64_t *out,
+                       struct sd_error *err)
+{
+    struct args a = {BSON_INITIALIZER, 0};
+    arg_int(&a, from);
+    arg_int(&a, to);
+    calendar(c, &a);
+    return call_int(c, "sla", "between", &a, out, err);
+}
+
+/* Reads module.field.key as an integer. */
+static int64_t rule_number(struct rules *r, const char *module, const char *field,
+                           const char *key, int64_t dflt)
+{
+    bson_t out = BSON_INITIALIZER;
+    struct sd_error err;
+    char path[96];
+    snprintf(path, sizeof path, key ? "result.%s" : "result", key);
+    int64_t v = dflt;
+    bson_iter_t it;
+    if (rules_get(r, module, field, &out, &err) == 0 && find(&out, path, &it) &&
+        BSON_ITER_HOLDS_NUMBER(&it))
+        v = bson_iter_as_int64(&it);
+    bson_destroy(&out);
+    return v;
+}
+
+/* sla.ladder: minutes overdue at which level i+1 starts. */
+static int ladder(struct rules *r, int64_t *steps)
+{
+    bson_t out = BSON_INITIALIZER, arr;
+    struct sd_error err;
+    int n = 0;
+    if (rules_get(r, "sla", "ladder", &out, &err) == 0 && sub_doc(&out, "result", &arr)) {
+        bson_iter_t it;
+        bson_iter_init(&it, &arr);
+        while (bson_iter_next(&it) && n < MAX_LEVELS)
+            if (BSON_ITER_HOLDS_NUMBER(&it))
+                steps[n++] = bson_iter_as_int64(&it);
+    }
+    bson_destroy(&out);
+    return n;
+}
+
+/* ---- planning mails --------------------------------------------------------- */
+
+static const char *recipient_id(const bson_t *r)
+{
+    const char *v;
+    if ((v = utf8_at(r, "user_id")) || (v = utf8_at(r, "email")) || (v = utf8_at(r, "phone")))
+        return v;
+    return "unknown";
+}
+
+/* One outbox entry per recipient notify.lua names for `type`. */
+static int emit(struct ctx *c, const char *type, const char *trigger, const bson_t *event,
+                struct sd_error *err)
+{
+    if (!c->mail)
+        return 0;
+    struct args a = {BSON_INITIALIZER, 0};
+    arg_str(&a, type);
+    arg_doc(&a, c->conv);
+    arg_doc(&a, c->room);
+    bson_t out = BSON_INITIALIZER, list;
+    if (call(c, "notify", "recipients", &a, &out, err)) {
+        bson_destroy(&out);
+        return -1;
+    }
+    int rc = 0;
+    bson_iter_t rit;
+    if (sub_doc(&out, "result", &list) && bson_iter_init(&rit, &list)) {
+        while (rc == 0 && bson_iter_next(&rit)) {
+            if (!BSON_ITER_HOLDS_DOCUMENT(&rit))
+                continue;
+            uint32_t len;
+            const uint8_t *data;
+            bson_t recipient, tctx = BSON_INITIALIZER, rendered = BSON_INITIALIZER;
+            bson_iter_document(&rit, &len, &data);
+            bson_init_static(&recipient, data, len);
+            BSON_APPEND_DOCUMENT(&tctx, "conversation", c->conv);
+            BSON_APPEND_DOCUMENT(&tctx, "room", c->room);
+            BSON_APPEND_DOCUMENT(&tctx, "recipient", &recipient);
+            if (event)
+                BSON_APPEND_DOCUMENT(&tctx, "event", event);
+            BSON_APPEND_INT64(&tctx, "now", c->in->now_ms);
+            struct args r = {BSON_INITIALIZER, 0};
+            arg_str(&r, type);
+            arg_doc(&r, &tctx);
+            rc = call(c, "templates", "render", &r, &rendered, err);
+            bson_destroy(&tctx);
+            if (rc == 0) {
+                const char *via = utf8_at(&recipient, "via");
+                bool sms = via && strcmp(via, "sms") == 0;
+                char key[512], idx[12];
+                snprintf(key, sizeof key, "%s:%s:%s:%s", type, c->id, trigger,
+                         recipient_id(&recipient));
+                snprintf(idx, sizeof idx, "%u", c->n_entries++);
+                bson_t entry, rec;
+                BSON_APPEND_DOCUMENT_BEGIN(c->list, idx, &entry);
+                BSON_APPEND_UTF8(&entry, "key", key);
+                BSON_APPEND_UTF8(&entry, "type", type);
+                BSON_APPEND_OID(&entry, "conversation_id", &c->oid);
+                bson_iter_t f;
+                if (sms && c->channel && bson_iter_init_find(&f, c->channel, "_id"))
+                    bson_append_iter(&entry, "channel_id", -1, &f);
+                BSON_APPEND_DOCUMENT_BEGIN(&entry, "recipient", &rec);
+                if (bson_iter_init(&f, &recipient))
+                    while (bson_iter_next(&f))
+                        if (strcmp(bson_iter_key(&f), "via") != 0)
+                            bson_append_iter(&rec, NULL, 0, &f);
+                bson_append_document_end(&entry, &rec);
+                BSON_APPEND_UTF8(&entry, "via", sms ? "sms" : "email");
+                const char *from = utf8_at(c->room, "email_from");
+                if (from && !sms)
+                    BSON_APPEND_UTF8(&entry, "from", from);
+                BSON_APPEND_UTF8(&entry, "status", "pending");
+                BSON_APPEND_INT32(&entry, "attempts", 0);
+                BSON_APPEND_DATE_TIME(&entry, "next_attempt_at", c->in->now_ms);
+                const char *fields[] = {"subject", "text", "html"};
+                for (int i = 0; i < 3; i++) {
+                    char path[32];
+                    snprintf(path, sizeof path, "result.%s", fields[i]);
+                    const char *v = utf8_at(&rendered, path);
+                    BSON_APPEND_UTF8(&entry, fields[i], v ? v : "");
+                }
+                BSON_APPEND_DATE_TIME(&entry, "created_at", c->in->now_ms);
+                bson_append_document_end(c->list, &entry);
+            }
+            bson_destroy(&rendered);
+        }
+    }
+    bson_destroy(&out);
+    return rc;
+}
+
+/* ---- ticket activity -------------------------------------------------------- */
+
+static const char *status_type(const char *status)
+{
+    if (strcmp(status, "resolved") == 0)
+        return "ticket.resolved";
+    if (strcmp(status, "closed") == 0)
+        return "ticket.closed";
+    return "ticket.status_changed";
+}
+
+static int activity(struct ctx *c, const bson_t *state, struct sd_error *err)
+{
+    const bson_t *conv = c->conv;
+    char assignee[128], by[128], trigger[300];
+    id_text(conv, "assignee_id", assignee, sizeof assignee);
+    id_text(conv, "assigned_by", by, sizeof by);
+    /* Self-assignment is not news to the assignee (when the platform says who). */
+    bool self = by[0] && strcmp(by, assignee) == 0;
+    int64_t assigned_at = ms_at(conv, "assigned_at");
+    if (!state) {
+        if (emit(c, "ticket.created", "new", NULL, err))
+            return -1;
+        if (assignee[0] && !self) {
+            snprintf(trigger, sizeof trigger, "%s:%lld", assignee,
+                     (long long)(assigned_at ? assigned_at : ms_at(conv, "created_at")));
+            if (emit(c, "ticket.assigned", trigger, NULL, err))
+                return -1;
+        }
+        return 0;
+    }
+    int64_t seen = ms_at(state, "seen_updated_at");
+    const char *was_assignee = utf8_at(state, "assignee");
+    if (assignee[0] && !self && (!was_assignee || strcmp(was_assignee, assignee) != 0)) {
+        snprintf(trigger, sizeof trigger, "%s:%lld", assignee,
+                 (long long)(assigned_at ? assigned_at : seen));
+        if (emit(c, "ticket.assigned", trigger, NULL, err))
+            return -1;
+    }
+    int64_t customer = ms_at(conv, "last_customer_message_at");
+    if (customer > ms_at(state, "customer_at")) {
+        /* Coalesced: one mail for every message up to the latest. */
+        bson_t event = BSON_INITIALIZER;
+        int64_t count = int_at(c->in->counts, c->id, 0);
+        if (count > 0)
+            BSON_APPEND_INT64(&event, "count", count);
+        BSON_APPEND_DATE_TIME(&event, "at", customer);
+        snprintf(trigger, sizeof trigger, "%lld", (long long)customer);
+        int rc = emit(c, "ticket.customer_message", trigger, &event, err);
+        bson_destroy(&event);
+        if (rc)
+            return -1;
+    }
+    const char *status = utf8_at(conv, "status"), *was = utf8_at(state, "status");
+    /* Snoozing is internal: the customer hears of neither end of it. */
+    if (status && was && strcmp(status, was) != 0 && strcmp(status, "snoozed") != 0 &&
+        strcmp(was, "snoozed") != 0) {
+        int64_t basis = strcmp(status, "resolved") == 0 ? ms_at(conv, "resolved_at")
+                        : strcmp(status, "closed") == 0 ? ms_at(conv, "closed_at")
+                                                        : 0;
+        snprintf(trigger, sizeof trigger, "%s:%lld", status, (long long)(basis ? basis : seen));
+        bson_t event = BSON_INITIALIZER;
+        BSON_APPEND_UTF8(&event, "from", was);
+        BSON_APPEND_UTF8(&event, "to", status);
+        int rc = emit(c, status_type(status), trigger, &event, err);
+        bson_destroy(&event);
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- SLA and reminders ------------------------------------------------------ */
+
+struct sla_plan {
+    int64_t next_due;     /* 0: none */
+    int64_t level;        /* new escalation level */
+    int64_t reminders;
+    bson_t warned, breached; /* arrays being built */
+    uint32_t n_warned, n_breached;
+};
+
+static void add_next(struct sla_plan *p, int64_t t)
+{
+    if (t > 0 && (p->next_due == 0 || t < p->next_due))
+        p->next_due = t;
+}
+
+static void push_tag(bson_t *arr, uint32_t *n, const char *tag)
+{
+    char k[12];
+    snprintf(k, sizeof k, "%u", (*n)++);
+    BSON_APPEND_UTF8(arr, k, tag);
+}
+
+static int sla_event(struct ctx *c, const char *type, const char *target, int64_t due,
+                     int64_t level, const char *trigger, struct sd_error *err)
+{
+    bson_t event = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&event, "target", target);
+    BSON_APPEND_DATE_TIME(&event, "due", due);
+    if (level)
+        BSON_APPEND_INT64(&event, "level", level);
+    int rc = emit(c, type, trigger, &event, err);
+    bson_destroy(&event);
+    return rc;
+}
+
+/* One target (first_response or resolution): warning, breach, escalation. */
+static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t due,
+                  int64_t warn_at, const bson_t *old_warned, const bson_t *old_breached,
+                  const int64_t *steps, int n_steps, int64_t old_level, struct sd_error *err)
+{
+    int64_t now = c->in->now_ms;
+    char tag[96];
+    snprintf(tag, sizeof tag, "%s:%lld", name, (long long)due);
+    bool warned = list_has(old_warned, tag), breached = list_has(old_breached, tag);
+    if (warned)
+        push_tag(&p->warned, &p->n_warned, tag);
+    if (breached)
+        push_tag(&p->breached, &p->n_breached, tag);
+    if (now < warn_at) {
+        add_next(p, warn_at);
+        return 0;
+    }
+    if (now < due) {
+        add_next(p, due);
+        if (!warned && !breached) {
+            push_tag(&p->warned, &p->n_warned, tag);
+            return sla_event(c, "ticket.sla_warning", name, due, 0, tag, err);
+        }
+        return 0;
+    }
+    if (!breached) {
+        push_tag(&p->breached, &p->n_breached, tag);
+        if (sla_event(c, "ticket.sla_breached", name, due, 0, tag, err))
+            return -1;
+    }
+    /* The ladder: levels by business minutes overdue; up only. */
+    int64_t overdue = 0, level = 0;
+    if (sla_between(c, due, now, &overdue, err))
+        return -1;
+    struct args a = {BSON_INITIALIZER, 0};
+    arg_int(&a, overdue);
+    if (call_int(c, "sla", "escalation_level", &a, &level, err))
+        return -1;
+    int64_t from = p->level > old_level ? p->level : old_level;
+    for (int64_t l = from + 1; l <= level && l <= MAX_LEVELS; l++) {
+        char trigger[96];
+        snprintf(trigger, sizeof trigger, "%lld:%lld", (long long)l, (long long)due);
+        if (sla_event(c, "ticket.escalated", name, due, l, trigger, err))
+            return -1;
+    }
+    if (level > p->level)
+        p->level = level;
+    if (level < n_steps) {
+        int64_t next;
+        if (sla_due(c, due, steps[level], &next, err))
+            return -1;
+        add_next(p, next > now ? next : now + 60000);
+    }
+    return 0;
+}
+
+static int reminders(struct ctx *c, struct sla_plan *p, const bson_t *state, int64_t customer,
+                     struct sd_error *err)
+{
+    struct rules *r = c->in->rules;
+    int64_t after = rule_number(r, "notify", "reminder", "after_minutes", 60);
+    int64_t every = rule_number(r, "notify", "reminder", "repeat_every_minutes", 120);
+    int64_t max = rule_number(r, "notify", "reminder", "max_repeats", 3);
+    int64_t sent = ms_at(state, "reminder_for") == customer ? int_at(state, "reminders", 0) : 0;
+    int64_t k = sent, at = 0;
+    while (k < max) {
+        if (sla_due(c, customer, after + k * every, &at, err))
+            return -1;
+        if (c->in->now_ms < at)
+            break;
+        k++;
+    }
+    if (k > sent) {
+        /* Only the latest one due: after an outage, one mail, not a burst. */
+        char trigger[64];
+        snprintf(trigger, sizeof trigger, "%lld:%lld", (long long)customer, (long long)k);
+        bson_t event = BSON_INITIALIZER;
+        BSON_APPEND_INT64(&event, "n", k);
+        BSON_APPEND_INT64(&event, "of", max);
+        int rc = emit(c, "ticket.response_reminder", trigger, &event, err);
+        bson_destroy(&event);
+        if (rc)
+            return -1;
+    }
+    if (k < max)
+        add_next(p, at);
+    p->reminders = k;
+    return 0;
+}
+
+static bool is(const char *s, const char *v) { return s && strcmp(s, v) == 0; }
+
+/* Computes the SLA, plans warnings, breaches, escalations and reminders, and
+ * appends sla / sla_unset / escalation_level / the reminder state to action
+ * and state. */
+static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_state,
+               struct sd_error *err)
+{
+    const bson_t *conv = c->conv;
+    int64_t now = c->in->now_ms;
+    const char *status = utf8_at(conv, "status");
+    bool active = is(status, "open");
+    bson_t old = BSON_INITIALIZER, old_warned, old_breached;
+    bool has_old = sub_doc(conv, "sla", &old);
+    bool has_warned = has_old && sub_doc(&old, "warned", &old_warned);
+    bool has_breached = has_old && sub_doc(&old, "breached", &old_breached);
+
+    struct args a = {BSON_INITIALIZER, 0};
+    arg_doc(&a, conv);
+    arg_doc(&a, c->room);
+    bson_t pol = BSON_INITIALIZER;
+    if (call(c, "sla", "policy", &a, &pol, err)) {
+        bson_destroy(&pol);
+        return -1;
+    }
+    const char *policy = utf8_at(&pol, "result.name");
+    int64_t first = int_at(&pol, "result.first_response", 0);
+    int64_t resolution = int_at(&pol, "result.resolution", 0);
+    int64_t warn_before = int_at(&pol, "result.warn_before", 0);
+
+    /* The clock stops while pending, snoozed, resolved or closed: the time
+     * between the pause (seen at the updated_at of the change) and the
+     * resume, in business minutes, moves both deadlines. */
+    int64_t changed = ms_at(conv, "updated_at");
+    if (!changed || changed > now)
+        changed = now;
+    int64_t paused_at = has_old ? ms_at(&old, "paused_at") : 0;
+    int64_t paused = has_old ? int_at(&old, "paused_minutes", 0) : 0;
+    if (!active && !paused_at)
+        paused_at = changed;
+    if (active && paused_at) {
+        int64_t m = 0;
+        if (sla_between(c, paused_at, changed > paused_at ? changed : paused_at, &m, err)) {
+            bson_destroy(&pol);
+            return -1;
+        }
+        paused += m;
+        paused_at = 0;
+    }
+    int64_t created = ms_at(conv, "created_at");
+    if (!created)
+        created = changed;
+    bool responded = ms_at(conv, "first_response_at") != 0;
+    int64_t fr_due = 0, fr_warn = 0, res_due = 0, res_warn = 0;
+    int rc = 0;
+    if (!responded)
+        rc = sla_due(c, created, first + paused, &fr_due, err) ||
+             sla_due(c, created, first + paused - warn_before, &fr_warn, err);
+    if (rc == 0)
+        rc = sla_due(c, created, resolution + paused, &res_due, err) ||
+             sla_due(c, created, resolution + paused - warn_before, &res_warn, err);
+    if (rc) {
+        bson_destroy(&pol);
+        return -1;
+    }
+
+    struct sla_plan p = {0};
+    p.level = int_at(conv, "escalation_level", 0);
+    int64_t old_level = p.level;
+    bson_init(&p.warned);
+    bson_init(&p.breached);
+    int64_t steps[MAX_LEVELS];
+    int n_steps = ladder(c->in->rules, steps);
+    if (active) {
+        if (fr_due)
+            rc = target(c, &p, "first_response", fr_due, fr_warn, has_warned ? &old_warned : NULL,
+                        has_breached ? &old_breached : NULL, steps, n_steps, old_level, err);
+        if (rc == 0)
+            rc = target(c, &p, "resolution", res_due, res_warn, has_warned ? &old_warned : NULL,
+                        has_breached ? &old_breached : NULL, steps, n_steps, old_level, err);
+        int64_t customer = ms_at(conv, "last_customer_message_at");
+        if (rc == 0 && customer && customer > ms_at(conv, "last_agent_message_at"))
+            rc = reminders(c, &p, state, customer, err);
+        if (rc == 0 && customer) {
+            BSON_APPEND_DATE_TIME(new_state, "reminder_for", customer);
+            BSON_APPEND_INT64(new_state, "reminders", p.reminders);
+        }
+    } else {
+        /* Paused or stopped: nothing is due; what was warned or breached
+         * stays recorded (a resume with the same deadline does not repeat). */
+        bson_iter_t it;
+        if (has_warned && bson_iter_init(&it, &old_warned))
+            while (bson_iter_next(&it))
+                if (BSON_ITER_HOLDS_UTF8(&it))
+                    push_tag(&p.warned, &p.n_warned, bson_iter_utf8(&it, NULL));
+        if (has_breached && bson_iter_init(&it, &old_breached))
+            while (bson_iter_next(&it))
+                if (BSON_ITER_HOLDS_UTF8(&it))
+                    push_tag(&p.breached, &p.n_breached, bson_iter_utf8(&it, NULL));
+        if (state && ms_at(state, "reminder_for")) {
+            BSON_APPEND_DATE_TIME(new_state, "reminder_for", ms_at(state, "reminder_for"));
+            BSON_APPEND_INT64(new_state, "reminders", int_at(state, "reminders", 0));
+        }
+    }
+    if (rc == 0) {
+        bson_t doc;
+        BSON_APPEND_DOCUMENT_BEGIN(action, "sla", &doc);
+        BSON_APPEND_UTF8(&doc, "policy", policy ? policy : "default");
+        if (fr_due)
+            BSON_APPEND_DATE_TIME(&doc, "first_response_due", fr_due);
+        BSON_APPEND_DATE_TIME(&doc, "resolution_due", res_due);
+        if (p.next_due)
+            BSON_APPEND_DATE_TIME(&doc, "next_due", p.next_due);
+        BSON_APPEND_ARRAY(&doc, "warned", &p.warned);
+        BSON_APPEND_ARRAY(&doc, "breached", &p.breached);
+        if (paused_at)
+            BSON_APPEND_DATE_TIME(&doc, "paused_at", paused_at);
+        BSON_APPEND_INT64(&doc, "paused_minutes", paused);
+        bson_append_document_end(action, &doc);
+        if (p.level > old_level)
+            BSON_APPEND_INT64(action, "escalation_level", p.level);
+    }
+    bson_destroy(&p.warned);
+    bson_destroy(&p.breached);
+    bson_destroy(&pol);
+    return rc;
+}
+
+/* ---- one conversation --------------------------------------------------------- */
+
+static void warn_doc(const struct notification_input *in, const char *id, const char *msg,
+                     const char *detail)
+{
+    bson_t f = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&f, "conversation_id", id);
+    log_msg(LOG_WARN, in->log, "notification.bad_document", &f, "conversation %s: %s%s", id, msg,
+            detail);
+    bson_destroy(&f);
+}
+
+static int decide_one(const struct notification_input *in, const bson_t *conv, bson_t *actions,
+                      uint32_t idx, int *bad, struct sd_error *err)
+{
+    struct ctx c = {.in = in, .conv = conv};
+    bson_iter_t it;
+    if (!bson_iter_init_find(&it, conv, "_id") || !BSON_ITER_HOLDS_OID(&it)) {
+        (*bad)++;
+        return 0;
+    }
+    bson_oid_copy(bson_iter_oid(&it), &c.oid);
+    bson_oid_to_string(&c.oid, c.id);
+    char room_hex[128];
+    id_text(conv, "room_id", room_hex, sizeof room_hex);
+    bson_t room, channel, state_doc;
+    if (room_hex[0] && sub_doc(in->rooms, room_hex, &room))
+        c.room = &room;
+    if (room_hex[0] && sub_doc(in->channels, room_hex, &channel))
+        c.channel = &channel;
+    c.have_zone = room_hex[0] && sub_doc(in->zones, room_hex, &c.zone);
+    const bson_t *state = sub_doc(in->states, c.id, &state_doc) ? &state_doc : NULL;
+    const char *status = utf8_at(conv, "status");
+    if (!c.room) {
+        warn_doc(in, c.id, "room not found: ", room_hex[0] ? room_hex : "(no room_id)");
+        (*bad)++;
+    }
+    if (!status) {
+        warn_doc(in, c.id, "status missing or not a string", "");
+        (*bad)++;
+    }
+    c.mail = !in->baseline && c.room;
+
+    char key[12];
+    snprintf(key, sizeof key, "%u", idx);
+    bson_t action, list, new_state;
+    BSON_APPEND_DOCUMENT_BEGIN(actions, key, &action);
+    BSON_APPEND_UTF8(&action, "kind", "notify");
+    BSON_APPEND_UTF8(&action, "target", c.id);
+    BSON_APPEND_OID(&action, "conversation_id", &c.oid);
+    if (bson_iter_init_find(&it, conv, "updated_at") && BSON_ITER_HOLDS_DATE_TIME(&it))
+        BSON_APPEND_DATE_TIME(&action, "read_updated_at", bson_iter_date_time(&it));
+    BSON_APPEND_ARRAY_BEGIN(&action, "notifications", &list);
+    c.list = &list;
+    int rc = activity(&c, state, err);
+    bson_init(&new_state);
+    char assignee[128];
+    id_text(conv, "assignee_id", assignee, sizeof assignee);
+    BSON_APPEND_UTF8(&new_state, "status", status ? status : "");
+    BSON_APPEND_UTF8(&new_state, "assignee", assignee);
+    int64_t customer = ms_at(conv, "last_customer_message_at"), was = ms_at(state, "customer_at");
+    BSON_APPEND_DATE_TIME(&new_state, "customer_at", customer > was ? customer : was);
+    BSON_APPEND_DATE_TIME(&new_state, "seen_updated_at", ms_at(conv, "updated_at"));
+    bson_t sla_part = BSON_INITIALIZER;
+    if (rc == 0 && c.room && status)
+        rc = sla(&c, state, &sla_part, &new_state, err);
+    bson_append_array_end(&action, &list);
+    BSON_APPEND_DATE_TIME(&new_state, "at", in->now_ms);
+    BSON_APPEND_DOCUMENT(&action, "state", &new_state);
+    bson_concat(&action, &sla_part);
+    bson_destroy(&sla_part);
+    bson_destroy(&new_state);
+    bson_append_document_end(actions, &action);
+    if (rc) {
+        sd_error_prefix(err, "conversation %s", c.id);
+        return -1;
+    }
+    return 1;
+}
+
+int notification_decide(const struct notification_input *in, bson_t *actions,
+                        uint32_t *n_actions)
+{
+    int bad = 0;
+    for (size_t i = 0; i < in->n_conversations; i++) {
+        struct sd_error err;
+        /* Built aside so that a conversation failing half-way adds nothing. */
+        bson_t scratch = BSON_INITIALIZER;
+        int rc = decide_one(in, in->conversations[i], &scratch, 0, &bad, &err);
+        bson_iter_t it;
+        if (rc == 1 && bson_iter_init(&it, &scratch) && bson_iter_next(&it)) {
+            char idx[12];
+            snprintf(idx, sizeof idx, "%u", (*n_actions)++);
+            bson_append_iter(actions, idx, -1, &it);
+        } else if (rc < 0) {
+            bson_t f = BSON_INITIALIZER;
+            bson_iter_t id;
+            char hex[25] = "?";
+            if (bson_iter_init_find(&id, in->conversations[i], "_id") && BSON_ITER_HOLDS_OID(&id))
+                bson_oid_to_string(bson_iter_oid(&id), hex);
+            BSON_APPEND_UTF8(&f, "conversation_id", hex);
+            log_msg(LOG_ERROR, in->log, "notification.decide_failed", &f,
+                    "%s; left for the next tick", err.message);
+            bson_destroy(&f);
+            bad++;
+        }
+        bson_destroy(&scratch);
+    }
+    return bad;
+}
+
+void notification_zone(const bson_t *room, const char *room_hex, int64_t now_ms,
+                       const struct log_ctx *log, bson_t *out, const char *key)
+{
+    const char *name = utf8_at(room, "timezone");
+    const struct tz_zone *z = name ? tz_get(name) : NULL;
+    bson_t arr, e;
+    BSON_APPEND_ARRAY_BEGIN(out, key, &arr);
+    if (!z) {
+        if (name && strcmp(name, "UTC") != 0) {
+            bson_t f = BSON_INITIALIZER;
+            BSON_APPEND_UTF8(&f, "room_id", room_hex);
+            BSON_APPEND_UTF8(&f, "timezone", name);
+            log_msg(LOG_WARN, log, "notification.unknown_timezone", &f,
+                    "room %s: unknown time zone \"%s\"; treated as UTC", room_hex, name);
+            bson_destroy(&f);
+        }
+        BSON_APPEND_DOCUMENT_BEGIN(&arr, "0", &e);
+        BSON_APPEND_INT64(&e, "at", 0);
+        BSON_APPEND_INT64(&e, "offset", 0);
+        bson_append_document_end(&arr, &e);
+    } else {
+        /* Two years either side of now: tickets older than that keep the
+         * offset in effect at the start. */
+        int64_t at[64];
+        int32_t off[64];
+        int64_t now_s = now_ms / 1000, span = 2 * 366 * 86400LL;
+        size_t n = tz_changes(z, now_s - span, now_s + span, at, off, 64);
+        for (size_t i = 0; i < n; i++) {
+            char k[12];
+            snprintf(k, sizeof k, "%zu", i);
+            BSON_APPEND_DOCUMENT_BEGIN(&arr, k, &e);
+            BSON_APPEND_INT64(&e, "at", i == 0 ? INT64_MIN / 2 : at[i] * 1000);
+            BSON_APPEND_INT64(&e, "offset", off[i] / 60);
+            bson_append_document_end(&arr, &e);
+        }
+    }
+    bson_append_array_end(out, &arr);
+}
