@@ -285,7 +285,8 @@ int cli_dry_run(int argc, char **argv)
                 fprintf(stderr, "supportd dry-run: %s\n", err.message);
                 rc = EXIT_RUNTIME;
             } else if (preview) {
-                fprintf(stderr, "supportd dry-run: preview of %zu email(s) and %zu SMS: %s/index.html\n",
+                fprintf(stderr,
+                        "supportd dry-run: preview of %zu email(s) and %zu SMS: %s/index.html\n",
                         pc.mails, pc.sms, preview);
             }
         }
