@@ -12,15 +12,21 @@
 #include "core/error.h"
 
 /* One planned notification: its bytes inside the plan (which outlives it).
- * doc is a static view, set once the array stops moving: a static bson_t
- * points into itself and must not be copied. */
+ * No bson_t here: libbson aligns bson_t to 128 bytes, which a malloc'ed array
+ * does not give (UBSan traps), and a static bson_t points into itself. */
 struct entry {
     const char *job, *type;
     size_t job_no, seq, file_no;
     const uint8_t *data;
     uint32_t len;
-    bson_t doc;
 };
+
+/* A read-only view of the entry, on the caller's (aligned) stack. */
+static const bson_t *view(const struct entry *e, bson_t *out)
+{
+    bson_init_static(out, e->data, e->len);
+    return out;
+}
 
 struct entries {
     struct entry *v;
@@ -314,7 +320,8 @@ static const char *tag_end(const char *p)
 
 static void mail_header(FILE *f, const struct entry *e)
 {
-    const bson_t *d = &e->doc;
+    bson_t v;
+    const bson_t *d = view(e, &v);
     fputs("<div id=\"supportd-preview-header\" style=\"all:initial;display:block;"
           "font:13px/1.5 sans-serif;color:#222;background:#eef2f6;border:1px solid #c5ced8;"
           "padding:8px 12px;margin:0 0 16px\"><table style=\"border-collapse:collapse\">",
@@ -358,18 +365,20 @@ static int write_mail(const char *dir, const struct entry *e, struct sd_error *e
     FILE *f = open_out(dir, name, path, sizeof path, err);
     if (!f)
         return -1;
-    const char *html = str_at(&e->doc, "html");
+    bson_t v;
+    const bson_t *doc = view(e, &v);
+    const char *html = str_at(doc, "html");
     const char *body = html ? find_tag(html, "<body", false) : NULL;
     if (!body) {
         fprintf(f, "<!doctype html><html><head><meta charset=\"utf-8\">%s<title>", CSP);
-        esc(f, or_empty(str_at(&e->doc, "subject")));
+        esc(f, or_empty(str_at(doc, "subject")));
         fputs("</title></head><body>", f);
         mail_header(f, e);
         if (html)
             fputs(html, f);
         else
             fputs("<p><em>(no HTML part: the mail is sent as text only)</em></p>", f);
-        mail_text(f, &e->doc);
+        mail_text(f, doc);
         fputs("</body></html>\n", f);
         return close_out(f, path, err);
     }
@@ -387,7 +396,7 @@ static int write_mail(const char *dir, const struct entry *e, struct sd_error *e
     fwrite(start, 1, (size_t)(open_end - start), f);
     mail_header(f, e);
     fwrite(open_end, 1, (size_t)(close - open_end), f);
-    mail_text(f, &e->doc);
+    mail_text(f, doc);
     fputs(close, f);
     return close_out(f, path, err);
 }
@@ -434,26 +443,28 @@ static int write_index(const char *dir, const bson_t *plan, const struct entries
                   "<th>outbox key</th></tr>\n",
                   f);
         }
-        const char *via = or_empty(str_at(&e->doc, "via"));
+        bson_t v;
+        const bson_t *doc = view(e, &v);
+        const char *via = or_empty(str_at(doc, "via"));
         fputs("<tr><td>", f);
         esc(f, via);
         fputs("</td><td>", f);
-        recipient(f, &e->doc);
+        recipient(f, doc);
         fputs("</td><td>", f);
         if (e->file_no) {
             fprintf(f, "<a href=\"mail-%03zu.html\">", e->file_no);
-            esc(f, or_empty(str_at(&e->doc, "subject")));
+            esc(f, or_empty(str_at(doc, "subject")));
             fputs("</a>", f);
         } else {
             int ucs2 = 0;
-            size_t segments = preview_sms_segments(or_empty(str_at(&e->doc, "text")), &ucs2);
+            size_t segments = preview_sms_segments(or_empty(str_at(doc, "text")), &ucs2);
             fputs("<pre>", f);
-            esc(f, or_empty(str_at(&e->doc, "text")));
+            esc(f, or_empty(str_at(doc, "text")));
             fprintf(f, "</pre><div class=\"segments\">%zu segment%s (%s)</div>", segments,
                     segments == 1 ? "" : "s", ucs2 ? "UCS-2" : "GSM-7");
         }
         fputs("</td><td><code>", f);
-        esc(f, or_empty(str_at(&e->doc, "key")));
+        esc(f, or_empty(str_at(doc, "key")));
         fputs("</code></td></tr>\n", f);
     }
     if (es->n)
@@ -483,11 +494,10 @@ int preview_write(const bson_t *plan, const char *out_dir, struct preview_counts
     }
     if (es.n)
         qsort(es.v, es.n, sizeof *es.v, by_job_type);
-    for (size_t i = 0; i < es.n; i++)
-        bson_init_static(&es.v[i].doc, es.v[i].data, es.v[i].len);
     int rc = 0;
     for (size_t i = 0; i < es.n && rc == 0; i++) {
-        const char *via = or_empty(str_at(&es.v[i].doc, "via"));
+        bson_t v;
+        const char *via = or_empty(str_at(view(&es.v[i], &v), "via"));
         if (!strcmp(via, "sms")) {
             c.sms++;
             continue;
