@@ -30,7 +30,7 @@ int preview_check_dir(const char *out_dir, struct sd_error *err);
 int preview_write(const bson_t *plan, const char *out_dir, struct preview_counts *counts,
                   struct sd_error *err);
 
-/* SMS segments of `text` (UTF-8) as the carriers count them: GSM-7 when every
+/* (cli/sms_segments.c) SMS segments of `text` (UTF-8) as the carriers count them: GSM-7 when every
  * character is in the GSM 03.38 alphabet or its extension table (which costs
  * two septets), 160 septets in one segment or 153 a segment when split;
  * otherwise UCS-2, 70 UTF-16 units or 67 a segment (a character outside the
