@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/preview.h"
 #include "core/clock.h"
 #include "jobs/commcheck.h"
 #include "jobs/dryrun.h"
@@ -215,13 +216,14 @@ static void print_text(const bson_t *plan)
 
 int cli_dry_run(int argc, char **argv)
 {
-    const char *dir = NULL, *job = NULL, *now_text = NULL, *format = "json";
+    const char *dir = NULL, *job = NULL, *now_text = NULL, *format = "json", *preview = NULL;
     for (int i = 1; i < argc; i++) {
         const char **slot = !strcmp(argv[i], "--fixtures") ? &dir
                             : !strcmp(argv[i], "--job")    ? &job
                             : !strcmp(argv[i], "--now")    ? &now_text
                             : !strcmp(argv[i], "--format") ? &format
-                                                           : NULL;
+                            : !strcmp(argv[i], "--preview") ? &preview
+                                                            : NULL;
         if (!slot)
             return cli_usage_error("dry-run", "unknown argument \"%s\"", argv[i]);
         if (++i >= argc)
@@ -240,6 +242,8 @@ int cli_dry_run(int argc, char **argv)
     int64_t now_ms = -1;
     if (now_text && clock_parse_iso(now_text, &now_ms, &err))
         return cli_usage_error("dry-run", "--now: %s", err.message);
+    if (preview && preview_check_dir(preview, &err))
+        return cli_usage_error("dry-run", "%s", err.message);
 
     struct config cfg;
     if (cli_load_config(&cfg) != EXIT_OK)
@@ -286,6 +290,15 @@ int cli_dry_run(int argc, char **argv)
                 bson_free(json);
             }
             rc = EXIT_OK;
+            struct preview_counts pc;
+            if (preview && preview_write(&plan, preview, &pc, &err)) {
+                fprintf(stderr, "supportd dry-run: %s\n", err.message);
+                rc = EXIT_RUNTIME;
+            } else if (preview) {
+                fprintf(stderr,
+                        "supportd dry-run: preview of %zu email(s) and %zu SMS: %s/index.html\n",
+                        pc.mails, pc.sms, preview);
+            }
         }
         bson_destroy(&plan);
         rules_destroy(rules);

@@ -100,7 +100,8 @@ int cli_help(const char *command)
     else if (!strcmp(command, "status"))
         fputs(status_help, stdout);
     else if (!strcmp(command, "dry-run"))
-        fputs("Usage: supportd dry-run --fixtures DIR [--job JOB] [--now TIME] [--format json|text]\n\n"
+        fputs("Usage: supportd dry-run --fixtures DIR [--job JOB] [--now TIME] [--format json|text]\n"
+              "                        [--preview OUT]\n\n"
               "Runs the jobs' decision logic (the same code as production) on JSON fixtures\n"
               "and prints the planned actions to stdout. No database, Redis or network is\n"
               "touched; the same input gives byte-identical output. DIR holds one Extended\n"
@@ -115,7 +116,12 @@ int cli_help(const char *command)
               "Exits 2 when DIR is missing, unreadable or holds no fixture file (other files\n"
               "are named in a warning) or the rules are malformed; 1 when a rule fails while\n"
               "running, in its self-tests or on a document (an error, its time budget\n"
-              "$QM_SUPPORT_RULES_TIMEOUT_MS, its memory cap).\n\n",
+              "$QM_SUPPORT_RULES_TIMEOUT_MS, its memory cap).\n"
+              "--preview OUT also writes every planned email as it would be sent, rendered\n"
+              "by templates.lua (OUT/mail-NNN.html: a header with From, To, Subject, type\n"
+              "and outbox key, the HTML part, the text part), and OUT/index.html listing\n"
+              "them by job and type, SMS with their text and segment count. Nothing is\n"
+              "written outside OUT, which must be an existing writable folder (else exit 2).\n\n",
               stdout);
     else if (!strcmp(command, "rules"))
         fputs("Usage: supportd rules check [DIR]\n\n"
