@@ -38,7 +38,8 @@ for m in db["conversation-message"].find().sort("created_at", 1):
     hist = ", ".join(f"{h.get('source')}: {h.get('provider_status') or h.get('status')}"
                      + ("" if h.get("applied", True) else " (recorded only)")
                      for h in m.get("status_history", []))
-    print(f"  {m['provider_message_id'][:26]:26} {m['provider']:9} {m['status']:11} {hist}")
+    print(f"  {(m.get('provider_message_id') or '-')[:26]:26} {m.get('provider') or '-':9} "
+          f"{m.get('status') or '-':11} {hist}")
 for name in ("rejected", "unmatched"):
     for _, f in r.xrange(f"{prefix}status-events:{name}"):
         print(f"  status-events:{name}: {f.get('provider')} entry {f.get('origin_id')}: {f.get('reason')}")
