@@ -26,11 +26,13 @@
 #include "core/log.h"
 #include "rules/engine.h"
 #include "store/lease.h"
+#include "store/mongo.h"
 #include "store/redis.h"
 
 struct job_env {
     const struct config *cfg;
     mongoc_client_t *mongo;
+    struct store *store;     /* the pool `mongo` came from: more clients for helper threads */
     const char *db;
     struct rds *redis;
     const struct log_ctx *log;

@@ -131,6 +131,7 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
     mongoc_client_t *client = store_pop(r->store);
     struct job_env env = {.cfg = r->cfg,
                           .mongo = client,
+                          .store = r->store,
                           .db = store_db(r->store),
                           .redis = r->redis,
                           .log = &ctx,

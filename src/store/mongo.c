@@ -16,6 +16,8 @@ static void on_command_started(const mongoc_apm_command_started_t *event)
 
 uint64_t store_thread_commands(void) { return thread_commands; }
 
+void store_thread_commands_add(uint64_t n) { thread_commands += n; }
+
 struct store {
     mongoc_client_pool_t *pool;
     char *db;

@@ -38,6 +38,10 @@ const char *store_db(const struct store *s);
  * callback), so a tick can report its own. */
 uint64_t store_thread_commands(void);
 
+/* Adds commands a helper thread sent on this thread's behalf (the tick's
+ * count covers the work it farmed out). */
+void store_thread_commands_add(uint64_t n);
+
 /* Runs a find and appends every document to *docs (owned copies; *n counts
  * them, and may start non-zero). Free with store_docs_free. */
 int store_find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts,

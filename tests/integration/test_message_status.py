@@ -635,3 +635,18 @@ def test_daemon_keeps_consuming_across_a_redis_restart(world, redis_restart_guar
     wait_until(lambda: world.get(b)["status"] == "delivered", 40, what="an event after the restart")
     assert d.alive()
     assert d.terminate_and_wait() == 0
+
+
+def test_many_messages_in_one_batch_are_found_by_helper_threads(world):
+    """On FerretDB a batch's messages are read by one equality find each, four
+    threads at a time (from 64 distinct ids): every one is found, and the
+    tick's db_commands counts the helpers' finds too."""
+    msgs = [world.message("twilio", status="sent") for _ in range(150)]
+    for m in msgs:
+        world.twilio(m["provider_message_id"], "delivered")
+    cp = world.once(QM_SUPPORT_TEST_FLAVOR="ferretdb")
+    assert cp.returncode == 0, cp.stderr
+    counts = tick_end(cp)["counts"]
+    assert counts["applied"] == 150 and counts["unknown"] == 0
+    assert counts["db_commands"] >= 150
+    assert all(world.get(m)["status"] == "delivered" for m in msgs)
