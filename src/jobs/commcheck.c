@@ -51,33 +51,6 @@ struct tick {
     int64_t enqueued, duplicates, bad;
 };
 
-static int find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts,
-                    bson_t ***docs, size_t *n, struct sd_error *err)
-{
-    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
-    const bson_t *doc;
-    size_t cap = *n + 64;
-    *docs = realloc(*docs, cap * sizeof **docs);
-    while (mongoc_cursor_next(cur, &doc)) {
-        if (*n == cap)
-            *docs = realloc(*docs, (cap *= 2) * sizeof **docs);
-        (*docs)[(*n)++] = bson_copy(doc);
-    }
-    bson_error_t berr;
-    int rc = 0;
-    if (mongoc_cursor_error(cur, &berr))
-        rc = sd_error_set(err, "reading %s: %s", mongoc_collection_get_name(coll), berr.message);
-    mongoc_cursor_destroy(cur);
-    return rc;
-}
-
-static void free_docs(bson_t **docs, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        bson_destroy(docs[i]);
-    free(docs);
-}
-
 static bool oid_of(const bson_t *doc, const char *field, bson_oid_t *out)
 {
     bson_iter_t it;
@@ -107,7 +80,7 @@ static int load_by_ids(struct tick *t, const char *collection, const bson_oid_t 
     mongoc_collection_t *coll = mongoc_client_get_collection(t->env->mongo, t->env->db, collection);
     bson_t **docs = NULL;
     size_t got = 0;
-    int rc = find_all(coll, &filter, NULL, &docs, &got, err);
+    int rc = store_find_all(coll, &filter, NULL, &docs, &got, err);
     mongoc_collection_destroy(coll);
     bson_destroy(&filter);
     for (size_t i = 0; i < got; i++) {
@@ -118,7 +91,7 @@ static int load_by_ids(struct tick *t, const char *collection, const bson_oid_t 
             BSON_APPEND_DOCUMENT(map, hex, docs[i]);
         }
     }
-    free_docs(docs, got);
+    store_docs_free(docs, got);
     return rc;
 }
 
@@ -161,11 +134,11 @@ static int finish_pending(struct tick *t, struct sd_error *err)
         BSON_APPEND_INT64(&opts, "limit", 200);
         bson_t **docs = NULL;
         size_t n = 0;
-        int rc = find_all(t->alerts, &filter, &opts, &docs, &n, err);
+        int rc = store_find_all(t->alerts, &filter, &opts, &docs, &n, err);
         bson_destroy(&filter);
         bson_destroy(&opts);
         if (rc || n == 0) {
-            free_docs(docs, n);
+            store_docs_free(docs, n);
             return rc;
         }
         size_t cap = 16, m = 0;
@@ -231,7 +204,7 @@ static int finish_pending(struct tick *t, struct sd_error *err)
             bson_destroy(&ids_filter);
             bson_destroy(&update);
         }
-        free_docs(docs, n);
+        store_docs_free(docs, n);
         if (rc || n < 200)
             return rc;
     }
@@ -632,14 +605,14 @@ int job_communication_check(struct job_env *env, struct sd_error *err)
             mongoc_client_get_collection(env->mongo, env->db, COLL_CHANNEL);
         bson_t filter = BSON_INITIALIZER;
         BSON_APPEND_BOOL(&filter, "active", true);
-        rc = find_all(chc, &filter, NULL, &channels, &n_channels, err);
+        rc = store_find_all(chc, &filter, NULL, &channels, &n_channels, err);
         bson_destroy(&filter);
         mongoc_collection_destroy(chc);
     }
     if (rc == 0) {
         bson_t filter = BSON_INITIALIZER;
         BSON_APPEND_UTF8(&filter, "status", "open");
-        rc = find_all(t.alerts, &filter, NULL, &alerts, &n_alerts, err);
+        rc = store_find_all(t.alerts, &filter, NULL, &alerts, &n_alerts, err);
         bson_destroy(&filter);
     }
     if (rc == 0)
@@ -754,8 +727,8 @@ int job_communication_check(struct job_env *env, struct sd_error *err)
     free(order);
     free(picked);
     free(ids);
-    free_docs(channels, n_channels);
-    free_docs(alerts, n_alerts);
+    store_docs_free(channels, n_channels);
+    store_docs_free(alerts, n_alerts);
     bson_destroy(&checked_at);
     bson_destroy(&streaks);
     bson_destroy(&known);

@@ -51,33 +51,6 @@ static void counts_to(struct tick *t)
     BSON_APPEND_INT64(c, "batches", t->batches);
 }
 
-static int find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts,
-                    bson_t ***docs, size_t *n, struct sd_error *err)
-{
-    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
-    const bson_t *doc;
-    size_t cap = *n + 64;
-    *docs = realloc(*docs, cap * sizeof **docs);
-    while (mongoc_cursor_next(cur, &doc)) {
-        if (*n == cap)
-            *docs = realloc(*docs, (cap *= 2) * sizeof **docs);
-        (*docs)[(*n)++] = bson_copy(doc);
-    }
-    bson_error_t berr;
-    int rc = 0;
-    if (mongoc_cursor_error(cur, &berr))
-        rc = sd_error_set(err, "reading %s: %s", mongoc_collection_get_name(coll), berr.message);
-    mongoc_cursor_destroy(cur);
-    return rc;
-}
-
-static void free_docs(bson_t **docs, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        bson_destroy(docs[i]);
-    free(docs);
-}
-
 /* Appends {field: {$in: [values of docs' `from` field]}} to filter. */
 static uint32_t append_in(bson_t *filter, const char *field, bson_t **docs, size_t n,
                           const char *from)
@@ -106,7 +79,7 @@ static int load_map(struct tick *t, const char *coll_name, bson_t *filter, const
     bson_t **found = NULL;
     size_t n = 0;
     mongoc_collection_t *coll = mongoc_client_get_collection(t->env->mongo, t->env->db, coll_name);
-    int rc = find_all(coll, filter, NULL, &found, &n, err);
+    int rc = store_find_all(coll, filter, NULL, &found, &n, err);
     mongoc_collection_destroy(coll);
     bson_t seen = BSON_INITIALIZER;
     for (size_t i = 0; i < n; i++) {
@@ -121,7 +94,7 @@ static int load_map(struct tick *t, const char *coll_name, bson_t *filter, const
         }
     }
     bson_destroy(&seen);
-    free_docs(found, n);
+    store_docs_free(found, n);
     return rc;
 }
 
@@ -165,7 +138,7 @@ static int load_counts(struct tick *t, bson_t **docs, size_t n, const bson_t *st
         size_t n_msgs = 0;
         mongoc_collection_t *coll =
             mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_MESSAGE);
-        rc = find_all(coll, &filter, &opts, &msgs, &n_msgs, err);
+        rc = store_find_all(coll, &filter, &opts, &msgs, &n_msgs, err);
         mongoc_collection_destroy(coll);
         bson_destroy(&filter);
         bson_destroy(&opts);
@@ -190,7 +163,7 @@ static int load_counts(struct tick *t, bson_t **docs, size_t n, const bson_t *st
             if (count)
                 BSON_APPEND_INT64(counts, hex, count);
         }
-        free_docs(msgs, n_msgs);
+        store_docs_free(msgs, n_msgs);
     }
     free(want);
     return rc;
@@ -429,7 +402,7 @@ static int sweep(struct tick *t, const bson_t *cond, int64_t *found, struct sd_e
         BSON_APPEND_INT64(&opts, "limit", BATCH);
         bson_t **docs = NULL;
         size_t n = 0;
-        int rc = find_all(t->convs, &filter, &opts, &docs, &n, err);
+        int rc = store_find_all(t->convs, &filter, &opts, &docs, &n, err);
         bson_destroy(&filter);
         bson_destroy(&opts);
         bson_iter_t it;
@@ -440,7 +413,7 @@ static int sweep(struct tick *t, const bson_t *cond, int64_t *found, struct sd_e
         *found += (int64_t)n;
         if (rc == 0 && n)
             rc = process(t, docs, n, err);
-        free_docs(docs, n);
+        store_docs_free(docs, n);
         if (rc || n < BATCH)
             return rc;
     }

@@ -61,34 +61,6 @@ static void counts_to(struct tick *t)
     BSON_APPEND_INT64(c, "batches", t->batches);
 }
 
-/* Runs a find and appends every document to docs (owned copies). */
-static int find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts,
-                    bson_t ***docs, size_t *n, struct sd_error *err)
-{
-    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, filter, opts, NULL);
-    const bson_t *doc;
-    size_t cap = *n + 64;
-    *docs = realloc(*docs, cap * sizeof **docs);
-    while (mongoc_cursor_next(cur, &doc)) {
-        if (*n == cap)
-            *docs = realloc(*docs, (cap *= 2) * sizeof **docs);
-        (*docs)[(*n)++] = bson_copy(doc);
-    }
-    bson_error_t berr;
-    int rc = 0;
-    if (mongoc_cursor_error(cur, &berr))
-        rc = sd_error_set(err, "reading %s: %s", mongoc_collection_get_name(coll), berr.message);
-    mongoc_cursor_destroy(cur);
-    return rc;
-}
-
-static void free_docs(bson_t **docs, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        bson_destroy(docs[i]);
-    free(docs);
-}
-
 /* { "<room id hex>": room } for the rooms of these tickets, one query. */
 static int load_rooms(struct tick *t, bson_t **docs, size_t n, bson_t *rooms,
                       struct sd_error *err)
@@ -110,7 +82,7 @@ static int load_rooms(struct tick *t, bson_t **docs, size_t n, bson_t *rooms,
     bson_t **found = NULL;
     size_t n_found = 0;
     mongoc_collection_t *coll = mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_ROOM);
-    int rc = k ? find_all(coll, &filter, NULL, &found, &n_found, err) : 0;
+    int rc = k ? store_find_all(coll, &filter, NULL, &found, &n_found, err) : 0;
     mongoc_collection_destroy(coll);
     bson_destroy(&filter);
     for (size_t i = 0; i < n_found; i++) {
@@ -121,7 +93,7 @@ static int load_rooms(struct tick *t, bson_t **docs, size_t n, bson_t *rooms,
             BSON_APPEND_DOCUMENT(rooms, hex, found[i]);
         }
     }
-    free_docs(found, n_found);
+    store_docs_free(found, n_found);
     return rc;
 }
 
@@ -223,11 +195,11 @@ static int finish_marked(struct tick *t, struct sd_error *err)
         bson_append_document_end(&opts, &proj);
         bson_t **docs = NULL;
         size_t n = 0;
-        int rc = find_all(t->convs, &filter, &opts, &docs, &n, err);
+        int rc = store_find_all(t->convs, &filter, &opts, &docs, &n, err);
         bson_destroy(&filter);
         bson_destroy(&opts);
         if (rc || n == 0) {
-            free_docs(docs, n);
+            store_docs_free(docs, n);
             return rc;
         }
         seam_wait("snooze_before_finish");
@@ -325,7 +297,7 @@ static int finish_marked(struct tick *t, struct sd_error *err)
             bson_destroy(&ids_filter);
             bson_destroy(&update);
         }
-        free_docs(docs, n);
+        store_docs_free(docs, n);
         if (rc)
             return rc;
     }
