@@ -4,7 +4,7 @@ planned mail show their subjects and recipients, customer-supplied markup
 renders as text, SMS plans carry their segment count, a bad OUT is a usage
 error; a planned mail sent by supportd through Mailpit shows in Mailpit's UI.
 
-UPDATE_SCREENSHOT=1 copies the mail screenshot to docs/preview-mail.png (the
+UPDATE_SCREENSHOT=1 copies the mail screenshot to tests/fixtures/preview-mail.png (the
 README's picture)."""
 
 from __future__ import annotations
@@ -137,8 +137,7 @@ def test_preview_index_and_one_mail_in_a_browser(tmp_path):
     chromium(first, screenshot=shot, size="800,520")
     assert_not_blank(shot)
     if os.environ.get("UPDATE_SCREENSHOT"):
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(shot, REPO / "docs" / "preview-mail.png")
+        shutil.copyfile(shot, REPO / "tests" / "fixtures" / "preview-mail.png")
 
 
 def test_blank_page_fails_the_screenshot_check(tmp_path):
