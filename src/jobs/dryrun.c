@@ -1,3 +1,4 @@
+#include "core/bson_field.h"
 #include "jobs/dryrun.h"
 
 #include <stdlib.h>
@@ -107,21 +108,13 @@ static int plan_snooze(const struct fixtures *fx, struct rules *rules, int64_t n
     return rc;
 }
 
-static const char *str(const bson_t *doc, const char *key)
-{
-    bson_iter_t it;
-    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
-               ? bson_iter_utf8(&it, NULL)
-               : NULL;
-}
-
 /* Appends the documents of `docs` whose status is one of `statuses`. */
 static size_t with_status(const bson_t *const *docs, size_t n, const char *const *statuses,
                           const bson_t **out)
 {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        const char *s = str(docs[i], "status");
+        const char *s = bson_field_utf8(docs[i], "status");
         for (int j = 0; s && statuses[j]; j++)
             if (!strcmp(s, statuses[j])) {
                 out[k++] = docs[i];
@@ -152,7 +145,8 @@ static int plan_message_status(const struct fixtures *fx, struct rules *rules, i
         keys.sendgrid_public_key = fixtures_meta_str(fx, "sendgrid_webhook_public_key");
     bson_t messages = BSON_INITIALIZER;
     for (size_t i = 0; i < n_msgs; i++) {
-        const char *provider = str(msgs[i], "provider"), *pmid = str(msgs[i], "provider_message_id");
+        const char *provider = bson_field_utf8(msgs[i], "provider"),
+                   *pmid = bson_field_utf8(msgs[i], "provider_message_id");
         char key[240];
         if (!provider || !pmid)
             continue;
@@ -199,7 +193,7 @@ static int plan_message_status(const struct fixtures *fx, struct rules *rules, i
             char probe[200];
             snprintf(probe, sizeof probe, "twilio.message:%s", sid ? sid : "");
             for (size_t a = 0; sid && a < n_answers; a++) {
-                const char *p = str(answers[a], "probe");
+                const char *p = bson_field_utf8(answers[a], "probe");
                 bson_iter_t b, v;
                 if (!p || strcmp(p, probe) || !bson_iter_init_find(&b, answers[a], "body") ||
                     !BSON_ITER_HOLDS_DOCUMENT(&b))
@@ -214,8 +208,8 @@ static int plan_message_status(const struct fixtures *fx, struct rules *rules, i
                 if (bson_iter_init_find(&v, &body, "error_code") && BSON_ITER_HOLDS_NUMBER(&v))
                     snprintf(code, sizeof code, "%lld", (long long)bson_iter_as_int64(&v));
                 answered[n_answered] = bson_new();
-                msgstatus_poll_entry("twilio", sid, str(&body, "status") ? str(&body, "status") : "",
-                                     code, str(&body, "error_message"), now_ms,
+                msgstatus_poll_entry("twilio", sid, bson_field_utf8(&body, "status") ? bson_field_utf8(&body, "status") : "",
+                                     code, bson_field_utf8(&body, "error_message"), now_ms,
                                      answered[n_answered]);
                 n_answered++;
                 break;

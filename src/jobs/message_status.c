@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "core/clock.h"
 #include "jobs/msgstatus_io.h"
 #include "jobs/runner.h"
@@ -82,14 +83,6 @@ bool ms_fence(struct ms_tick *t, struct sd_error *err)
                       "process was paused); batch abandoned before writing, its entries stay "
                       "pending");
     return false;
-}
-
-static const char *str(const bson_t *doc, const char *key)
-{
-    bson_iter_t it;
-    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
-               ? bson_iter_utf8(&it, NULL)
-               : NULL;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -221,7 +214,7 @@ static int load_messages(struct ms_tick *t, const bson_t *const *parsed, size_t 
         bson_destroy(&filter);
     }
     for (size_t i = 0; i < nd; i++) {
-        const char *provider = str(docs[i], "provider"), *pmid = str(docs[i], "provider_message_id");
+        const char *provider = bson_field_utf8(docs[i], "provider"), *pmid = bson_field_utf8(docs[i], "provider_message_id");
         if (!provider || !pmid)
             continue;
         char key[240];
@@ -270,7 +263,7 @@ static int find_not_landed(struct ms_tick *t, bson_t *const *updates, size_t n,
     int rc = store_find_all(t->msgs, &filter, NULL, &docs, &nd, err);
     bson_destroy(&filter);
     for (size_t i = 0; i < n && rc == 0; i++) {
-        const char *target = str(updates[i], "target");
+        const char *target = bson_field_utf8(updates[i], "target");
         bson_iter_t it, first;
         const char *event_id = NULL;
         if (bson_iter_init_find(&it, updates[i], "event_ids") && bson_iter_recurse(&it, &first) &&
@@ -401,7 +394,7 @@ int ms_decide_and_write(struct ms_tick *t, const bson_t *const *parsed, size_t n
 static void log_entry(struct ms_tick *t, enum log_level level, const char *event,
                       const bson_t *e, const char *what)
 {
-    const char *id = str(e, "id"), *provider = str(e, "provider"), *reason = str(e, "reason");
+    const char *id = bson_field_utf8(e, "id"), *provider = bson_field_utf8(e, "provider"), *reason = bson_field_utf8(e, "reason");
     bson_t f = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&f, "entry", id ? id : "");
     BSON_APPEND_UTF8(&f, "provider", provider ? provider : "");
@@ -426,7 +419,7 @@ static bool tally(struct ms_tick *t, const bson_t *e, const bson_t *not_landed)
         const uint8_t *data;
         bson_iter_document(&evs, &len, &data);
         bson_init_static(&ev, data, len);
-        const char *o = str(&ev, "outcome");
+        const char *o = bson_field_utf8(&ev, "outcome");
         t->c.events++;
         if (bson_iter_init_find(&f, &ev, "message_id") && BSON_ITER_HOLDS_OID(&f)) {
             char hex[25];
@@ -469,7 +462,7 @@ static int process_batch(struct ms_tick *t, struct stream_batch *b, struct sd_er
             const uint8_t *data;
             bson_iter_document(&list, &len, &data);
             bson_init_static(&e, data, len);
-            const char *outcome = str(&e, "outcome"), *id = str(&e, "id");
+            const char *outcome = bson_field_utf8(&e, "outcome"), *id = bson_field_utf8(&e, "id");
             if (tally(t, &e, &not_landed)) {
                 t->c.deferred++; /* retried once the message settles */
                 continue;
@@ -477,12 +470,12 @@ static int process_batch(struct ms_tick *t, struct stream_batch *b, struct sd_er
             struct stream_done d = {.id = id, .entry = b->entries[i]};
             if (!strcmp(outcome, "rejected")) {
                 d.side_stream = t->rejected;
-                d.reason = str(&e, "reason");
+                d.reason = bson_field_utf8(&e, "reason");
                 t->c.rejected++;
                 log_entry(t, LOG_WARN, "status_event.rejected", &e, "rejected");
             } else if (!strcmp(outcome, "unmatched")) {
                 d.side_stream = t->unmatched;
-                d.reason = str(&e, "reason");
+                d.reason = bson_field_utf8(&e, "reason");
                 t->c.unmatched++;
                 log_entry(t, LOG_WARN, "status_event.unmatched", &e, "moved to unmatched");
             } else if (!strcmp(outcome, "waiting")) {

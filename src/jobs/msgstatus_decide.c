@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "jobs/message_status.h"
 
 /* SPEC §2: queued < sending < sent < delivered < read; failed and
@@ -27,22 +28,6 @@ static bool is_failure(const char *s) { return s && (!strcmp(s, "failed") || !st
 static bool moves_forward(const char *to, const char *from)
 {
     return is_failure(to) ? rank(from) < 25 : rank(to) > rank(from);
-}
-
-static const char *str(const bson_t *doc, const char *key)
-{
-    bson_iter_t it;
-    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
-               ? bson_iter_utf8(&it, NULL)
-               : NULL;
-}
-
-static int64_t date_or(const bson_t *doc, const char *key, int64_t dflt)
-{
-    bson_iter_t it;
-    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_DATE_TIME(&it)
-               ? bson_iter_date_time(&it)
-               : dflt;
 }
 
 /* One message touched by the batch: its state as it evolves. */
@@ -125,7 +110,7 @@ static struct mstate *state_for(struct work *w, struct mref *ref)
     memset(s, 0, sizeof *s);
     s->key = key;
     s->doc = doc;
-    const char *st = str(doc, "status");
+    const char *st = bson_field_utf8(doc, "status");
     snprintf(s->status, sizeof s->status, "%s", st ? st : "");
     snprintf(s->before, sizeof s->before, "%s", s->status);
     bson_iter_t it;
@@ -164,11 +149,11 @@ static void copy_field(bson_t *to, const bson_t *from, const char *key)
 /* Applies one event to a message's state; returns its outcome and fills note. */
 static const char *apply_event(struct mstate *s, const bson_t *ev, char *note, size_t size)
 {
-    const char *event_id = str(ev, "event_id"), *status = str(ev, "status"),
-               *pstatus = str(ev, "provider_status"), *source = str(ev, "source");
+    const char *event_id = bson_field_utf8(ev, "event_id"), *status = bson_field_utf8(ev, "status"),
+               *pstatus = bson_field_utf8(ev, "provider_status"), *source = bson_field_utf8(ev, "source");
     if (seen(s, event_id))
         return "duplicate";
-    int64_t at = date_or(ev, "at", 0);
+    int64_t at = bson_field_date(ev, "at", 0);
     bool applies = status && moves_forward(status, s->status);
     char idx[12];
     snprintf(idx, sizeof idx, "%u", s->n_push++);
@@ -216,7 +201,7 @@ static int call_retry(const struct msgstatus_input *in, const struct mstate *s, 
     BSON_APPEND_DOCUMENT(&args, "0", s->doc);
     BSON_APPEND_DOCUMENT_BEGIN(&args, "1", &e);
     copy_field(&e, s->failure, "code");
-    const char *m = str(s->failure, "error_message");
+    const char *m = bson_field_utf8(s->failure, "error_message");
     if (m)
         BSON_APPEND_UTF8(&e, "message", m);
     bson_append_document_end(&args, &e);
@@ -270,7 +255,7 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
             BSON_APPEND_DATE_TIME(&set, "read_at", s->read_at);
         if (s->sent_at && !bson_has_field(s->doc, "sent_at"))
             BSON_APPEND_DATE_TIME(&set, "sent_at", s->sent_at);
-        const char *direction = str(s->doc, "direction");
+        const char *direction = bson_field_utf8(s->doc, "direction");
         if (is_failure(s->status) && s->failure) {
             bson_t e;
             BSON_APPEND_DATE_TIME(&set, "failed_at", s->failed_at);
@@ -280,7 +265,7 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
                 bson_append_iter(&e, "code", -1, &c);
             else
                 BSON_APPEND_NULL(&e, "code");
-            const char *m = str(s->failure, "error_message");
+            const char *m = bson_field_utf8(s->failure, "error_message");
             if (m)
                 BSON_APPEND_UTF8(&e, "message", m);
             else
@@ -381,7 +366,7 @@ int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_e
             bson_append_document_end(&entries, &e);
             continue;
         }
-        int64_t received = date_or(p, "received_at", in->now_ms);
+        int64_t received = bson_field_date(p, "received_at", in->now_ms);
         bool waiting = false;
         char unmatched[400] = "";
         BSON_APPEND_ARRAY_BEGIN(&e, "events", &evs);
@@ -400,16 +385,16 @@ int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_e
                 copy_field(&o, &ev, "event_id");
                 copy_field(&o, &ev, "provider_message_id");
                 copy_field(&o, &ev, "provider_status");
-                const char *pmid = str(&ev, "provider_message_id");
+                const char *pmid = bson_field_utf8(&ev, "provider_message_id");
                 const char *outcome;
                 bson_iter_t m;
                 if (!pmid) {
                     outcome = "no_message_id";
                     snprintf(unmatched + strlen(unmatched), sizeof unmatched - strlen(unmatched),
                              "%s%s has no message id", unmatched[0] ? "; " : "",
-                             str(&ev, "event_id"));
+                             bson_field_utf8(&ev, "event_id"));
                 } else {
-                    snprintf(mkey, sizeof mkey, "%s:%s", str(&ev, "provider"), pmid);
+                    snprintf(mkey, sizeof mkey, "%s:%s", bson_field_utf8(&ev, "provider"), pmid);
                     struct mref *ref = find_ref(&w, mkey);
                     if (ref) {
                         struct mstate *s = state_for(&w, ref);
@@ -430,7 +415,7 @@ int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_e
                             snprintf(unmatched + strlen(unmatched),
                                      sizeof unmatched - strlen(unmatched),
                                      "%sno %s message %s after %d minutes",
-                                     unmatched[0] ? "; " : "", str(&ev, "provider"), pmid,
+                                     unmatched[0] ? "; " : "", bson_field_utf8(&ev, "provider"), pmid,
                                      MSGSTATUS_UNKNOWN_GRACE_MS / 60000);
                     }
                 }

@@ -7,6 +7,7 @@
 #include <strings.h>
 #include <stdarg.h>
 
+#include "core/bson_field.h"
 #include "jobs/message_status.h"
 #include "providers/form.h"
 #include "providers/signature.h"
@@ -41,14 +42,6 @@ const char *msgstatus_map_sendgrid(const char *event, const char *type)
     if (!strcmp(event, "dropped"))
         return "failed";
     return NULL; /* click, spamreport, unsubscribe, group_*: history only */
-}
-
-static const char *field(const bson_t *doc, const char *key)
-{
-    bson_iter_t it;
-    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
-               ? bson_iter_utf8(&it, NULL)
-               : NULL;
 }
 
 static void reject(bson_t *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -113,8 +106,8 @@ static int json_params(const char *body, size_t len, struct form_param **out, si
 static void parse_twilio(const bson_t *entry, const struct msgstatus_keys *keys, int64_t at,
                          bson_t *out)
 {
-    const char *body = field(entry, "body"), *url = field(entry, "url"),
-               *sig = field(entry, "signature");
+    const char *body = bson_field_utf8(entry, "body"), *url = bson_field_utf8(entry, "url"),
+               *sig = bson_field_utf8(entry, "signature");
     if (!body)
         return reject(out, "missing field: body");
     if (!url || !*url)
@@ -195,8 +188,8 @@ static void parse_twilio(const bson_t *entry, const struct msgstatus_keys *keys,
 static void parse_sendgrid(const bson_t *entry, const struct msgstatus_keys *keys,
                            int64_t received_at, bson_t *out)
 {
-    const char *body = field(entry, "body"), *sig = field(entry, "signature"),
-               *ts = field(entry, "timestamp");
+    const char *body = bson_field_utf8(entry, "body"), *sig = bson_field_utf8(entry, "signature"),
+               *ts = bson_field_utf8(entry, "timestamp");
     if (!body)
         return reject(out, "missing field: body");
     if (!sig || !*sig)
@@ -240,7 +233,7 @@ static void parse_sendgrid(const bson_t *entry, const struct msgstatus_keys *key
         }
         bson_iter_document(&it, &elen, &edata);
         bson_init_static(&e, edata, elen);
-        const char *event = field(&e, "event"), *eid = field(&e, "sg_event_id");
+        const char *event = bson_field_utf8(&e, "event"), *eid = bson_field_utf8(&e, "sg_event_id");
         if (!event || !*event) {
             snprintf(bad, sizeof bad, "missing field: event (event %u)", k);
             break;
@@ -256,20 +249,20 @@ static void parse_sendgrid(const bson_t *entry, const struct msgstatus_keys *key
         snprintf(id, sizeof id, "sendgrid:%s", eid);
         BSON_APPEND_UTF8(&ev, "event_id", id);
         BSON_APPEND_UTF8(&ev, "provider", "sendgrid");
-        const char *smid = field(&e, "sg_message_id");
+        const char *smid = bson_field_utf8(&e, "sg_message_id");
         if (smid && *smid) /* X-Message-Id is the part before the first '.' */
             bson_append_utf8(&ev, "provider_message_id", -1, smid, (int)strcspn(smid, "."));
         BSON_APPEND_UTF8(&ev, "provider_status", event);
-        const char *type = field(&e, "type");
+        const char *type = bson_field_utf8(&e, "type");
         const char *ours = msgstatus_map_sendgrid(event, type);
         if (ours)
             BSON_APPEND_UTF8(&ev, "status", ours);
         if (!strcmp(event, "bounce") || !strcmp(event, "dropped") || !strcmp(event, "deferred")) {
             /* retry.lua keys SendGrid on these words: "blocked", "bounce", "dropped" */
             append_code(&ev, !strcmp(event, "bounce") ? (type ? type : "bounce") : event);
-            const char *reason = field(&e, "reason");
+            const char *reason = bson_field_utf8(&e, "reason");
             if (!reason)
-                reason = field(&e, "response");
+                reason = bson_field_utf8(&e, "response");
             if (reason)
                 BSON_APPEND_UTF8(&ev, "error_message", reason);
         }
@@ -292,8 +285,8 @@ static void parse_sendgrid(const bson_t *entry, const struct msgstatus_keys *key
 
 void msgstatus_parse_entry(const bson_t *entry, const struct msgstatus_keys *keys, bson_t *out)
 {
-    const char *id = field(entry, "id"), *provider = field(entry, "provider"),
-               *received = field(entry, "received_at"), *bad_utf8 = field(entry, "_invalid_utf8");
+    const char *id = bson_field_utf8(entry, "id"), *provider = bson_field_utf8(entry, "provider"),
+               *received = bson_field_utf8(entry, "received_at"), *bad_utf8 = bson_field_utf8(entry, "_invalid_utf8");
     BSON_APPEND_UTF8(out, "id", id ? id : "");
     BSON_APPEND_UTF8(out, "provider", provider ? provider : "");
     /* received_at is the receiver's clock; the entry id's time is Redis's, as

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "core/clock.h"
 #include "jobs/msgstatus_io.h"
 #include "jobs/runner.h"
@@ -33,14 +34,6 @@
 #define RETRY_BATCH 100
 #define RESEND_CLAIM_TTL_MS (5 * 60 * 1000)
 #define RESEND_SENT_TTL_MS (7LL * 24 * 3600 * 1000)
-
-static const char *str(const bson_t *doc, const char *key)
-{
-    bson_iter_t it;
-    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
-               ? bson_iter_utf8(&it, NULL)
-               : NULL;
-}
 
 static void log_message(struct ms_tick *t, enum log_level level, const char *event,
                         const char *target, const char *fmt, const char *detail)
@@ -99,19 +92,19 @@ static void clients_close(struct clients *c)
 /* The message as an outbox entry, so the outbox's provider code sends it. */
 static void as_entry(const bson_t *m, const char *key, int64_t started, bson_t *e)
 {
-    const char *channel = str(m, "channel");
+    const char *channel = bson_field_utf8(m, "channel");
     bool sms = channel && !strcmp(channel, "sms");
     bson_t r;
     BSON_APPEND_UTF8(e, "key", key);
     BSON_APPEND_UTF8(e, "via", sms ? "sms" : "email");
     BSON_APPEND_DOCUMENT_BEGIN(e, "recipient", &r);
-    const char *to = str(m, "to");
+    const char *to = bson_field_utf8(m, "to");
     BSON_APPEND_UTF8(&r, sms ? "phone" : "email", to ? to : "");
     bson_append_document_end(e, &r);
     const char *copy[][2] = {{"body", "text"}, {"from", "from"}, {"subject", "subject"},
                              {"account_sid", "account_sid"}, {"status_callback", "status_callback"}};
     for (size_t i = 0; i < sizeof copy / sizeof *copy; i++) {
-        const char *v = str(m, copy[i][0]);
+        const char *v = bson_field_utf8(m, copy[i][0]);
         if (v)
             BSON_APPEND_UTF8(e, copy[i][1], v);
     }
@@ -147,7 +140,7 @@ static int write_message(struct ms_tick *t, const bson_t *item, const bson_t *up
         *landed = bson_iter_as_int64(&it) > 0;
     bson_destroy(&filter);
     bson_destroy(&reply);
-    return ok ? 0 : sd_error_set(err, "updating message %s: %s", str(item, "target"),
+    return ok ? 0 : sd_error_set(err, "updating message %s: %s", bson_field_utf8(item, "target"),
                                  berr.message);
 }
 
@@ -174,7 +167,7 @@ static int record_resent(struct ms_tick *t, const bson_t *item, const char *prov
 {
     bson_t u = BSON_INITIALIZER, set, unset, push;
     char event_id[200];
-    snprintf(event_id, sizeof event_id, "retry:%s:%lld", str(item, "target"), (long long)attempt);
+    snprintf(event_id, sizeof event_id, "retry:%s:%lld", bson_field_utf8(item, "target"), (long long)attempt);
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
     BSON_APPEND_UTF8(&set, "status", "queued");
     BSON_APPEND_UTF8(&set, "provider", provider);
@@ -219,7 +212,7 @@ static int record_resend_failure(struct ms_tick *t, const bson_t *item, int64_t 
                                  int64_t started, bool give_up, struct sd_error *err)
 {
     bson_t u = BSON_INITIALIZER, set, e, push;
-    const char *target = str(item, "target");
+    const char *target = bson_field_utf8(item, "target");
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
     BSON_APPEND_DATE_TIME(&set, "updated_at", t->wall_ms);
     if (give_up) {
@@ -233,7 +226,7 @@ static int record_resend_failure(struct ms_tick *t, const bson_t *item, int64_t 
         bson_append_document_end(&set, &e);
         bson_append_document_end(&u, &set);
         BSON_APPEND_DOCUMENT_BEGIN(&u, "$push", &push);
-        history(&push, str(item, "status") ? str(item, "status") : "failed", t->wall_ms, NULL,
+        history(&push, bson_field_utf8(item, "status") ? bson_field_utf8(item, "status") : "failed", t->wall_ms, NULL,
                 event_id, st->code);
         bson_append_document_end(&u, &push);
         t->c.resend_failed++;
@@ -267,7 +260,7 @@ static int record_resend_failure(struct ms_tick *t, const bson_t *item, int64_t 
 static int resend_one(struct ms_tick *t, struct clients *c, const bson_t *item, const bson_t *msg,
                       struct sd_error *err)
 {
-    const char *target = str(item, "target");
+    const char *target = bson_field_utf8(item, "target");
     bson_iter_t it;
     int64_t attempt = bson_iter_init_find(&it, item, "attempt") ? bson_iter_as_int64(&it) : 2;
     char claim_id[120], key[160];
@@ -389,7 +382,7 @@ int ms_retry_sweep(struct ms_tick *t, struct sd_error *err)
                 const uint8_t *data;
                 bson_iter_document(&it, &len, &data);
                 bson_init_static(&item, data, len);
-                const char *target = str(&item, "target");
+                const char *target = bson_field_utf8(&item, "target");
                 for (size_t i = 0; i < n && target; i++) {
                     bson_iter_t id;
                     char hex[25] = "";
@@ -485,10 +478,10 @@ int ms_reconcile_sweep(struct ms_tick *t, struct sd_error *err)
                 struct twilio_message tm;
                 struct provider_status st;
                 struct sd_error perr;
-                const char *sid = str(&item, "provider_message_id");
+                const char *sid = bson_field_utf8(&item, "provider_message_id");
                 if (twilio_fetch_message(&tw, NULL, sid, &tm, &st, &perr)) {
                     t->c.poll_failed++;
-                    log_message(t, LOG_WARN, "reconcile.failed", str(&item, "target"),
+                    log_message(t, LOG_WARN, "reconcile.failed", bson_field_utf8(&item, "target"),
                                 "looking message %s up at Twilio failed: %s", perr.message);
                     continue;
                 }

@@ -3,23 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "jobs/message_status.h"
-
-static const char *str(const bson_t *doc, const char *key)
-{
-    bson_iter_t it;
-    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
-               ? bson_iter_utf8(&it, NULL)
-               : NULL;
-}
-
-static int64_t date_or(const bson_t *doc, const char *key, int64_t dflt)
-{
-    bson_iter_t it;
-    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_DATE_TIME(&it)
-               ? bson_iter_date_time(&it)
-               : dflt;
-}
 
 static void begin(bson_t *out, uint32_t *n, bson_t *item, const bson_t *doc)
 {
@@ -48,10 +33,10 @@ void msgstatus_plan_retries(const bson_t *const *messages, size_t n, int64_t now
 {
     for (size_t i = 0; i < n; i++) {
         const bson_t *m = messages[i];
-        const char *status = str(m, "status"), *direction = str(m, "direction");
+        const char *status = bson_field_utf8(m, "status"), *direction = bson_field_utf8(m, "direction");
         bson_iter_t it;
         bool final = bson_iter_init_find(&it, m, "final") && bson_iter_as_bool(&it);
-        int64_t due = date_or(m, "next_retry_at", -1);
+        int64_t due = bson_field_date(m, "next_retry_at", -1);
         if (final || due < 0 || due > now_ms || !direction || strcmp(direction, "outbound") ||
             !status || (strcmp(status, "failed") && strcmp(status, "undelivered")))
             continue;
@@ -92,8 +77,8 @@ int msgstatus_plan_polls(const bson_t *const *messages, size_t n, int64_t now_ms
         max = bson_iter_as_int64(&f);
     for (size_t i = 0; i < n && (int64_t)*n_out < max; i++) {
         const bson_t *m = messages[i];
-        const char *status = str(m, "status"), *provider = str(m, "provider"),
-                   *pmid = str(m, "provider_message_id");
+        const char *status = bson_field_utf8(m, "status"), *provider = bson_field_utf8(m, "provider"),
+                   *pmid = bson_field_utf8(m, "provider_message_id");
         if (!status || !provider || !pmid || !*pmid)
             continue;
         /* Only Twilio can be asked for free; SendGrid's Email Activity API is
@@ -103,8 +88,8 @@ int msgstatus_plan_polls(const bson_t *const *messages, size_t n, int64_t now_ms
         int64_t after = reconcile_after(&cfg, status);
         if (after < 0)
             continue;
-        int64_t since = date_or(m, "updated_at", 0);
-        int64_t polled = date_or(m, "supportd_polled_at", -1);
+        int64_t since = bson_field_date(m, "updated_at", 0);
+        int64_t polled = bson_field_date(m, "supportd_polled_at", -1);
         if (now_ms - since < after * 1000 || (polled >= 0 && now_ms - polled < after * 1000))
             continue;
         bson_t item;

@@ -1,0 +1,27 @@
+/* bson_field.h — reading one top-level field of a document, typed, with the
+ * absent-or-wrong-type case folded into one answer. Borrowed pointers: valid
+ * while the document is. */
+#ifndef SD_CORE_BSON_FIELD_H
+#define SD_CORE_BSON_FIELD_H
+
+#include <bson/bson.h>
+
+/* The string at key, or NULL when absent or not a string. */
+static inline const char *bson_field_utf8(const bson_t *doc, const char *key)
+{
+    bson_iter_t it;
+    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)
+               ? bson_iter_utf8(&it, NULL)
+               : NULL;
+}
+
+/* The date at key in ms, or dflt when absent or not a date. */
+static inline int64_t bson_field_date(const bson_t *doc, const char *key, int64_t dflt)
+{
+    bson_iter_t it;
+    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_DATE_TIME(&it)
+               ? bson_iter_date_time(&it)
+               : dflt;
+}
+
+#endif
