@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "core/log.h"
 #include "core/tz.h"
 #include "version.h"
 
@@ -42,6 +43,9 @@ static int dispatch(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* Before mongoc_init: it may already have something to say, and every
+     * line on stderr is one of ours (JSON, redacted). */
+    log_route_mongoc();
     mongoc_init();
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = dispatch(argc, argv);

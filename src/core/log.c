@@ -234,6 +234,11 @@ static void mongoc_handler(mongoc_log_level_t level, const char *domain, const c
      * teardown. Harmless (reference/ferretdb.md §3), so keep it out of warn. */
     if (strstr(message, "endSessions"))
         ours = LOG_DEBUG;
+    /* mongoc_init's shared-memory counters (a diagnostics aid) cannot be
+     * created when a killed process with the same pid left its segment in
+     * /dev/shm: mongoc keeps them in memory instead. Harmless too. */
+    if (strstr(message, "Falling back to malloc for counters"))
+        ours = LOG_DEBUG;
     log_msg(ours, NULL, "driver.log", NULL, "%s: %s", domain, message);
 }
 
