@@ -58,6 +58,7 @@ const core_sources = [_][]const u8{
     "src/jobs/msgstatus_select.c",
     "src/jobs/msgstatus_retry.c",
     "src/store/stream.c",
+    "src/store/find_in.c",
     "src/providers/form.c",
     "src/jobs/notification.c",
     "src/jobs/notification_decide.c",

@@ -34,7 +34,7 @@ import redis as redislib
 from bson import ObjectId
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, REPO, Postgres, PrivateFerretDB, PrivateRedis,  # noqa: E402
+from common import (BENCH_PG_DB, CACHE, REPO, Postgres, PrivateFerretDB, PrivateRedis,  # noqa: E402
                     die, load_services, log_events, ping, run_measured, say, url_with_db)
 
 DB = "bench_notification"
@@ -179,6 +179,10 @@ def main():
     ap.add_argument("--bin", type=Path, default=CACHE / "bench-out" / "bin" / "supportd")
     ap.add_argument("--baseline-bin", type=Path, help="a second binary to deliver the same entries")
     ap.add_argument("--skip-decide", action="store_true")
+    ap.add_argument("--skip-delivery", action="store_true")
+    ap.add_argument("--gin", choices=("on", "off"), default="on",
+                    help="the index-served test database (scripts/services.d/gin-indexes.sql) or "
+                         "FerretDB with its own indexes only")
     ap.add_argument("--out", type=Path, default=CACHE / "bench")
     args = ap.parse_args()
     n = args.entries or (1000 if args.quick else 5000)
@@ -191,18 +195,21 @@ def main():
     own_redis = PrivateRedis(workdir)
     own_redis.start()
     services.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(own_redis.port))
-    ferret = PrivateFerretDB(Postgres(services["STATE_PG_PORT"]), workdir)
+    pg = Postgres(services["STATE_PG_PORT"])
+    ferret = PrivateFerretDB(pg, workdir)
     fake = Fake()
     results = {}
     try:
         ferret.start()
+        # the trigger gives the indexes supportd creates (after each reset) their GIN twins
+        pg.gin(BENCH_PG_DB, args.gin == "on", schemas=[DB])
         db = pymongo.MongoClient(ferret.url)[DB]
         r = redislib.Redis(host="127.0.0.1", port=own_redis.port)
         env = env_for(services, ferret.url, fake)
-        results["delivery"] = [
+        results["delivery"] = [] if args.skip_delivery else [
             delivery(args.bin.resolve(), env, db, r, fake, n, workdir, "supportd", "notification"),
             delivery(args.bin.resolve(), env, db, r, fake, n, workdir, "supportd", "outbox")]
-        if args.baseline_bin:
+        if args.baseline_bin and not args.skip_delivery:
             # `once outbox` (200 entries a tick) is what both versions have
             results["delivery"].append(delivery(args.baseline_bin.resolve(), env, db, r, fake, n,
                                                 workdir, "baseline", "outbox"))

@@ -40,7 +40,6 @@
 #include "providers/endpoint_probe.h"
 #include "store/mongo.h"
 
-#define OUTBOX_LIMIT 1000
 #define UPDATE_BULK 50 /* FerretDB: bulks of more update statements deadlock */
 
 struct tick {
@@ -723,7 +722,7 @@ int job_communication_check(struct job_env *env, struct sd_error *err)
     counts_to(&t, &lim);
     /* SPEC §2: the job that enqueues delivers in the same tick. */
     if (rc == 0 && !job_should_stop(env))
-        rc = job_deliver_outbox(env, OUTBOX_LIMIT, err);
+        rc = job_deliver_outbox(env, err);
     free(order);
     free(picked);
     free(ids);

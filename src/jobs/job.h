@@ -51,9 +51,15 @@ job_fn job_function(int id);
 bool job_should_stop(const struct job_env *env);
 
 int job_probe(struct job_env *env, struct sd_error *err);
-/* Delivers due outbox entries (up to `limit`), adding outbox_* counters to
- * env->counts. Every job that sends calls it at the end of its tick. */
-int job_deliver_outbox(struct job_env *env, int limit, struct sd_error *err);
+/* Entries one tick delivers (oldest due first); the rest wait for the next.
+ * On FerretDB each tick's due query reads every pending entry, so fewer,
+ * larger ticks drain a backlog faster (README, outbox benchmark). */
+#define JOB_OUTBOX_LIMIT 5000
+
+/* Delivers due outbox entries (up to JOB_OUTBOX_LIMIT), adding outbox_*
+ * counters to env->counts. Every job that sends calls it at the end of its
+ * tick. */
+int job_deliver_outbox(struct job_env *env, struct sd_error *err);
 int job_outbox(struct job_env *env, struct sd_error *err);
 /* False for jobs safe to run on every instance at once (each item claimed on
  * its own): the runner takes no lease for them. */

@@ -14,7 +14,6 @@
  * writing, and the entries stay pending for the instance that took over.
  * Writes are also conditional on the updated_at read, so a platform change in
  * between is not overwritten; such entries stay pending and are retried. */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +23,7 @@
 #include "jobs/msgstatus_io.h"
 #include "jobs/runner.h"
 #include "jobs/seam.h"
+#include "store/find_in.h"
 #include "store/mongo.h"
 #include "store/stream.h"
 
@@ -90,88 +90,10 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* One equality find per id, FIND_THREADS at a time (FerretDB serves each from
- * the index in about a millisecond; in a row they were a third of a large
- * tick's wall time). Each helper thread has its own client from the pool. */
-#define FIND_THREADS 4
-
-struct find_slice {
-    struct ms_tick *t;
-    const char *const *ids;
-    size_t from, to;
-    mongoc_client_t *client;
-    bson_t **docs;
-    size_t nd;
-    uint64_t commands;
-    int rc;
-    struct sd_error err;
-};
-
-static void find_slice_run(struct find_slice *s)
-{
-    uint64_t before = store_thread_commands();
-    mongoc_collection_t *coll = mongoc_client_get_collection(s->client, s->t->env->db, COLL_MESSAGE);
-    for (size_t i = s->from; i < s->to && s->rc == 0; i++) {
-        bson_t filter = BSON_INITIALIZER;
-        BSON_APPEND_UTF8(&filter, "provider_message_id", s->ids[i]);
-        s->rc = store_find_all(coll, &filter, NULL, &s->docs, &s->nd, &s->err);
-        bson_destroy(&filter);
-    }
-    mongoc_collection_destroy(coll);
-    s->commands = store_thread_commands() - before;
-}
-
-static void *find_slice_thread(void *arg)
-{
-    find_slice_run(arg);
-    return NULL;
-}
-
-static int find_each(struct ms_tick *t, const char *const *ids, size_t n, bson_t ***docs,
-                     size_t *nd, struct sd_error *err)
-{
-    struct find_slice s[FIND_THREADS];
-    pthread_t th[FIND_THREADS];
-    bool started[FIND_THREADS] = {false};
-    size_t k = t->env->store && n >= 64 ? FIND_THREADS : 1;
-    for (size_t i = 0; i < k; i++) {
-        s[i] = (struct find_slice){.t = t, .ids = ids, .from = n * i / k, .to = n * (i + 1) / k};
-        /* slice 0 runs here on the tick's client; the others on pooled ones */
-        s[i].client = i == 0 ? t->env->mongo : store_pop(t->env->store);
-        if (i > 0)
-            started[i] = pthread_create(&th[i], NULL, find_slice_thread, &s[i]) == 0;
-    }
-    find_slice_run(&s[0]);
-    int rc = 0;
-    for (size_t i = 0; i < k; i++) {
-        if (i > 0) {
-            if (started[i])
-                pthread_join(th[i], NULL);
-            else
-                find_slice_run(&s[i]); /* no thread: do it here */
-            store_push(t->env->store, s[i].client);
-            store_thread_commands_add(s[i].commands);
-        }
-        if (s[i].rc && rc == 0) {
-            rc = -1;
-            if (err)
-                *err = s[i].err;
-        }
-        for (size_t d = 0; d < s[i].nd; d++) {
-            *docs = realloc(*docs, (*nd + 1) * sizeof **docs);
-            (*docs)[(*nd)++] = s[i].docs[d];
-        }
-        free(s[i].docs);
-    }
-    return rc;
-}
-
 /* The messages named by the parsed entries' events, keyed
  * "<provider>:<provider_message_id>", by the indexed provider_message_id.
- * MongoDB: one {$in: [...]} for the batch. FerretDB filters $in in Go, per
- * document against the whole list, after reading the collection (50,000
- * messages: 3 s for 100 ids, 12 s for 5,000), while an equality is served by
- * the index (1.1 ms): there, one find per distinct id (README, Compatibility). */
+ * One {$in} for the batch on MongoDB, one find per distinct id on FerretDB
+ * (store/find_in.h). */
 static int load_messages(struct ms_tick *t, const bson_t *const *parsed, size_t n,
                          bson_t *messages, struct sd_error *err)
 {
@@ -194,25 +116,21 @@ static int load_messages(struct ms_tick *t, const bson_t *const *parsed, size_t 
     for (size_t i = 0; i < k; i++)
         if (i == 0 || strcmp(ids[i], ids[distinct - 1]))
             ids[distinct++] = ids[i];
+    bson_value_t *values = calloc(distinct + 1, sizeof *values);
+    for (size_t i = 0; i < distinct; i++) {
+        values[i].value_type = BSON_TYPE_UTF8;
+        values[i].value.v_utf8.str = (char *)ids[i];
+        values[i].value.v_utf8.len = (uint32_t)strlen(ids[i]);
+    }
+    struct store_find_in q = {.store = t->env->store,
+                              .client = t->env->mongo,
+                              .db = t->env->db,
+                              .coll = COLL_MESSAGE,
+                              .field = "provider_message_id"};
     bson_t **docs = NULL;
     size_t nd = 0;
-    int rc = 0;
-    if (distinct && store_is_ferretdb(t->env->mongo)) {
-        rc = find_each(t, ids, distinct, &docs, &nd, err);
-    } else if (distinct) {
-        bson_t filter = BSON_INITIALIZER, in, list;
-        BSON_APPEND_DOCUMENT_BEGIN(&filter, "provider_message_id", &in);
-        BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
-        for (size_t i = 0; i < distinct; i++) {
-            char idx[16];
-            snprintf(idx, sizeof idx, "%zu", i);
-            BSON_APPEND_UTF8(&list, idx, ids[i]);
-        }
-        bson_append_array_end(&in, &list);
-        bson_append_document_end(&filter, &in);
-        rc = store_find_all(t->msgs, &filter, NULL, &docs, &nd, err);
-        bson_destroy(&filter);
-    }
+    int rc = store_find_in(&q, values, distinct, &docs, &nd, err);
+    free(values);
     for (size_t i = 0; i < nd; i++) {
         const char *provider = bson_field_utf8(docs[i], "provider"), *pmid = bson_field_utf8(docs[i], "provider_message_id");
         if (!provider || !pmid)

@@ -21,16 +21,26 @@
 #include "jobs/notification.h"
 #include "jobs/seam.h"
 #include "outbox/outbox.h"
+#include "store/find_in.h"
 #include "store/mongo.h"
 
 #define BATCH 500
-#define MAX_BATCHES 2000
+#define MAX_BATCHES 20000 /* 10 million conversations: a bound, not a budget */
 #define CHANGED_SKEW_MS 60000 /* a write that commits late is still seen */
-#define OUTBOX_LIMIT 1000
+
+/* Rooms read so far this tick, sorted by id for bsearch: each is read once
+ * however many batches need it. */
+struct room_entry {
+    char hex[25];
+    bson_t *doc;
+};
 
 struct tick {
     struct job_env *env;
     mongoc_collection_t *convs;
+    int64_t since;        /* changed since (skew applied); -1 on a fresh install */
+    struct room_entry *rooms;
+    size_t n_rooms;
     bool baseline;
     int64_t changed, due, enqueued, duplicates, states, sla_written, sla_conflicts, bad,
         batches;
@@ -51,50 +61,170 @@ static void counts_to(struct tick *t)
     BSON_APPEND_INT64(c, "batches", t->batches);
 }
 
-/* Appends {field: {$in: [values of docs' `from` field]}} to filter. */
-static uint32_t append_in(bson_t *filter, const char *field, bson_t **docs, size_t n,
-                          const char *from)
+/* The distinct ObjectIds in docs' `from` field (caller frees). */
+static bson_value_t *distinct_oids(bson_t **docs, size_t n, const char *from, size_t *k)
 {
-    bson_t in, ids;
-    uint32_t k = 0;
-    BSON_APPEND_DOCUMENT_BEGIN(filter, field, &in);
-    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
-    for (size_t i = 0; i < n; i++) {
+    bson_value_t *v = calloc(n + 1, sizeof *v);
+    *k = 0;
+    for (size_t i = 0; v && i < n; i++) {
         bson_iter_t it;
-        if (bson_iter_init_find(&it, docs[i], from) && BSON_ITER_HOLDS_OID(&it)) {
-            char idx[12];
-            snprintf(idx, sizeof idx, "%u", k++);
-            BSON_APPEND_OID(&ids, idx, bson_iter_oid(&it));
+        if (!bson_iter_init_find(&it, docs[i], from) || !BSON_ITER_HOLDS_OID(&it))
+            continue;
+        const bson_oid_t *oid = bson_iter_oid(&it);
+        bool seen = false;
+        for (size_t j = 0; j < *k && !seen; j++)
+            seen = bson_oid_equal(&v[j].value.v_oid, oid);
+        if (!seen) {
+            v[*k].value_type = BSON_TYPE_OID;
+            bson_oid_copy(oid, &v[(*k)++].value.v_oid);
         }
     }
-    bson_append_array_end(&in, &ids);
-    bson_append_document_end(filter, &in);
-    return k;
+    return v;
 }
 
-/* Runs filter on coll and files each result under the hex of its `by` field. */
-static int load_map(struct tick *t, const char *coll_name, bson_t *filter, const char *by,
-                    bson_t *map, struct sd_error *err)
+static struct store_find_in query_on(struct tick *t, const char *coll, const char *field)
 {
-    bson_t **found = NULL;
-    size_t n = 0;
-    mongoc_collection_t *coll = mongoc_client_get_collection(t->env->mongo, t->env->db, coll_name);
-    int rc = store_find_all(coll, filter, NULL, &found, &n, err);
-    mongoc_collection_destroy(coll);
+    return (struct store_find_in){.store = t->env->store,
+                                  .client = t->env->mongo,
+                                  .db = t->env->db,
+                                  .coll = coll,
+                                  .field = field};
+}
+
+/* Files each document under the hex of its `by` field (the first one wins). */
+static void file_by(bson_t **found, size_t n, const char *by, bson_t *map)
+{
     bson_t seen = BSON_INITIALIZER;
     for (size_t i = 0; i < n; i++) {
         bson_iter_t it;
         if (bson_iter_init_find(&it, found[i], by) && BSON_ITER_HOLDS_OID(&it)) {
             char hex[25];
             bson_oid_to_string(bson_iter_oid(&it), hex);
-            if (!bson_has_field(&seen, hex)) { /* first one wins (channels) */
+            if (!bson_has_field(&seen, hex)) {
                 BSON_APPEND_BOOL(&seen, hex, true);
                 BSON_APPEND_DOCUMENT(map, hex, found[i]);
             }
         }
     }
     bson_destroy(&seen);
-    store_docs_free(found, n);
+}
+
+static int cmp_room(const void *a, const void *b)
+{
+    return strcmp(((const struct room_entry *)a)->hex, ((const struct room_entry *)b)->hex);
+}
+
+static const struct room_entry *cached_room(const struct tick *t, const char *hex)
+{
+    struct room_entry key;
+    snprintf(key.hex, sizeof key.hex, "%s", hex);
+    return t->n_rooms ? bsearch(&key, t->rooms, t->n_rooms, sizeof key, cmp_room) : NULL;
+}
+
+/* The batch's rooms into `rooms` ({hex: room}), reading only those this
+ * tick has not read yet. */
+static int load_rooms(struct tick *t, bson_t **docs, size_t n, bson_t *rooms,
+                      struct sd_error *err)
+{
+    size_t k = 0, missing = 0;
+    bson_value_t *ids = distinct_oids(docs, n, "room_id", &k);
+    if (!ids)
+        return sd_error_set(err, "out of memory");
+    for (size_t i = 0; i < k; i++) {
+        char hex[25];
+        bson_oid_to_string(&ids[i].value.v_oid, hex);
+        if (!cached_room(t, hex))
+            ids[missing++] = ids[i];
+    }
+    bson_t **found = NULL;
+    size_t nf = 0;
+    struct store_find_in q = query_on(t, COLL_ROOM, "_id");
+    int rc = store_find_in(&q, ids, missing, &found, &nf, err);
+    struct room_entry *grown = nf ? realloc(t->rooms, (t->n_rooms + nf) * sizeof *grown) : NULL;
+    if (nf && !grown) {
+        rc = sd_error_set(err, "out of memory");
+    } else if (nf) {
+        t->rooms = grown;
+        /* found holds only rooms not cached, each once (distinct _ids) */
+        for (size_t i = 0; i < nf; i++) {
+            bson_iter_t it;
+            if (!bson_iter_init_find(&it, found[i], "_id") || !BSON_ITER_HOLDS_OID(&it))
+                continue;
+            struct room_entry *e = &t->rooms[t->n_rooms++];
+            bson_oid_to_string(bson_iter_oid(&it), e->hex);
+            e->doc = found[i];
+            found[i] = NULL;
+        }
+        qsort(t->rooms, t->n_rooms, sizeof *t->rooms, cmp_room);
+    }
+    for (size_t i = 0; i < nf; i++)
+        if (found[i])
+            bson_destroy(found[i]);
+    free(found);
+    for (size_t i = 0; i < k; i++) {
+        char hex[25];
+        bson_oid_to_string(&ids[i].value.v_oid, hex);
+        const struct room_entry *e = cached_room(t, hex);
+        if (e && !bson_has_field(rooms, hex))
+            BSON_APPEND_DOCUMENT(rooms, hex, e->doc);
+    }
+    free(ids);
+    return rc;
+}
+
+/* The batch's notify-state records into `states` ({conversation hex: record}). */
+static int load_states(struct tick *t, bson_t **docs, size_t n, bson_t *states,
+                       struct sd_error *err)
+{
+    size_t k = 0;
+    bson_value_t *ids = distinct_oids(docs, n, "_id", &k);
+    if (!ids)
+        return sd_error_set(err, "out of memory");
+    bson_t **found = NULL;
+    size_t nf = 0;
+    struct store_find_in q = query_on(t, COLL_NOTIFY_STATE, "_id");
+    int rc = store_find_in(&q, ids, k, &found, &nf, err);
+    file_by(found, nf, "_id", states);
+    store_docs_free(found, nf);
+    free(ids);
+    return rc;
+}
+
+/* The active SMS channel of each of the batch's rooms: one {$in} (FerretDB
+ * serves the type and active equalities by index and filters the few SMS
+ * channels in Go). */
+static int load_channels(struct tick *t, bson_t **docs, size_t n, bson_t *channels,
+                         struct sd_error *err)
+{
+    size_t k = 0;
+    bson_value_t *ids = distinct_oids(docs, n, "room_id", &k);
+    if (!ids)
+        return sd_error_set(err, "out of memory");
+    int rc = 0;
+    if (k) {
+        bson_t filter = BSON_INITIALIZER, in, list;
+        BSON_APPEND_DOCUMENT_BEGIN(&filter, "room_id", &in);
+        BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
+        for (size_t i = 0; i < k; i++) {
+            char idx[12];
+            snprintf(idx, sizeof idx, "%zu", i);
+            BSON_APPEND_VALUE(&list, idx, &ids[i]);
+        }
+        bson_append_array_end(&in, &list);
+        bson_append_document_end(&filter, &in);
+        BSON_APPEND_UTF8(&filter, "type", "sms");
+        BSON_APPEND_BOOL(&filter, "active", true);
+        bson_t **found = NULL;
+        size_t nf = 0;
+        mongoc_collection_t *coll =
+            mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_CHANNEL);
+        rc = store_find_all(coll, &filter, NULL, &found, &nf, err);
+        mongoc_collection_destroy(coll);
+        file_by(found, nf, "room_id", channels);
+        store_docs_free(found, nf);
+        bson_destroy(&filter);
+    }
+    free(ids);
     return rc;
 }
 
@@ -127,20 +257,23 @@ static int load_counts(struct tick *t, bson_t **docs, size_t n, const bson_t *st
     }
     int rc = 0;
     if (k) {
-        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
-        append_in(&filter, "conversation_id", want, k, "_id");
-        BSON_APPEND_UTF8(&filter, "direction", "inbound");
+        bson_t extra = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
+        BSON_APPEND_UTF8(&extra, "direction", "inbound");
         BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
         BSON_APPEND_INT32(&proj, "conversation_id", 1);
         BSON_APPEND_INT32(&proj, "created_at", 1);
         bson_append_document_end(&opts, &proj);
+        size_t nv = 0;
+        bson_value_t *ids = distinct_oids(want, k, "_id", &nv);
         bson_t **msgs = NULL;
         size_t n_msgs = 0;
-        mongoc_collection_t *coll =
-            mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_MESSAGE);
-        rc = store_find_all(coll, &filter, &opts, &msgs, &n_msgs, err);
-        mongoc_collection_destroy(coll);
-        bson_destroy(&filter);
+        struct store_find_in q = query_on(t, COLL_MESSAGE, "conversation_id");
+        q.extra = &extra;
+        q.opts = &opts;
+        rc = ids ? store_find_in(&q, ids, nv, &msgs, &n_msgs, err)
+                 : sd_error_set(err, "out of memory");
+        free(ids);
+        bson_destroy(&extra);
         bson_destroy(&opts);
         for (size_t i = 0; i < k && rc == 0; i++) {
             bson_iter_t it, s;
@@ -325,18 +458,11 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
 {
     bson_t rooms = BSON_INITIALIZER, states = BSON_INITIALIZER, channels = BSON_INITIALIZER,
            zones = BSON_INITIALIZER, counts = BSON_INITIALIZER, actions = BSON_INITIALIZER;
-    bson_t f1 = BSON_INITIALIZER, f2 = BSON_INITIALIZER, f3 = BSON_INITIALIZER;
-    int rc = 0;
-    if (append_in(&f1, "_id", docs, n, "room_id"))
-        rc = load_map(t, COLL_ROOM, &f1, "_id", &rooms, err);
-    if (rc == 0 && append_in(&f2, "_id", docs, n, "_id"))
-        rc = load_map(t, COLL_NOTIFY_STATE, &f2, "_id", &states, err);
-    if (rc == 0 && !bson_empty(&rooms)) {
-        append_in(&f3, "room_id", docs, n, "room_id");
-        BSON_APPEND_UTF8(&f3, "type", "sms");
-        BSON_APPEND_BOOL(&f3, "active", true);
-        rc = load_map(t, COLL_CHANNEL, &f3, "room_id", &channels, err);
-    }
+    int rc = load_rooms(t, docs, n, &rooms, err);
+    if (rc == 0)
+        rc = load_states(t, docs, n, &states, err);
+    if (rc == 0 && !bson_empty(&rooms))
+        rc = load_channels(t, docs, n, &channels, err);
     if (rc == 0 && !t->baseline)
         rc = load_counts(t, docs, n, &states, &counts, err);
     bson_iter_t it;
@@ -370,9 +496,6 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
         if (rc == 0)
             rc = write_state(t, docs, n, &actions, err);
     }
-    bson_destroy(&f1);
-    bson_destroy(&f2);
-    bson_destroy(&f3);
     bson_destroy(&rooms);
     bson_destroy(&states);
     bson_destroy(&channels);
@@ -383,41 +506,65 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
     return rc;
 }
 
-/* Pages through `cond` (plus _id > last) in _id order, BATCH at a time. */
-static int sweep(struct tick *t, const bson_t *cond, int64_t *found, struct sd_error *err)
+/* The conversations to look at, in one query through one cursor, BATCH at a
+ * time (each decided, written and finished before the next is read):
+ * changed since the checkpoint, or with a deadline due — every conversation
+ * on a fresh install. One query, not one per kind or per page: MongoDB serves
+ * the $or's branches from supportd_updated_at and supportd_sla_next_due and
+ * returns each conversation once; FerretDB 1.24 pushes no range down and
+ * decodes the whole collection for every query, so each query costs a scan
+ * there (README, notification job). *complete: read to its end. */
+static int sweep(struct tick *t, bool *complete, struct sd_error *err)
 {
-    bson_oid_t last;
-    bool have_last = false;
-    for (int round = 0; round < MAX_BATCHES && !job_should_stop(t->env); round++) {
-        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort, gt;
-        bson_concat(&filter, cond);
-        if (have_last) {
-            BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &gt);
-            BSON_APPEND_OID(&gt, "$gt", &last);
-            bson_append_document_end(&filter, &gt);
-        }
-        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-        BSON_APPEND_INT32(&sort, "_id", 1);
-        bson_append_document_end(&opts, &sort);
-        BSON_APPEND_INT64(&opts, "limit", BATCH);
-        bson_t **docs = NULL;
+    bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+    if (!t->baseline) {
+        bson_t or, branch, cond;
+        BSON_APPEND_ARRAY_BEGIN(&filter, "$or", &or);
+        BSON_APPEND_DOCUMENT_BEGIN(&or, "0", &branch);
+        BSON_APPEND_DOCUMENT_BEGIN(&branch, "updated_at", &cond);
+        BSON_APPEND_DATE_TIME(&cond, "$gte", t->since);
+        bson_append_document_end(&branch, &cond);
+        bson_append_document_end(&or, &branch);
+        BSON_APPEND_DOCUMENT_BEGIN(&or, "1", &branch);
+        BSON_APPEND_DOCUMENT_BEGIN(&branch, "sla.next_due", &cond);
+        BSON_APPEND_DATE_TIME(&cond, "$lte", t->env->now_ms);
+        bson_append_document_end(&branch, &cond);
+        bson_append_document_end(&or, &branch);
+        bson_append_array_end(&filter, &or);
+    }
+    BSON_APPEND_INT32(&opts, "batchSize", BATCH);
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(t->convs, &filter, &opts, NULL);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    int rc = 0;
+    bool more = true;
+    for (int round = 0; rc == 0 && more && round < MAX_BATCHES && !job_should_stop(t->env);
+         round++) {
+        bson_t *docs[BATCH];
+        const bson_t *doc;
         size_t n = 0;
-        int rc = store_find_all(t->convs, &filter, &opts, &docs, &n, err);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
-        bson_iter_t it;
-        if (n && bson_iter_init_find(&it, docs[n - 1], "_id") && BSON_ITER_HOLDS_OID(&it)) {
-            bson_oid_copy(bson_iter_oid(&it), &last);
-            have_last = true;
+        while (n < BATCH && (more = mongoc_cursor_next(cur, &doc))) {
+            docs[n++] = bson_copy(doc);
+            bson_iter_t u;
+            bool changed = t->baseline || (bson_iter_init_find(&u, doc, "updated_at") &&
+                                           BSON_ITER_HOLDS_DATE_TIME(&u) &&
+                                           bson_iter_date_time(&u) >= t->since);
+            if (changed)
+                t->changed++;
+            else
+                t->due++;
         }
-        *found += (int64_t)n;
+        bson_error_t berr;
+        if (!more && mongoc_cursor_error(cur, &berr))
+            rc = sd_error_set(err, "reading %s: %s", COLL_CONVERSATION, berr.message);
         if (rc == 0 && n)
             rc = process(t, docs, n, err);
-        store_docs_free(docs, n);
-        if (rc || n < BATCH)
-            return rc;
+        for (size_t i = 0; i < n; i++)
+            bson_destroy(docs[i]);
     }
-    return 0;
+    *complete = rc == 0 && !more;
+    mongoc_cursor_destroy(cur);
+    return rc;
 }
 
 int job_notification(struct job_env *env, struct sd_error *err)
@@ -437,26 +584,11 @@ int job_notification(struct job_env *env, struct sd_error *err)
         freeReplyObject(rep);
     }
     t.baseline = rc == 0 && since < 0;
-    if (rc == 0) {
-        bson_t cond = BSON_INITIALIZER, range;
-        if (!t.baseline) {
-            /* No lower bound on a fresh install: every conversation once. */
-            BSON_APPEND_DOCUMENT_BEGIN(&cond, "updated_at", &range);
-            BSON_APPEND_DATE_TIME(&range, "$gte", since - CHANGED_SKEW_MS);
-            bson_append_document_end(&cond, &range);
-        }
-        rc = sweep(&t, &cond, &t.changed, err);
-        bson_destroy(&cond);
-    }
-    if (rc == 0 && !job_should_stop(env)) {
-        bson_t cond = BSON_INITIALIZER, range;
-        BSON_APPEND_DOCUMENT_BEGIN(&cond, "sla.next_due", &range);
-        BSON_APPEND_DATE_TIME(&range, "$lte", env->now_ms);
-        bson_append_document_end(&cond, &range);
-        rc = sweep(&t, &cond, &t.due, err);
-        bson_destroy(&cond);
-    }
-    if (rc == 0 && !job_should_stop(env)) {
+    t.since = t.baseline ? -1 : since - CHANGED_SKEW_MS;
+    bool complete = false;
+    if (rc == 0)
+        rc = sweep(&t, &complete, err);
+    if (rc == 0 && complete) {
         /* The tick's now, not the wall clock: what --now ran against is what
          * the next tick's change query starts from. */
         rep = rds_command(env->redis, err, "SET %s %lld", key, (long long)env->now_ms);
@@ -468,7 +600,10 @@ int job_notification(struct job_env *env, struct sd_error *err)
     counts_to(&t);
     /* The job delivers what it enqueued, and what any job left pending. */
     if (rc == 0 && !job_should_stop(env))
-        rc = job_deliver_outbox(env, OUTBOX_LIMIT, err);
+        rc = job_deliver_outbox(env, err);
     mongoc_collection_destroy(t.convs);
+    for (size_t i = 0; i < t.n_rooms; i++)
+        bson_destroy(t.rooms[i].doc);
+    free(t.rooms);
     return rc;
 }

@@ -16,9 +16,7 @@
 #include "providers/http.h"
 #include "providers/smtp.h"
 
-#define OUTBOX_JOB_LIMIT 200
-
-int job_deliver_outbox(struct job_env *env, int limit, struct sd_error *err)
+int job_deliver_outbox(struct job_env *env, struct sd_error *err)
 {
     const struct config *cfg = env->cfg;
     struct http_options hopts = {.timeout_ms = cfg->http_timeout_ms, .stop = env->stop};
@@ -53,7 +51,7 @@ int job_deliver_outbox(struct job_env *env, int limit, struct sd_error *err)
                              .owner = owner,
                              .redis_opts = &ropts};
     struct outbox_stats st = {0};
-    int rc = outbox_deliver(&ctx, env->now_ms, limit, &st, err);
+    int rc = outbox_deliver(&ctx, env->now_ms, JOB_OUTBOX_LIMIT, &st, err);
     BSON_APPEND_INT64(env->counts, "outbox_due", st.due);
     BSON_APPEND_INT64(env->counts, "outbox_sent", st.sent);
     BSON_APPEND_INT64(env->counts, "outbox_recovered", st.recovered);
@@ -67,5 +65,5 @@ int job_deliver_outbox(struct job_env *env, int limit, struct sd_error *err)
 
 int job_outbox(struct job_env *env, struct sd_error *err)
 {
-    return job_deliver_outbox(env, OUTBOX_JOB_LIMIT, err);
+    return job_deliver_outbox(env, err);
 }

@@ -141,9 +141,16 @@ enum tick_outcome runner_tick(struct runner *r, int job, int64_t now_ms)
                           .rules = rules,
                           .counts = &counts};
     uint64_t commands0 = store_thread_commands(), trips0 = rds_round_trips(r->redis);
+    struct rules_cpu cpu0, cpu1;
+    rules_thread_cpu(&cpu0);
     int rc = fn(&env, &err);
+    rules_thread_cpu(&cpu1);
     BSON_APPEND_INT64(&counts, "db_commands", (int64_t)(store_thread_commands() - commands0));
     BSON_APPEND_INT64(&counts, "redis_round_trips", (int64_t)(rds_round_trips(r->redis) - trips0));
+    BSON_APPEND_INT64(&counts, "rule_calls", (int64_t)(cpu1.calls - cpu0.calls));
+    BSON_APPEND_INT64(&counts, "rules_cpu_us", (int64_t)((cpu1.other_ns - cpu0.other_ns) / 1000));
+    BSON_APPEND_INT64(&counts, "render_cpu_us",
+                      (int64_t)((cpu1.render_ns - cpu0.render_ns) / 1000));
     rules_live_release(r->rules, rules);
     store_push(r->store, client);
 

@@ -31,7 +31,6 @@
 #define BATCH 500
 #define MAX_BATCHES 1000        /* a tick's bound: ~500k tickets */
 #define CHANGED_SKEW_MS 60000   /* clock skew between platform writers and us */
-#define OUTBOX_LIMIT 1000       /* entries delivered per tick; the rest next tick */
 
 struct tick {
     struct job_env *env;
@@ -461,7 +460,7 @@ int job_snooze(struct job_env *env, struct sd_error *err)
     counts_to(&t);
     /* SPEC §2: the job that enqueues delivers in the same tick. */
     if (rc == 0 && !job_should_stop(env))
-        rc = job_deliver_outbox(env, OUTBOX_LIMIT, err);
+        rc = job_deliver_outbox(env, err);
     mongoc_collection_destroy(t.convs);
     return rc;
 }

@@ -2,6 +2,7 @@
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/clock.h"
@@ -10,6 +11,12 @@
 static const char release_script[] =
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
     "else return 0 end";
+
+/* Compare-and-set: our claim becomes the "done:" marker, a "done:" marker no
+ * newer than our copy becomes our claim; a key that changed meanwhile is left. */
+static const char cas_script[] =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return 0 end";
 
 static void parse_sent(const char *value, struct outbox_claim *c)
 {
@@ -76,11 +83,9 @@ int claim_release(struct rds *r, const struct outbox_claim *c, struct sd_error *
 }
 
 int claim_acquire_many(struct rds *r, const char *prefix, const char *const *entry_ids,
-                       const char *owner, int ttl_ms, struct outbox_claim *c, size_t n,
-                       struct sd_error *err)
+                       const int *versions, const char *owner, int ttl_ms,
+                       struct outbox_claim *c, size_t n, struct sd_error *err)
 {
-    /* One pipeline of SET NX for the batch, then one of GET for the ones
-     * another deliverer (or a "sent:" marker) holds. */
     for (size_t i = 0; i < n; i++) {
         memset(&c[i], 0, sizeof c[i]);
         snprintf(c[i].key, sizeof c[i].key, "%soutbox:claim:%s", prefix, entry_ids[i]);
@@ -103,17 +108,19 @@ int claim_acquire_many(struct rds *r, const char *prefix, const char *const *ent
         }
         c[i].state = rep->type == REDIS_REPLY_STATUS ? CLAIM_OURS : CLAIM_TAKEN;
         freeReplyObject(rep);
-        if (c[i].state == CLAIM_TAKEN && rc == 0) {
+        if (c[i].state == CLAIM_TAKEN && rc == 0)
             taken++;
-        }
     }
-    if (rc)
+    if (rc || taken == 0)
         return rc;
-    if (taken == 0)
-        return 0;
     for (size_t i = 0; i < n; i++)
         if (c[i].state == CLAIM_TAKEN && rds_pipeline_append(r, err, "GET %s", c[i].key))
             return sd_error_prefix(err, "reading outbox claims");
+    /* done[i]: the "done:" value to take over, or "" */
+    char(*done)[32] = calloc(n, sizeof *done);
+    if (!done)
+        return sd_error_set(err, "out of memory");
+    size_t takeover = 0;
     for (size_t i = 0; i < n; i++) {
         if (c[i].state != CLAIM_TAKEN)
             continue;
@@ -127,18 +134,48 @@ int claim_acquire_many(struct rds *r, const char *prefix, const char *const *ent
         if (rep->type == REDIS_REPLY_STRING && strncmp(rep->str, "sent:", 5) == 0) {
             c[i].state = CLAIM_SENT;
             parse_sent(rep->str, &c[i]);
+        } else if (rep->type == REDIS_REPLY_STRING && strncmp(rep->str, "done:", 5) == 0 &&
+                   rep->len < sizeof done[i]) {
+            char *end = NULL;
+            long v = strtol(rep->str + 5, &end, 10);
+            if (end && *end == '\0' && v <= versions[i]) {
+                memcpy(done[i], rep->str, rep->len + 1);
+                takeover++;
+            } else {
+                c[i].state = CLAIM_STALE;
+            }
         }
         freeReplyObject(rep);
     }
+    for (size_t i = 0; rc == 0 && takeover && i < n; i++)
+        if (done[i][0] && rds_pipeline_append(r, err, "EVAL %s 1 %s %s %s %d", cas_script,
+                                              c[i].key, done[i], c[i].token, ttl_ms))
+            rc = sd_error_prefix(err, "claiming outbox entries");
+    for (size_t i = 0; rc == 0 && takeover && i < n; i++) {
+        if (!done[i][0])
+            continue;
+        struct sd_error scratch;
+        redisReply *rep = rds_pipeline_read(r, rc ? &scratch : err);
+        if (!rep) {
+            if (!rc)
+                rc = sd_error_prefix(err, "claiming outbox entries");
+            continue;
+        }
+        /* 0: it changed between GET and EVAL; left for the next tick */
+        if (rep->type == REDIS_REPLY_STATUS)
+            c[i].state = CLAIM_OURS;
+        freeReplyObject(rep);
+    }
+    free(done);
     return rc;
 }
 
-int claim_release_many(struct rds *r, const struct outbox_claim *const *c, size_t n,
-                       struct sd_error *err)
+int claim_finish_many(struct rds *r, const struct outbox_claim *const *c, const int *versions,
+                      size_t n, struct sd_error *err)
 {
     for (size_t i = 0; i < n; i++)
-        if (rds_pipeline_append(r, err, "EVAL %s 1 %s %s", release_script, c[i]->key,
-                                c[i]->token))
+        if (rds_pipeline_append(r, err, "EVAL %s 1 %s %s done:%d %d", cas_script, c[i]->key,
+                                c[i]->token, versions[i], CLAIM_DONE_TTL_MS))
             return sd_error_prefix(err, "releasing outbox claims");
     int rc = 0;
     for (size_t i = 0; i < n; i++) {

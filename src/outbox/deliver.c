@@ -45,7 +45,8 @@ struct item {
     bson_value_t id;
     char id_text[200];
     const char *key;
-    int attempts;          /* before this delivery */
+    int attempts;          /* before this delivery: the entry's version (claim.h) */
+    bool written;          /* an outcome statement for it joined the batch's writes */
     struct outbox_claim claim;
 };
 
@@ -74,9 +75,10 @@ struct writes {
  * w, the statement joins the batch's bulk instead (as update_many on the
  * _id filter: FerretDB 1.24 deadlocks on a bulk of more than 50 update_one
  * statements, see jobs/snooze.c). */
-static int update_pending_w(mongoc_collection_t *coll, struct writes *w, const struct item *it,
+static int update_pending_w(mongoc_collection_t *coll, struct writes *w, struct item *it,
                             const bson_t *update, int64_t *modified, struct sd_error *err)
 {
+    it->written = true;
     bson_t filter = BSON_INITIALIZER, reply;
     BSON_APPEND_VALUE(&filter, "_id", &it->id);
     BSON_APPEND_UTF8(&filter, "status", "pending");
@@ -123,7 +125,7 @@ static void log_entry(struct outbox_ctx *ctx, enum log_level level, const char *
 }
 
 /* Marks the entry sent. inc_attempt: this delivery counts as an attempt. */
-static int record_sent(mongoc_collection_t *coll, struct writes *w, const struct item *it,
+static int record_sent(mongoc_collection_t *coll, struct writes *w, struct item *it,
                        const char *provider, const char *message_id, int64_t now_ms,
                        bool inc_attempt, int64_t *modified, struct sd_error *err)
 {
@@ -250,12 +252,13 @@ static void record_accepted(struct outbox_ctx *ctx, mongoc_collection_t *coll, s
 
 /* ---- one batch ----------------------------------------------------------------
  *
- * claims (one Redis pipeline) → re-read the claimed entries (one find) →
+ * claims (one Redis pipeline; the copies from the due query are current, see
+ * claim.h, unless older than CLAIM_FRESH_MS: then one find re-reads them) →
  * prepare → SMS: look up an earlier uncertain send, mark send_started_at (one
  * update) → send, at most OUTBOX_IN_FLIGHT at once, each worker with its own
  * HTTP/SMTP connection and Redis connection, writing the claim's "sent:"
  * marker the moment the provider accepts → record every outcome (one bulk
- * write) → release the claims (one pipeline). */
+ * write) → the claims become "done:" markers (one pipeline). */
 
 #define OUTBOX_BATCH 100
 #define OUTBOX_IN_FLIGHT 16
@@ -378,8 +381,9 @@ static void pool_destroy(struct pool *p)
     }
 }
 
-/* One find for the claimed entries: still pending and due? Replaces each
- * item's entry with the fresh copy; returns how many are due (flags in due). */
+/* One find for claimed entries whose copy is older than CLAIM_FRESH_MS: still
+ * pending and due? Replaces each item's entry with the fresh copy (flags in
+ * due). The status equality is what FerretDB can serve by index. */
 static int reread(mongoc_collection_t *coll, struct item **mine, size_t n, int64_t now_ms,
                   bool *due, struct sd_error *err)
 {
@@ -394,6 +398,7 @@ static int reread(mongoc_collection_t *coll, struct item **mine, size_t n, int64
     }
     bson_append_array_end(&in, &ids);
     bson_append_document_end(&filter, &in);
+    BSON_APPEND_UTF8(&filter, "status", "pending");
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, NULL, NULL);
     const bson_t *doc;
     while (mongoc_cursor_next(cur, &doc)) {
@@ -406,6 +411,7 @@ static int reread(mongoc_collection_t *coll, struct item **mine, size_t n, int64
             if (due[i] || strcmp(mine[i]->id_text, text) != 0)
                 continue;
             bson_iter_t t;
+            mine[i]->attempts = entry_attempts(doc); /* the version our marker leaves */
             due[i] = strcmp(entry_str(doc, "status"), "pending") == 0 &&
                      bson_iter_init_find(&t, doc, "next_attempt_at") &&
                      (!BSON_ITER_HOLDS_DATE_TIME(&t) || bson_iter_date_time(&t) <= now_ms);
@@ -461,9 +467,10 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
     return rc;
 }
 
+/* read_mono: clock_monotonic_ms() before the due query that read items. */
 static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct pool *pool,
-                         struct item *items, size_t n, int64_t now_ms, struct outbox_stats *stats,
-                         struct sd_error *err)
+                         struct item *items, size_t n, int64_t now_ms, int64_t read_mono,
+                         struct outbox_stats *stats, struct sd_error *err)
 {
     const char **ids = calloc(n, sizeof *ids);
     struct outbox_claim *claims = calloc(n, sizeof *claims);
@@ -471,15 +478,19 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
     bool *due = calloc(n, sizeof *due);
     struct send *sends = calloc(n, sizeof *sends);
     const struct outbox_claim **release = calloc(n, sizeof *release);
-    for (size_t i = 0; i < n; i++)
+    int *versions = calloc(n, sizeof *versions);
+    for (size_t i = 0; i < n; i++) {
         ids[i] = items[i].id_text;
-    int rc = claim_acquire_many(ctx->redis, ctx->prefix, ids, ctx->owner, OUTBOX_CLAIM_TTL_MS,
-                                claims, n, err);
+        versions[i] = items[i].attempts;
+    }
+    int64_t t_start = clock_monotonic_ms(), t_sent = t_start;
+    int rc = claim_acquire_many(ctx->redis, ctx->prefix, ids, versions, ctx->owner,
+                                OUTBOX_CLAIM_TTL_MS, claims, n, err);
     size_t n_mine = 0, n_sends = 0;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         struct item *it = &items[i];
         it->claim = claims[i];
-        if (it->claim.state == CLAIM_TAKEN) {
+        if (it->claim.state == CLAIM_TAKEN || it->claim.state == CLAIM_STALE) {
             stats->skipped++;
         } else if (it->claim.state == CLAIM_SENT) {
             /* A deliverer crashed between the provider's answer and MongoDB. */
@@ -500,8 +511,13 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
             release[n_mine++] = &it->claim;
         }
     }
-    if (rc == 0 && n_mine)
+    /* A copy read less than CLAIM_FRESH_MS ago whose claim we got is current
+     * (claim.h): no re-read. */
+    if (rc == 0 && n_mine && clock_monotonic_ms() - read_mono > CLAIM_FRESH_MS)
         rc = reread(coll, mine, n_mine, now_ms, due, err);
+    else
+        for (size_t i = 0; i < n_mine; i++)
+            due[i] = true;
 
     bson_t bopts = BSON_INITIALIZER;
     BSON_APPEND_BOOL(&bopts, "ordered", false);
@@ -566,7 +582,9 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         pool->sends = go;
         pool->n = n_go;
         pool->now_ms = now_ms;
+        t_sent = clock_monotonic_ms();
         send_all(pool);
+        t_sent = clock_monotonic_ms() - t_sent;
         for (size_t i = 0, j = 0; i < n_sends; i++)
             if (sends[i].rc == 0)
                 sends[i] = go[j++];
@@ -607,10 +625,16 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         bson_destroy(&reply);
     }
     mongoc_bulk_operation_destroy(w.bulk);
-    /* Compare-and-delete: an accepted entry's "sent:" marker no longer holds
-     * our token and stays. */
+    /* where a slow batch spent its time (operators tuning, and benchmarks) */
+    log_msg(LOG_DEBUG, ctx->log, "outbox.batch", NULL,
+            "batch of %zu: %zu sent in %lld ms, %d outcomes written, %lld ms in all", n, n_sends,
+            (long long)t_sent, w.n, (long long)(clock_monotonic_ms() - t_start));
+    /* Compare-and-set to "done:<attempts as we left it>"; an accepted entry's
+     * "sent:" marker no longer holds our token and stays. */
+    for (size_t i = 0; i < n_mine; i++)
+        versions[i] = mine[i]->attempts + (mine[i]->written ? 1 : 0);
     struct sd_error e;
-    if (n_mine && claim_release_many(ctx->redis, release, n_mine, &e))
+    if (n_mine && claim_finish_many(ctx->redis, release, versions, n_mine, &e))
         log_msg(LOG_WARN, ctx->log, "outbox.claim", NULL, "%s (they expire by themselves)",
                 e.message);
     free(ids);
@@ -619,6 +643,7 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
     free(due);
     free(sends);
     free(release);
+    free(versions);
     return rc;
 }
 
@@ -643,6 +668,7 @@ int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct out
      * could time out on the server. */
     struct item *items = calloc((size_t)limit, sizeof *items);
     size_t n = 0;
+    int64_t read_mono = clock_monotonic_ms();
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
     const bson_t *doc;
     while (items && n < (size_t)limit && mongoc_cursor_next(cur, &doc)) {
@@ -677,7 +703,7 @@ int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct out
         if (ctx->stop && atomic_load(ctx->stop))
             break;
         size_t m = n - i < OUTBOX_BATCH ? n - i : OUTBOX_BATCH;
-        rc = deliver_batch(ctx, coll, pool, items + i, m, now_ms, stats, err);
+        rc = deliver_batch(ctx, coll, pool, items + i, m, now_ms, read_mono, stats, err);
     }
     pool_destroy(pool);
     free(pool);

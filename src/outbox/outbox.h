@@ -25,16 +25,19 @@
  *      Redis SET NX is, so two deliverers never both hold an entry. A claim
  *      already holding "sent:<provider>:<id>" means a deliverer crashed after
  *      the provider accepted it: the entry is only recorded as sent;
- *   2. re-read the entry (still pending and due?) and send it;
+ *   2. send it from the copy the due query returned: the claim proves it
+ *      current (a "done:<attempts>" marker left by the last deliverer refuses
+ *      older copies, claim.h); a copy older than CLAIM_FRESH_MS is re-read;
  *   3. accepted → SET the claim to "sent:<provider>:<id>" for 7 days first,
  *      then mark the entry sent (sent_at, provider, provider_message_id,
  *      attempts+1); a crash between the two never resends;
  *      transient failure (429, 5xx, timeout, after the HTTP layer's own
  *      retries) → attempts+1, next_attempt_at = now + outbox_backoff_ms (or
- *      the provider's Retry-After if longer), error recorded, claim released;
+ *      the provider's Retry-After if longer), error recorded, claim turned
+ *      into the "done:" marker;
  *      after OUTBOX_MAX_ATTEMPTS → failed;
  *      permanent failure (401, 403, 400, invalid entry…) → status "failed",
- *      failed_at, error {code, message} readable, claim released.
+ *      failed_at, error {code, message} readable, claim turned into the marker.
  * Remaining duplicate risks, by provider: a crash between the provider's
  * answer and the Redis SET (microseconds) resends; a 5xx/timeout on a
  * SendGrid or SMTP send is retried and may duplicate (neither can be asked

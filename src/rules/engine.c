@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/config.h"
 #include "core/seam.h"
@@ -527,9 +528,21 @@ static int push_args(lua_State *L)
     return nargs;
 }
 
+static _Thread_local struct rules_cpu thread_cpu;
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void rules_thread_cpu(struct rules_cpu *out) { *out = thread_cpu; }
+
 int rules_call(struct rules *r, const char *module, const char *fn, const bson_t *args,
                bson_t *out, struct sd_error *err)
 {
+    uint64_t cpu0 = thread_cpu_ns();
     /* Waiting for the mutex counts: a thread stuck behind a stuck call is
      * stuck too. */
     stall_enter();
@@ -569,6 +582,12 @@ done:
     lua_settop(L, top);
     pthread_mutex_unlock(&r->mu);
     stall_leave();
+    uint64_t spent = thread_cpu_ns() - cpu0;
+    if (strcmp(module, "templates") == 0)
+        thread_cpu.render_ns += spent;
+    else
+        thread_cpu.other_ns += spent;
+    thread_cpu.calls++;
     return rc;
 }
 

@@ -35,6 +35,7 @@
 #include <bson/bson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/error.h"
 
@@ -66,6 +67,17 @@ const char *rules_version(const struct rules *r);
  * when the function returned nil). */
 int rules_call(struct rules *r, const char *module, const char *fn, const bson_t *args,
                bson_t *out, struct sd_error *err);
+
+/* CPU time the calling thread has spent in rule calls (arguments in, the
+ * function, the result out) since it started: templates.lua's separately
+ * from the other files'. For the tick.end counters rules_cpu_us and
+ * render_cpu_us (thread-local; CLOCK_THREAD_CPUTIME_ID). */
+struct rules_cpu {
+    uint64_t render_ns;
+    uint64_t other_ns;
+    uint64_t calls;
+};
+void rules_thread_cpu(struct rules_cpu *out);
 
 /* Reads module.field (any value) into out as field "result". */
 int rules_get(struct rules *r, const char *module, const char *field, bson_t *out,

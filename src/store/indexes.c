@@ -25,6 +25,8 @@ static const struct index_spec indexes[] = {
     {COLL_CONVERSATION, "supportd_updated_at", "{\"updated_at\": 1}", false},
     /* notification: deadlines found without scanning */
     {COLL_CONVERSATION, "supportd_sla_next_due", "{\"sla.next_due\": 1}", false},
+    /* notification: a conversation's new customer messages, counted */
+    {COLL_MESSAGE, "supportd_conversation_direction", "{\"conversation_id\": 1, \"direction\": 1}", false},
     /* message-status: webhook events matched by provider id */
     {COLL_MESSAGE, "supportd_provider_message_id", "{\"provider_message_id\": 1}", false},
     /* message-status: retries due and stuck messages */

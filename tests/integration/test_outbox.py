@@ -301,7 +301,34 @@ def test_sent_entry_keeps_marker_and_claim_released_on_retry(providers, redis_cl
     providers.fake.fault(match="/v3/mail/send", status=503, times=0)
     retry = providers.entry("email")
     providers.run()
-    assert redis_client.exists(providers.sd.key(f"outbox:claim:{retry['_id']}")) == 0
+    # the claim became the "done:" marker: the entry as this deliverer left it
+    key = providers.sd.key(f"outbox:claim:{retry['_id']}")
+    assert providers.get(retry)["attempts"] == 1
+    assert redis_client.get(key) == "done:1"
+    assert 0 < redis_client.pttl(key) <= 120_000
+
+
+def test_copy_older_than_the_done_marker_is_not_sent(providers, redis_client):
+    """Another deliverer finished the entry (attempts 0 → 1) after our due
+    query read it: its "done:1" refuses our copy at attempts 0, without a
+    re-read; a copy at attempts 1 takes the claim over and sends."""
+    stale = providers.entry("email")
+    key = providers.sd.key(f"outbox:claim:{stale['_id']}")
+    redis_client.set(key, "done:1", px=60000)
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert providers.fake.requests("/v3/mail/send") == []
+    assert providers.get(stale)["status"] == "pending"
+    assert tick_counts(cp)["outbox_skipped"] == 1
+    assert redis_client.get(key) == "done:1"  # left as it was
+
+    providers.coll.update_one({"_id": stale["_id"]}, {"$set": {"attempts": 1}})
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert len(providers.fake.requests("/v3/mail/send")) == 1
+    doc = providers.get(stale)
+    assert doc["status"] == "sent" and doc["attempts"] == 2
+    assert redis_client.get(key) == "sent:sendgrid:" + doc["provider_message_id"]
 
 
 def test_duplicate_key_rejected_by_unique_index(providers):
