@@ -24,6 +24,7 @@
 
 #include "core/tz.h"
 #include "jobs/notification.h"
+#include "jobs/sla_calendar.h"
 
 #define MAX_LEVELS 16
 
@@ -133,18 +134,6 @@ static void arg_doc(struct args *a, const bson_t *d)
         BSON_APPEND_NULL(&a->b, k);
 }
 
-/* The value at doc.key (any type) or null. */
-static void arg_field(struct args *a, const bson_t *doc, const char *key)
-{
-    char k[12];
-    bson_iter_t it;
-    next_key(a, k);
-    if (doc && bson_iter_init_find(&it, doc, key))
-        bson_append_iter(&a->b, k, -1, &it);
-    else
-        BSON_APPEND_NULL(&a->b, k);
-}
-
 struct ctx {
     const struct notification_input *in;
     const bson_t *conv;
@@ -157,6 +146,9 @@ struct ctx {
     bson_t *list;             /* outbox entries being planned */
     uint32_t n_entries;
     bool mail;                /* false: record only (baseline, no room) */
+    struct sla_calendar cal;  /* the room's, built on first use */
+    int cal_state;            /* 0 not built, 1 built, -1 malformed (cal_err) */
+    struct sd_error cal_err;
 };
 
 static int call(struct ctx *c, const char *module, const char *fn, struct args *a, bson_t *out,
@@ -183,39 +175,44 @@ static int call_int(struct ctx *c, const char *module, const char *fn, struct ar
     return rc;
 }
 
-/* The room's calendar arguments: hours, zone, holidays. */
-static void calendar(struct ctx *c, struct args *a)
+/* The room's business calendar (jobs/sla_calendar.h), built once per
+ * conversation. A malformed one fails every SLA computation alike. */
+static const struct sla_calendar *calendar(struct ctx *c, struct sd_error *err)
 {
-    arg_field(a, c->room, "business_hours");
-    char k[12];
-    next_key(a, k);
-    if (c->have_zone)
-        BSON_APPEND_ARRAY(&a->b, k, &c->zone);
-    else
-        BSON_APPEND_INT64(&a->b, k, 0);
-    arg_field(a, c->room, "holidays");
+    if (c->cal_state == 0) {
+        bson_iter_t hours, holidays;
+        bool have_hours = c->room && bson_iter_init_find(&hours, c->room, "business_hours");
+        bool have_holidays = c->room && bson_iter_init_find(&holidays, c->room, "holidays");
+        c->cal_state = sla_calendar_init(&c->cal, have_hours ? &hours : NULL,
+                                         c->have_zone ? &c->zone : NULL,
+                                         have_holidays ? &holidays : NULL, &c->cal_err)
+                           ? -1
+                           : 1;
+    }
+    if (c->cal_state < 0) {
+        *err = c->cal_err;
+        return NULL;
+    }
+    return &c->cal;
 }
 
-/* sla.due(start, minutes, calendar) */
+/* Business minutes after start, in the room's calendar. */
 static int sla_due(struct ctx *c, int64_t start, int64_t minutes, int64_t *out,
                    struct sd_error *err)
 {
-    struct args a = {BSON_INITIALIZER, 0};
-    arg_int(&a, start);
-    arg_int(&a, minutes < 0 ? 0 : minutes);
-    calendar(c, &a);
-    return call_int(c, "sla", "due", &a, out, err);
+    const struct sla_calendar *cal = calendar(c, err);
+    return cal ? sla_calendar_due(cal, start, minutes < 0 ? 0 : minutes, out, err) : -1;
 }
 
-/* sla.between(from, to, calendar) in business minutes */
+/* Business minutes between from and to, in the room's calendar. */
 static int sla_between(struct ctx *c, int64_t from, int64_t to, int64_t *out,
                        struct sd_error *err)
 {
-    struct args a = {BSON_INITIALIZER, 0};
-    arg_int(&a, from);
-    arg_int(&a, to);
-    calendar(c, &a);
-    return call_int(c, "sla", "between", &a, out, err);
+    const struct sla_calendar *cal = calendar(c, err);
+    if (!cal)
+        return -1;
+    *out = sla_calendar_between(cal, from, to);
+    return 0;
 }
 
 /* Reads module.field.key as an integer. */
@@ -743,6 +740,7 @@ static int decide_one(const struct notification_input *in, const bson_t *conv, b
     bson_destroy(&sla_part);
     bson_destroy(&new_state);
     bson_append_document_end(actions, &action);
+    sla_calendar_free(&c.cal);
     if (rc) {
         sd_error_prefix(err, "conversation %s", c.id);
         return -1;
