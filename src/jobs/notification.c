@@ -128,18 +128,23 @@ static int load_rooms(struct tick *t, bson_t **docs, size_t n, bson_t *rooms,
 {
     size_t k = 0, missing = 0;
     bson_value_t *ids = distinct_oids(docs, n, "room_id", &k);
-    if (!ids)
+    bson_value_t *wanted = calloc(k + 1, sizeof *wanted);
+    if (!ids || !wanted) {
+        free(ids);
+        free(wanted);
         return sd_error_set(err, "out of memory");
+    }
     for (size_t i = 0; i < k; i++) {
         char hex[25];
         bson_oid_to_string(&ids[i].value.v_oid, hex);
         if (!cached_room(t, hex))
-            ids[missing++] = ids[i];
+            wanted[missing++] = ids[i];
     }
     bson_t **found = NULL;
     size_t nf = 0;
     struct store_find_in q = query_on(t, COLL_ROOM, "_id");
-    int rc = store_find_in(&q, ids, missing, &found, &nf, err);
+    int rc = store_find_in(&q, wanted, missing, &found, &nf, err);
+    free(wanted);
     struct room_entry *grown = nf ? realloc(t->rooms, (t->n_rooms + nf) * sizeof *grown) : NULL;
     if (nf && !grown) {
         rc = sd_error_set(err, "out of memory");

@@ -532,3 +532,22 @@ def test_both_query_shapes_read_the_same_rooms_states_and_messages(world, flavor
         assert counts["db_commands"] < 40, counts
     again = world.tick(T0 + timedelta(minutes=2), QM_SUPPORT_TEST_FLAVOR=flavor)
     assert again["notifications"] == 0
+
+
+def test_rooms_read_in_an_earlier_batch_stay_known(world):
+    """A batch needing a room read by an earlier batch and a new one finds
+    both (batches are 500 conversations; rooms are read once per tick)."""
+    installed(world)
+    later_room = world.room()
+    docs = [{"_id": ObjectId(), "room_id": world.room_id, "subject": f"t{i}", "channel": "email",
+             "status": "open", "priority": "normal", "assignee_id": world.anna["user_id"],
+             "contact": {"name": "Lena", "email": f"lena-{world.tag}@example.org"},
+             "created_at": T0, "updated_at": T0, "last_customer_message_at": T0,
+             "escalation_level": 0} for i in range(502)]
+    docs[-1]["room_id"] = later_room
+    world.db["conversation-conversation"].insert_many(docs)
+    counts = world.tick(T0 + timedelta(minutes=1))
+    assert counts["batches"] >= 2 and counts["changed"] == 502, counts
+    assert counts["bad_documents"] == 0, counts
+    # ticket.created to both agents, ticket.assigned to Anna
+    assert counts["notifications"] == 3 * 502, counts
