@@ -59,6 +59,7 @@ const core_sources = [_][]const u8{
     "src/jobs/msgstatus_retry.c",
     "src/store/stream.c",
     "src/store/find_in.c",
+    "src/store/batches.c",
     "src/providers/form.c",
     "src/jobs/notification.c",
     "src/jobs/sla_calendar.c",

@@ -21,6 +21,7 @@
 #include "jobs/notification.h"
 #include "jobs/seam.h"
 #include "outbox/outbox.h"
+#include "store/batches.h"
 #include "store/find_in.h"
 #include "store/mongo.h"
 
@@ -511,6 +512,25 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
     return rc;
 }
 
+static int process_batch(void *arg, bson_t **docs, size_t n, struct sd_error *err)
+{
+    return process(arg, docs, n, err);
+}
+
+/* changed since the checkpoint, or found through its deadline only */
+static void count_read(void *arg, const bson_t *doc)
+{
+    struct tick *t = arg;
+    bson_iter_t u;
+    if (t->baseline || (bson_iter_init_find(&u, doc, "updated_at") &&
+                        BSON_ITER_HOLDS_DATE_TIME(&u) && bson_iter_date_time(&u) >= t->since))
+        t->changed++;
+    else
+        t->due++;
+}
+
+static bool stop_requested(void *arg) { return job_should_stop(((struct tick *)arg)->env); }
+
 /* The conversations to look at, in one query through one cursor, BATCH at a
  * time (each decided, written and finished before the next is read):
  * changed since the checkpoint, or with a deadline due — every conversation
@@ -521,54 +541,18 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
  * there (README, notification job). *complete: read to its end. */
 static int sweep(struct tick *t, bool *complete, struct sd_error *err)
 {
-    bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
-    if (!t->baseline) {
-        bson_t or, branch, cond;
-        BSON_APPEND_ARRAY_BEGIN(&filter, "$or", &or);
-        BSON_APPEND_DOCUMENT_BEGIN(&or, "0", &branch);
-        BSON_APPEND_DOCUMENT_BEGIN(&branch, "updated_at", &cond);
-        BSON_APPEND_DATE_TIME(&cond, "$gte", t->since);
-        bson_append_document_end(&branch, &cond);
-        bson_append_document_end(&or, &branch);
-        BSON_APPEND_DOCUMENT_BEGIN(&or, "1", &branch);
-        BSON_APPEND_DOCUMENT_BEGIN(&branch, "sla.next_due", &cond);
-        BSON_APPEND_DATE_TIME(&cond, "$lte", t->env->now_ms);
-        bson_append_document_end(&branch, &cond);
-        bson_append_document_end(&or, &branch);
-        bson_append_array_end(&filter, &or);
-    }
-    BSON_APPEND_INT32(&opts, "batchSize", BATCH);
-    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(t->convs, &filter, &opts, NULL);
+    bson_t filter = BSON_INITIALIZER;
+    if (!t->baseline)
+        store_append_either(&filter, "updated_at", "$gte", t->since, "sla.next_due", "$lte",
+                            t->env->now_ms);
+    struct store_batches b = {.size = BATCH,
+                              .max_batches = MAX_BATCHES,
+                              .each = process_batch,
+                              .seen = count_read,
+                              .stop = stop_requested,
+                              .arg = t};
+    int rc = store_sweep(t->convs, &filter, &b, complete, err);
     bson_destroy(&filter);
-    bson_destroy(&opts);
-    int rc = 0;
-    bool more = true;
-    for (int round = 0; rc == 0 && more && round < MAX_BATCHES && !job_should_stop(t->env);
-         round++) {
-        bson_t *docs[BATCH];
-        const bson_t *doc;
-        size_t n = 0;
-        while (n < BATCH && (more = mongoc_cursor_next(cur, &doc))) {
-            docs[n++] = bson_copy(doc);
-            bson_iter_t u;
-            bool changed = t->baseline || (bson_iter_init_find(&u, doc, "updated_at") &&
-                                           BSON_ITER_HOLDS_DATE_TIME(&u) &&
-                                           bson_iter_date_time(&u) >= t->since);
-            if (changed)
-                t->changed++;
-            else
-                t->due++;
-        }
-        bson_error_t berr;
-        if (!more && mongoc_cursor_error(cur, &berr))
-            rc = sd_error_set(err, "reading %s: %s", COLL_CONVERSATION, berr.message);
-        if (rc == 0 && n)
-            rc = process(t, docs, n, err);
-        for (size_t i = 0; i < n; i++)
-            bson_destroy(docs[i]);
-    }
-    *complete = rc == 0 && !more;
-    mongoc_cursor_destroy(cur);
     return rc;
 }
 

@@ -26,6 +26,7 @@
 #include "jobs/seam.h"
 #include "jobs/snooze.h"
 #include "outbox/outbox.h"
+#include "store/batches.h"
 #include "store/mongo.h"
 
 #define BATCH 500
@@ -354,6 +355,16 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
     return rc;
 }
 
+/* a batch: decided and written, then its markers finished */
+static int process_batch(void *arg, bson_t **docs, size_t n, struct sd_error *err)
+{
+    struct tick *t = arg;
+    int rc = process(t, docs, n, err);
+    return rc ? rc : finish_marked(t, err);
+}
+
+static bool stop_requested(void *arg) { return job_should_stop(((struct tick *)arg)->env); }
+
 /* The tickets to look at, in one query: snoozed and due (`snooze.until <=
  * now`), or snoozed and changed since the checkpoint (a customer reply can
  * wake them early; a malformed snooze that no date query finds is caught
@@ -370,48 +381,18 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
  * its end (not stopped by MAX_BATCHES or a stop request). */
 static int sweep(struct tick *t, int64_t since, bool *complete, struct sd_error *err)
 {
-    bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+    bson_t filter = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&filter, "status", "snoozed");
-    if (since >= 0) {
-        bson_t or, branch, cond;
-        BSON_APPEND_ARRAY_BEGIN(&filter, "$or", &or);
-        BSON_APPEND_DOCUMENT_BEGIN(&or, "0", &branch);
-        BSON_APPEND_DOCUMENT_BEGIN(&branch, "snooze.until", &cond);
-        BSON_APPEND_DATE_TIME(&cond, "$lte", t->env->now_ms);
-        bson_append_document_end(&branch, &cond);
-        bson_append_document_end(&or, &branch);
-        BSON_APPEND_DOCUMENT_BEGIN(&or, "1", &branch);
-        BSON_APPEND_DOCUMENT_BEGIN(&branch, "updated_at", &cond);
-        BSON_APPEND_DATE_TIME(&cond, "$gte", since);
-        bson_append_document_end(&branch, &cond);
-        bson_append_document_end(&or, &branch);
-        bson_append_array_end(&filter, &or);
-    }
-    BSON_APPEND_INT32(&opts, "batchSize", BATCH);
-    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(t->convs, &filter, &opts, NULL);
+    if (since >= 0)
+        store_append_either(&filter, "snooze.until", "$lte", t->env->now_ms, "updated_at",
+                            "$gte", since);
+    struct store_batches b = {.size = BATCH,
+                              .max_batches = MAX_BATCHES,
+                              .each = process_batch,
+                              .stop = stop_requested,
+                              .arg = t};
+    int rc = store_sweep(t->convs, &filter, &b, complete, err);
     bson_destroy(&filter);
-    bson_destroy(&opts);
-    int rc = 0;
-    bool more = true;
-    for (int round = 0; rc == 0 && more && round < MAX_BATCHES && !job_should_stop(t->env);
-         round++) {
-        bson_t *docs[BATCH];
-        const bson_t *doc;
-        size_t n = 0;
-        while (n < BATCH && (more = mongoc_cursor_next(cur, &doc)))
-            docs[n++] = bson_copy(doc);
-        bson_error_t berr;
-        if (!more && mongoc_cursor_error(cur, &berr))
-            rc = sd_error_set(err, "reading %s: %s", COLL_CONVERSATION, berr.message);
-        if (rc == 0 && n)
-            rc = process(t, docs, n, err);
-        if (rc == 0 && n)
-            rc = finish_marked(t, err);
-        for (size_t i = 0; i < n; i++)
-            bson_destroy(docs[i]);
-    }
-    *complete = rc == 0 && !more;
-    mongoc_cursor_destroy(cur);
     return rc;
 }
 

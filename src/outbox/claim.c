@@ -31,6 +31,17 @@ static void parse_sent(const char *value, struct outbox_claim *c)
     snprintf(c->sent_id, sizeof c->sent_id, "%s", colon + 1);
 }
 
+/* The next reply of a pipeline, or NULL (the first failure goes to err and
+ * *rc; the pipeline's remaining replies are still read by the caller). */
+static redisReply *next_reply(struct rds *r, int *rc, struct sd_error *err, const char *what)
+{
+    struct sd_error scratch;
+    redisReply *rep = rds_pipeline_read(r, *rc ? &scratch : err);
+    if (!rep && *rc == 0)
+        *rc = sd_error_prefix(err, "%s", what);
+    return rep;
+}
+
 int claim_acquire(struct rds *r, const char *prefix, const char *entry_id, const char *owner,
                   int ttl_ms, struct outbox_claim *c, struct sd_error *err)
 {
@@ -99,13 +110,9 @@ int claim_acquire_many(struct rds *r, const char *prefix, const char *const *ent
     size_t taken = 0;
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
-        struct sd_error scratch;
-        redisReply *rep = rds_pipeline_read(r, rc ? &scratch : err);
-        if (!rep) {
-            if (!rc)
-                rc = sd_error_prefix(err, "claiming outbox entries");
+        redisReply *rep = next_reply(r, &rc, err, "claiming outbox entries");
+        if (!rep)
             continue;
-        }
         c[i].state = rep->type == REDIS_REPLY_STATUS ? CLAIM_OURS : CLAIM_TAKEN;
         freeReplyObject(rep);
         if (c[i].state == CLAIM_TAKEN && rc == 0)
@@ -124,13 +131,9 @@ int claim_acquire_many(struct rds *r, const char *prefix, const char *const *ent
     for (size_t i = 0; i < n; i++) {
         if (c[i].state != CLAIM_TAKEN)
             continue;
-        struct sd_error scratch;
-        redisReply *rep = rds_pipeline_read(r, rc ? &scratch : err);
-        if (!rep) {
-            if (!rc)
-                rc = sd_error_prefix(err, "reading outbox claims");
+        redisReply *rep = next_reply(r, &rc, err, "reading outbox claims");
+        if (!rep)
             continue;
-        }
         if (rep->type == REDIS_REPLY_STRING && strncmp(rep->str, "sent:", 5) == 0) {
             c[i].state = CLAIM_SENT;
             parse_sent(rep->str, &c[i]);
@@ -154,13 +157,9 @@ int claim_acquire_many(struct rds *r, const char *prefix, const char *const *ent
     for (size_t i = 0; rc == 0 && takeover && i < n; i++) {
         if (!done[i][0])
             continue;
-        struct sd_error scratch;
-        redisReply *rep = rds_pipeline_read(r, rc ? &scratch : err);
-        if (!rep) {
-            if (!rc)
-                rc = sd_error_prefix(err, "claiming outbox entries");
+        redisReply *rep = next_reply(r, &rc, err, "claiming outbox entries");
+        if (!rep)
             continue;
-        }
         /* 0: it changed between GET and EVAL; left for the next tick */
         if (rep->type == REDIS_REPLY_STATUS)
             c[i].state = CLAIM_OURS;
@@ -179,13 +178,9 @@ int claim_finish_many(struct rds *r, const struct outbox_claim *const *c, const 
             return sd_error_prefix(err, "releasing outbox claims");
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
-        struct sd_error scratch;
-        redisReply *rep = rds_pipeline_read(r, rc ? &scratch : err);
-        if (!rep) {
-            if (!rc)
-                rc = sd_error_prefix(err, "releasing outbox claims");
+        redisReply *rep = next_reply(r, &rc, err, "releasing outbox claims");
+        if (!rep)
             continue;
-        }
         freeReplyObject(rep);
     }
     return rc;
