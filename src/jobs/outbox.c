@@ -49,7 +49,8 @@ int job_deliver_outbox(struct job_env *env, struct sd_error *err)
                              .log = env->log,
                              .stop = env->stop,
                              .owner = owner,
-                             .redis_opts = &ropts};
+                             .redis_opts = &ropts,
+                             .store = env->store};
     struct outbox_stats st = {0};
     int rc = outbox_deliver(&ctx, env->now_ms, JOB_OUTBOX_LIMIT, &st, err);
     BSON_APPEND_INT64(env->counts, "outbox_due", st.due);

@@ -283,8 +283,28 @@ struct worker {
     struct pool *pool;
 };
 
+/* A batch's outcomes being written on the writer's client while the next
+ * batch is claimed and sent; its claims become "done:" markers once the
+ * write has returned. */
+struct flush {
+    bool active;
+    pthread_t thread;
+    bool threaded;
+    mongoc_bulk_operation_t *bulk;
+    int n;
+    bool ok;
+    bson_error_t berr;
+    uint64_t commands;
+    const struct outbox_claim **release; /* owned */
+    int *versions;                       /* owned */
+    size_t n_release;
+};
+
 struct pool {
     struct outbox_ctx *ctx;
+    mongoc_client_t *writer;      /* pooled, for struct flush; NULL: write inline */
+    mongoc_collection_t *wcoll;
+    struct flush flush;
     struct rds_options redis_opts;
     bool have_redis;
     struct send *sends;
@@ -467,6 +487,62 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
     return rc;
 }
 
+static void flush_execute(struct flush *f)
+{
+    uint64_t before = store_thread_commands();
+    bson_t reply;
+    f->ok = mongoc_bulk_operation_execute(f->bulk, &reply, &f->berr);
+    bson_destroy(&reply);
+    f->commands = store_thread_commands() - before;
+}
+
+static void *flush_thread(void *arg)
+{
+    flush_execute(arg);
+    return NULL;
+}
+
+/* Waits for the batch being written, then turns its claims into "done:"
+ * markers (compare-and-set; an accepted entry's "sent:" marker no longer
+ * holds our token and stays). */
+static void flush_finish(struct outbox_ctx *ctx, struct pool *pool)
+{
+    struct flush *f = &pool->flush;
+    if (!f->active)
+        return;
+    if (f->threaded) {
+        pthread_join(f->thread, NULL);
+        store_thread_commands_add(f->commands);
+    }
+    if (f->n && !f->ok)
+        log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL,
+                "recording %d outbox outcomes: %s (sends are recorded in Redis)", f->n,
+                f->berr.message);
+    mongoc_bulk_operation_destroy(f->bulk);
+    struct sd_error e;
+    if (f->n_release && claim_finish_many(ctx->redis, f->release, f->versions, f->n_release, &e))
+        log_msg(LOG_WARN, ctx->log, "outbox.claim", NULL, "%s (they expire by themselves)",
+                e.message);
+    free(f->release);
+    free(f->versions);
+    memset(f, 0, sizeof *f);
+}
+
+/* Starts writing a batch's outcomes: on the writer's thread when there is
+ * one (the next batch's sends overlap the database's work), else here. */
+static void flush_start(struct pool *pool, struct flush *f)
+{
+    f->active = true;
+    f->ok = true;
+    if (f->n && pool->writer &&
+        pthread_create(&f->thread, NULL, flush_thread, f) == 0) {
+        f->threaded = true;
+        return;
+    }
+    if (f->n)
+        flush_execute(f);
+}
+
 /* read_mono: clock_monotonic_ms() before the due query that read items. */
 static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct pool *pool,
                          struct item *items, size_t n, int64_t now_ms, int64_t read_mono,
@@ -519,9 +595,14 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         for (size_t i = 0; i < n_mine; i++)
             due[i] = true;
 
+    /* The previous batch's outcomes are in (its claims finished) before this
+     * one's are built on the same writer client. */
+    flush_finish(ctx, pool);
     bson_t bopts = BSON_INITIALIZER;
     BSON_APPEND_BOOL(&bopts, "ordered", false);
-    struct writes w = {mongoc_collection_create_bulk_operation_with_opts(coll, &bopts), 0};
+    struct writes w = {mongoc_collection_create_bulk_operation_with_opts(
+                           pool->wcoll ? pool->wcoll : coll, &bopts),
+                       0};
     bson_destroy(&bopts);
     for (size_t i = 0; rc == 0 && i < n_mine; i++) {
         struct item *it = mine[i];
@@ -615,35 +696,25 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
             outbox_message_free(&s->msg);
         }
     }
-    if (w.n) {
-        bson_t reply;
-        bson_error_t berr;
-        if (!mongoc_bulk_operation_execute(w.bulk, &reply, &berr))
-            log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL,
-                    "recording %d outbox outcomes: %s (sends are recorded in Redis)", w.n,
-                    berr.message);
-        bson_destroy(&reply);
-    }
-    mongoc_bulk_operation_destroy(w.bulk);
     /* where a slow batch spent its time (operators tuning, and benchmarks) */
     log_msg(LOG_DEBUG, ctx->log, "outbox.batch", NULL,
-            "batch of %zu: %zu sent in %lld ms, %d outcomes written, %lld ms in all", n, n_sends,
-            (long long)t_sent, w.n, (long long)(clock_monotonic_ms() - t_start));
-    /* Compare-and-set to "done:<attempts as we left it>"; an accepted entry's
-     * "sent:" marker no longer holds our token and stays. */
+            "batch of %zu: %zu sent in %lld ms, %d outcomes to write, %lld ms before writing", n,
+            n_sends, (long long)t_sent, w.n, (long long)(clock_monotonic_ms() - t_start));
     for (size_t i = 0; i < n_mine; i++)
         versions[i] = mine[i]->attempts + (mine[i]->written ? 1 : 0);
-    struct sd_error e;
-    if (n_mine && claim_finish_many(ctx->redis, release, versions, n_mine, &e))
-        log_msg(LOG_WARN, ctx->log, "outbox.claim", NULL, "%s (they expire by themselves)",
-                e.message);
+    /* Ownership of the bulk, the claims to finish and their versions moves
+     * to the flush. */
+    pool->flush = (struct flush){.bulk = w.bulk,
+                                 .n = w.n,
+                                 .release = release,
+                                 .versions = versions,
+                                 .n_release = n_mine};
+    flush_start(pool, &pool->flush);
     free(ids);
     free(claims);
     free(mine);
     free(due);
     free(sends);
-    free(release);
-    free(versions);
     return rc;
 }
 
@@ -695,6 +766,10 @@ int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct out
 
     struct pool *pool = calloc(1, sizeof *pool);
     pool->ctx = ctx;
+    if (ctx->store && n > OUTBOX_BATCH) {
+        pool->writer = store_pop(ctx->store);
+        pool->wcoll = mongoc_client_get_collection(pool->writer, ctx->db, COLL_NOTIFICATION);
+    }
     if (ctx->redis_opts) {
         pool->redis_opts = *ctx->redis_opts;
         pool->have_redis = true;
@@ -704,6 +779,11 @@ int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct out
             break;
         size_t m = n - i < OUTBOX_BATCH ? n - i : OUTBOX_BATCH;
         rc = deliver_batch(ctx, coll, pool, items + i, m, now_ms, read_mono, stats, err);
+    }
+    flush_finish(ctx, pool);
+    if (pool->writer) {
+        mongoc_collection_destroy(pool->wcoll);
+        store_push(ctx->store, pool->writer);
     }
     pool_destroy(pool);
     free(pool);

@@ -84,6 +84,9 @@ struct outbox_ctx {
     /* Where concurrent senders connect to Redis to record an accepted send at
      * once; NULL: the calling thread records it after the batch. */
     const struct rds_options *redis_opts;
+    /* Pooled clients: a batch's outcomes are written on one while the next
+     * batch is sent; NULL: written before the next batch starts. */
+    struct store *store;
 };
 
 struct outbox_stats {
