@@ -346,9 +346,8 @@ def main():
             delivery(args.bin.resolve(), env, db, r, fake, n, workdir, "supportd", "notification"),
             delivery(args.bin.resolve(), env, db, r, fake, n, workdir, "supportd", "outbox")]
         if args.baseline_bin and not args.skip_delivery:
-            # `once outbox` (200 entries a tick) is what both versions have
             results["delivery"].append(delivery(args.baseline_bin.resolve(), env, db, r, fake, n,
-                                                workdir, "baseline", "outbox"))
+                                                workdir, "baseline", "notification"))
         if not args.skip_decide:
             per_mail = next((d["cpu_us_per_mail"] for d in results["delivery"] if "outbox" in d["label"]
                              and d["label"].startswith("supportd")), 0)
