@@ -1,17 +1,25 @@
 //! supportd's build (Zig 0.15.1, module-based API).
 //!
-//!   zig build                      zig-out/bin/supportd against the system's libraries (pkg-config)
+//!   zig build                      zig-out/bin/supportd against the system's libraries (pkg-config),
+//!                                  but hiredis (+ hiredis_ssl) from its pinned source, as the release
 //!   zig build test                 build and run the cmocka unit tests
 //!   zig build bench                the benchmark programs (scripts/bench patterns)
-//!   zig build -Dsanitize=true      AddressSanitizer + UBSan (the test script uses it)
+//!   zig build -Dsanitize=true      AddressSanitizer + UBSan (the test script uses it), installed
+//!                                  under zig-out/sanitize/ (bin/, test/, bench/) so that
+//!                                  zig-out/bin/supportd is always a plain, runnable build
 //!   zig build -Dstatic=true -Doptimize=ReleaseSafe
 //!                                  the release binary: static x86_64-linux-musl, libraries
 //!                                  built from pinned sources (vendor/static.zig)
 const std = @import("std");
 const vendor = @import("vendor/static.zig");
+const hiredis = @import("vendor/hiredis.zig");
+const pins = @import("vendor/pins.zig");
 
 /// The vendored static libraries with -Dstatic=true, else null (system libraries).
 var static_libs: ?*vendor.Libs = null;
+/// The development build's hiredis: compiled from the pinned source (Debian 12 has no
+/// hiredis with TLS), against the system's OpenSSL.
+var dev_hiredis: ?hiredis.Hiredis = null;
 
 const c_flags = [_][]const u8{
     "-std=c11",
@@ -94,7 +102,7 @@ const core_sources = [_][]const u8{
     "src/http/exposition.c",
 };
 
-const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl", "openssl", "libmicrohttpd" };
+const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "lua5.4", "libcurl", "openssl", "libmicrohttpd" };
 
 /// Unit tests: tests/unit/test_<name>.c, one executable each.
 const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "msgstatus", "metrics", "commcheck", "tz", "sla_calendar" };
@@ -105,24 +113,33 @@ pub fn build(b: *std.Build) void {
     const optimize = b.standardOptimizeOption(.{});
     const sanitize = b.option(bool, "sanitize", "Build with AddressSanitizer and UBSan") orelse false;
     if (static and sanitize) std.debug.panic("-Dstatic and -Dsanitize do not mix (ASan comes from the system's glibc toolchain)", .{});
-    if (static) static_libs = vendor.build(b);
+    if (static) static_libs = vendor.build(b) else dev_hiredis = devHiredis(b, target);
 
     var flags: std.ArrayList([]const u8) = .empty;
     flags.appendSlice(b.allocator, &c_flags) catch @panic("OOM");
     if (sanitize) flags.appendSlice(b.allocator, &.{ "-fsanitize=address" }) catch @panic("OOM");
 
+    // The sanitized build needs gcc's libasan preloaded to start at all: it gets folders of
+    // its own, so the plain binary in bin/ is never replaced by one that cannot run alone.
+    const dir = struct {
+        fn of(bb: *std.Build, san: bool, sub: []const u8) std.Build.InstallDir {
+            return .{ .custom = if (san) bb.fmt("sanitize/{s}", .{sub}) else sub };
+        }
+    }.of;
+
     const exe = b.addExecutable(.{
         .name = "supportd",
         .root_module = cModule(b, target, optimize, sanitize, flags.items, &.{"src/main.c"}),
     });
-    b.installArtifact(exe);
+    const exe_install = b.addInstallArtifact(exe, .{ .dest_dir = .{ .override = dir(b, sanitize, "bin") } });
+    b.getInstallStep().dependOn(&exe_install.step);
 
     // scripts/bench patterns: our Lua pattern matcher against Lua's own.
     const bench = b.addExecutable(.{
         .name = "bench_patterns",
         .root_module = cModule(b, target, optimize, sanitize, flags.items, &.{"tests/bench/bench_patterns.c"}),
     });
-    const bench_install = b.addInstallArtifact(bench, .{ .dest_dir = .{ .override = .{ .custom = "bench" } } });
+    const bench_install = b.addInstallArtifact(bench, .{ .dest_dir = .{ .override = dir(b, sanitize, "bench") } });
     b.step("bench", "Build the benchmark programs into <prefix>/bench (scripts/bench runs them)").dependOn(&bench_install.step);
 
     const run_cmd = b.addRunArtifact(exe);
@@ -130,14 +147,14 @@ pub fn build(b: *std.Build) void {
     b.step("run", "Run supportd with the given arguments").dependOn(&run_cmd.step);
 
     const test_step = b.step("test", "Build and run the cmocka unit tests");
-    const unit_step = b.step("unit", "Build the cmocka unit tests into zig-out/test (scripts/test runs them)");
+    const unit_step = b.step("unit", "Build the cmocka unit tests into zig-out/test (-Dsanitize: zig-out/sanitize/test; scripts/test runs them)");
     const asan_preload = if (sanitize) asanRuntime(b) else "";
     for (unit_tests) |name| {
         const src = b.fmt("tests/unit/test_{s}.c", .{name});
         const mod = cModule(b, target, optimize, sanitize, flags.items, &.{src});
         mod.linkSystemLibrary("cmocka", .{});
         const t = b.addExecutable(.{ .name = b.fmt("test_{s}", .{name}), .root_module = mod });
-        const install = b.addInstallArtifact(t, .{ .dest_dir = .{ .override = .{ .custom = "test" } } });
+        const install = b.addInstallArtifact(t, .{ .dest_dir = .{ .override = dir(b, sanitize, "test") } });
         unit_step.dependOn(&install.step);
         const run = b.addRunArtifact(t);
         // The ASan runtime must be the first library loaded.
@@ -166,10 +183,38 @@ fn cModule(
     mod.addIncludePath(b.path("src"));
     mod.addCSourceFiles(.{ .files = &core_sources, .flags = flags });
     mod.addCSourceFiles(.{ .files = extra, .flags = flags });
-    if (static_libs) |libs| libs.link(mod) else for (system_libs) |lib| mod.linkSystemLibrary(lib, .{});
+    // `supportd version` names the Debian source package of each library built from one.
+    var version_flags: std.ArrayList([]const u8) = .empty;
+    version_flags.appendSlice(b.allocator, flags) catch @panic("OOM");
+    const vendored: []const []const u8 = if (static_libs != null)
+        &.{ "lua", "hiredis", "openssl", "curl", "mongoc", "microhttpd", "tzdata" }
+    else
+        &.{"hiredis"};
+    for (vendored) |name| version_flags.append(b.allocator, pins.vendorMacro(b, name)) catch @panic("OOM");
+    mod.addCSourceFiles(.{ .files = &.{"src/cli/version.c"}, .flags = version_flags.items });
+    if (static_libs) |libs| libs.link(mod) else {
+        const h = dev_hiredis.?;
+        mod.addSystemIncludePath(h.include);
+        mod.linkLibrary(h.ssl);
+        mod.linkLibrary(h.lib);
+        for (system_libs) |lib| mod.linkSystemLibrary(lib, .{});
+    }
     mod.linkSystemLibrary("pthread", .{});
     if (sanitize) linkAsan(b, mod);
     return mod;
+}
+
+/// hiredis for the development build, from the source scripts/vendor-fetch unpacks (it runs
+/// first on every build and returns at once when the source is there), optimized like
+/// the release build's, without sanitizers, against the system's OpenSSL headers.
+fn devHiredis(b: *std.Build, target: std.Build.ResolvedTarget) hiredis.Hiredis {
+    const fetch = b.addSystemCommand(&.{ b.pathFromRoot("scripts/vendor-fetch"), "-q", "hiredis" });
+    fetch.setCwd(b.path("."));
+    fetch.setName("vendor-fetch hiredis");
+    const h = hiredis.build(b, pins.source(b, "hiredis"), target, .ReleaseFast, null);
+    h.lib.step.dependOn(&fetch.step);
+    h.ssl.step.dependOn(&fetch.step);
+    return h;
 }
 
 /// Zig ships no AddressSanitizer runtime; link the system C compiler's
