@@ -169,6 +169,7 @@ static int load_redis_target(struct config *cfg, config_getenv_fn fn, void *ud,
         cfg->redis_password = u.password;
         cfg->redis_db = u.db;
         cfg->redis_tls = u.tls;
+        cfg->redis_from_url = true;
         return 0;
     }
     dup_or(&cfg->redis_password, get(fn, ud, "REDIS_PASSWORD"), NULL);

@@ -60,6 +60,7 @@ struct config {
     char *redis_username; /* NULL: AUTH password (or none); else AUTH user password (ACL) */
     char *redis_password; /* NULL when unset */
     int redis_db;
+    bool redis_from_url;  /* the above came from REDIS_URL */
     bool redis_tls;       /* REDIS_TLS=true or rediss://: verified TLS, never unverified */
     char *redis_tls_ca_file;   /* NULL: the system's CA bundle (core/cabundle.h) */
     char *redis_tls_cert_file; /* client certificate and its key: both or neither */
