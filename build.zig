@@ -1,6 +1,7 @@
 //! supportd's build (Zig 0.15.1, module-based API).
 //!
-//!   zig build                      zig-out/bin/supportd against the system's libraries (pkg-config)
+//!   zig build                      zig-out/bin/supportd against the system's libraries (pkg-config),
+//!                                  but hiredis (+ hiredis_ssl) from its pinned source, as the release
 //!   zig build test                 build and run the cmocka unit tests
 //!   zig build bench                the benchmark programs (scripts/bench patterns)
 //!   zig build -Dsanitize=true      AddressSanitizer + UBSan (the test script uses it)
@@ -9,9 +10,14 @@
 //!                                  built from pinned sources (vendor/static.zig)
 const std = @import("std");
 const vendor = @import("vendor/static.zig");
+const hiredis = @import("vendor/hiredis.zig");
+const pins = @import("vendor/pins.zig");
 
 /// The vendored static libraries with -Dstatic=true, else null (system libraries).
 var static_libs: ?*vendor.Libs = null;
+/// The development build's hiredis: compiled from the pinned source (Debian 12 has no
+/// hiredis with TLS), against the system's OpenSSL.
+var dev_hiredis: ?hiredis.Hiredis = null;
 
 const c_flags = [_][]const u8{
     "-std=c11",
@@ -92,7 +98,7 @@ const core_sources = [_][]const u8{
     "src/http/exposition.c",
 };
 
-const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "hiredis", "lua5.4", "libcurl", "openssl", "libmicrohttpd" };
+const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "lua5.4", "libcurl", "openssl", "libmicrohttpd" };
 
 /// Unit tests: tests/unit/test_<name>.c, one executable each.
 const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "msgstatus", "metrics", "commcheck", "tz" };
@@ -103,7 +109,7 @@ pub fn build(b: *std.Build) void {
     const optimize = b.standardOptimizeOption(.{});
     const sanitize = b.option(bool, "sanitize", "Build with AddressSanitizer and UBSan") orelse false;
     if (static and sanitize) std.debug.panic("-Dstatic and -Dsanitize do not mix (ASan comes from the system's glibc toolchain)", .{});
-    if (static) static_libs = vendor.build(b);
+    if (static) static_libs = vendor.build(b) else dev_hiredis = devHiredis(b, target);
 
     var flags: std.ArrayList([]const u8) = .empty;
     flags.appendSlice(b.allocator, &c_flags) catch @panic("OOM");
@@ -164,10 +170,29 @@ fn cModule(
     mod.addIncludePath(b.path("src"));
     mod.addCSourceFiles(.{ .files = &core_sources, .flags = flags });
     mod.addCSourceFiles(.{ .files = extra, .flags = flags });
-    if (static_libs) |libs| libs.link(mod) else for (system_libs) |lib| mod.linkSystemLibrary(lib, .{});
+    if (static_libs) |libs| libs.link(mod) else {
+        const h = dev_hiredis.?;
+        mod.addSystemIncludePath(h.include);
+        mod.linkLibrary(h.ssl);
+        mod.linkLibrary(h.lib);
+        for (system_libs) |lib| mod.linkSystemLibrary(lib, .{});
+    }
     mod.linkSystemLibrary("pthread", .{});
     if (sanitize) linkAsan(b, mod);
     return mod;
+}
+
+/// hiredis for the development build, from the source scripts/vendor-fetch unpacks (it runs
+/// first on every build and returns at once when the source is there), optimized like
+/// the release build's, without sanitizers, against the system's OpenSSL headers.
+fn devHiredis(b: *std.Build, target: std.Build.ResolvedTarget) hiredis.Hiredis {
+    const fetch = b.addSystemCommand(&.{ b.pathFromRoot("scripts/vendor-fetch"), "-q", "hiredis" });
+    fetch.setCwd(b.path("."));
+    fetch.setName("vendor-fetch hiredis");
+    const h = hiredis.build(b, pins.source(b, "hiredis"), target, .ReleaseFast, null);
+    h.lib.step.dependOn(&fetch.step);
+    h.ssl.step.dependOn(&fetch.step);
+    return h;
 }
 
 /// Zig ships no AddressSanitizer runtime; link the system C compiler's

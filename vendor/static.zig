@@ -2,20 +2,23 @@
 //! (`zig build -Dstatic=true -Doptimize=ReleaseSafe`).
 //!
 //! The third-party libraries come from the Debian source packages pinned in
-//! vendor/manifest.txt, fetched into .cache/vendor/src/ by scripts/vendor-fetch:
+//! vendor/manifest.txt, fetched into .cache/vendor/src/<name>-<version>/ by
+//! scripts/vendor-fetch:
 //!   - OpenSSL, curl, libmongoc + libbson, libmicrohttpd: built by their own build systems with
 //!     `zig cc -target x86_64-linux-musl` as the compiler, by scripts/build-static-deps
-//!     (which runs vendor-fetch first), into .cache/static/<name>/. That script runs at
-//!     the start of every static build and returns at once when its stamps are current.
-//!   - the IANA zone rules (tzdata): compiled by zic into .cache/static/tzdata/tzdata.c by
-//!     the same script, and compiled into supportd here (src/core/tz.c);
-//!   - Lua and hiredis: compiled here by Zig (lua.zig, hiredis.zig); Zig's cache
-//!     keeps them.
+//!     (which runs vendor-fetch first), into .cache/static/<name>-<version>/. That script
+//!     runs at the start of every static build and returns at once when its stamps are
+//!     current.
+//!   - the IANA zone rules (tzdata): compiled by zic into .cache/static/tzdata-<version>/tzdata.c
+//!     by the same script, and compiled into supportd here (src/core/tz.c);
+//!   - Lua and hiredis (+ hiredis_ssl, against the OpenSSL above): compiled here by Zig
+//!     (lua.zig, hiredis.zig); Zig's cache keeps them.
 //! Every library is built without UBSan and optimized (their own Release settings, or
 //! ReleaseFast here), whatever -Doptimize says for supportd itself.
 const std = @import("std");
 const lua = @import("lua.zig");
 const hiredis = @import("hiredis.zig");
+const pins = @import("pins.zig");
 
 /// The release target: baseline x86_64 (no CPU features beyond the ABI's), musl libc
 /// linked in statically.
@@ -24,21 +27,16 @@ pub fn target(b: *std.Build) std.Build.ResolvedTarget {
 }
 
 /// Archives built by scripts/build-static-deps, in link order (a library before what it
-/// uses), relative to the repository root.
-const archives = [_][]const u8{
-    ".cache/static/microhttpd/lib/libmicrohttpd.a",
-    ".cache/static/mongoc/lib/libmongoc-static-1.0.a",
-    ".cache/static/mongoc/lib/libbson-static-1.0.a",
-    ".cache/static/curl/lib/libcurl.a",
-    ".cache/static/openssl/lib/libssl.a",
-    ".cache/static/openssl/lib/libcrypto.a",
+/// uses): library and file inside .cache/static/<library>-<pinned version>/.
+const archives = [_][2][]const u8{
+    .{ "microhttpd", "lib/libmicrohttpd.a" },
+    .{ "mongoc", "lib/libmongoc-static-1.0.a" },
+    .{ "mongoc", "lib/libbson-static-1.0.a" },
+    .{ "curl", "lib/libcurl.a" },
+    .{ "openssl", "lib/libssl.a" },
+    .{ "openssl", "lib/libcrypto.a" },
 };
-const include_dirs = [_][]const u8{
-    ".cache/static/microhttpd/include",
-    ".cache/static/mongoc/include",
-    ".cache/static/curl/include",
-    ".cache/static/openssl/include",
-};
+const include_dirs = [_][]const u8{ "microhttpd", "mongoc", "curl", "openssl" };
 
 pub const Libs = struct {
     lua: lua.Lua,
@@ -50,7 +48,7 @@ pub const Libs = struct {
     pub fn link(self: *const Libs, mod: *std.Build.Module) void {
         const b = mod.owner;
         // -isystem: the libraries' headers are not held to supportd's -Werror.
-        for (include_dirs) |dir| mod.addSystemIncludePath(b.path(dir));
+        for (include_dirs) |name| mod.addSystemIncludePath(pins.static(b, name, "include"));
         for (self.lua.include) |dir| mod.addSystemIncludePath(dir);
         mod.addSystemIncludePath(self.hiredis.include);
         // Only matter on Windows, but say what these headers are used for.
@@ -58,11 +56,12 @@ pub const Libs = struct {
         mod.addCMacro("MONGOC_STATIC", "1");
         mod.addCMacro("CURL_STATICLIB", "1");
         mod.linkLibrary(self.lua.lib);
+        mod.linkLibrary(self.hiredis.ssl);
         mod.linkLibrary(self.hiredis.lib);
-        for (archives) |a| mod.addObjectFile(b.path(a));
+        for (archives) |a| mod.addObjectFile(pins.static(b, a[0], a[1]));
         // The zone rules, compiled from the pinned tzdata by scripts/build-static-deps
         // (src/core/tz.c reads them instead of /usr/share/zoneinfo).
-        mod.addCSourceFile(.{ .file = b.path(".cache/static/tzdata/tzdata.c"), .flags = &.{"-std=c11"} });
+        mod.addCSourceFile(.{ .file = pins.static(b, "tzdata", "tzdata.c"), .flags = &.{"-std=c11"} });
         mod.addCMacro("SD_TZ_EMBEDDED", "1");
         mod.strip = self.strip;
     }
@@ -82,8 +81,8 @@ pub fn build(b: *std.Build) *Libs {
 
     const libs = b.allocator.create(Libs) catch @panic("OOM");
     libs.* = .{
-        .lua = lua.build(b, b.path(".cache/vendor/src/lua"), t, .ReleaseFast),
-        .hiredis = hiredis.build(b, b.path(".cache/vendor/src/hiredis"), t, .ReleaseFast),
+        .lua = lua.build(b, pins.source(b, "lua"), t, .ReleaseFast),
+        .hiredis = hiredis.build(b, pins.source(b, "hiredis"), t, .ReleaseFast, pins.static(b, "openssl", "include")),
         .strip = strip,
     };
     // Every compilation that links these libraries depends on lua and hiredis (through
@@ -91,5 +90,6 @@ pub fn build(b: *std.Build) *Libs {
     // only once the sources are fetched and the archives above exist.
     libs.lua.lib.step.dependOn(&deps.step);
     libs.hiredis.lib.step.dependOn(&deps.step);
+    libs.hiredis.ssl.step.dependOn(&deps.step);
     return libs;
 }
