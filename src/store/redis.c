@@ -89,9 +89,15 @@ static void failed(struct rds *r)
 static int handshake(struct rds *r, struct sd_error *err, const char *what, const char *hint,
                      redisReply *reply)
 {
+    /* TLS 1.3 finishes the client's side of the handshake before the server
+     * has judged the client certificate: a refusal shows up as the first
+     * command's connection being closed. */
     if (!reply)
-        return sd_error_set(err, "redis %s:%d: %s failed: %s", r->host, r->port, what,
-                            r->ctx->errstr);
+        return sd_error_set(err, "redis %s:%d: %s failed: %s%s", r->host, r->port, what,
+                            r->ctx->errstr,
+                            r->tls ? " (just after the TLS handshake: did the server refuse the "
+                                     "client certificate? see REDIS_TLS_CERT_FILE)"
+                                   : "");
     int bad = reply->type == REDIS_REPLY_ERROR;
     if (bad)
         sd_error_set(err, "redis %s:%d: %s failed: %s (check %s)", r->host, r->port, what,
