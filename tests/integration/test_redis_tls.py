@@ -241,3 +241,24 @@ def test_tls_redis_restarted_under_a_running_daemon(sd, secure, run, redis_tls_g
     wait_until(lambda: probe_ok(secure, sd), 10, what="health hash rewritten after the restart")
     assert d.terminate_and_wait() == 0, d.tail()
     assert_no_secret(d.stderr() + d.stdout(), secure.redis_password)
+
+
+def test_every_connection_uses_the_tls_settings(sd, secure, run):
+    """Not only the jobs' connection: the HTTP server's threads (/readyz pings
+    Redis on its own connection) and `supportd status` connect over TLS with
+    the ACL user too."""
+    import requests
+
+    port = free_port()
+    env = dict(REDIS_URL=url(secure), REDIS_TLS_CA_FILE=secure.ca, QM_SUPPORT_PROBE="true",
+               QM_SUPPORT_PROBE_CRON="* * * * * *", QM_SUPPORT_HTTP_LISTEN=f"127.0.0.1:{port}")
+    d = run.start(**env)
+    d.wait_for("tick.end", where=lambda e: e.get("outcome") == "ok", timeout=20)
+    r = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+    assert r.status_code == 200 and "redis: ok" in r.text.splitlines(), r.text
+    cp = run.cli("status", REDIS_URL=url(secure), REDIS_TLS_CA_FILE=secure.ca,
+                 QM_SUPPORT_PROBE="true", QM_SUPPORT_PROBE_CRON="* * * * * *")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "probe" in cp.stdout, cp.stdout
+    assert d.terminate_and_wait() == 0, d.tail()
+    assert_no_secret(d.stderr() + cp.stdout + cp.stderr, secure.redis_password)
