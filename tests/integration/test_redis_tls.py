@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, parse_ts, services_script, wait_until
-from tls_helpers import (chroot_run, empty_root, free_port, make_ca, make_cert,
-                         secure_services, stop, wait_port)
+from conftest import parse_ts, services_script, wait_until
+from tls_helpers import (Runner, free_port, make_ca, make_cert, secure_services, stop,
+                         wait_port)
 
 
 @pytest.fixture
@@ -24,59 +24,11 @@ def secure(services):
     return secure_services(services)
 
 
-class Runner:
-    """Runs supportd as the test binary does, or chrooted into an empty root
-    holding only the static binary, the rules and the certificate files the
-    environment names (their paths rewritten to /tls/<name>)."""
-
-    def __init__(self, sd, tmp_path: Path, chrooted: bool):
-        self.sd, self.tmp_path, self.chrooted = sd, tmp_path, chrooted
-        self.root = None
-
-    def _env(self, env: dict) -> dict:
-        env = {k: v for k, v in env.items()}
-        env.setdefault("REDIS_HOST", None)
-        env.setdefault("REDIS_PORT", None)
-        if not self.chrooted:
-            return env
-        files = [Path(v) for v in env.values() if isinstance(v, (str, Path)) and str(v).startswith("/")
-                 and Path(v).is_file()]
-        if self.root is None:
-            self.root = empty_root(self.sd, self.tmp_path)
-        for f in files:
-            target = self.root / "tls" / f.name
-            target.write_bytes(f.read_bytes())
-        return {k: (f"/tls/{Path(v).name}" if isinstance(v, (str, Path)) and Path(v) in files else v)
-                for k, v in env.items()}
-
-    def cli(self, *args: str, **env) -> subprocess.CompletedProcess:
-        env = self._env(env)
-        if not self.chrooted:
-            return self.sd.cli(*args, **env)
-        return chroot_run(self.sd, self.root, *args, **env)
-
-    def start(self, **env) -> Daemon:
-        env = self._env(env)
-        if not self.chrooted:
-            return self.sd.start("run", **env)
-        full = self.sd.env(QM_SUPPORT_RULES_DIR="/rules", **env)
-        full.pop("LD_PRELOAD", None)
-        name = f"chroot{len(self.sd.daemons) + 1}"
-        err_path, out_path = self.tmp_path / f"{name}.stderr", self.tmp_path / f"{name}.stdout"
-        ferr, fout = open(err_path, "wb"), open(out_path, "wb")
-        proc = subprocess.Popen(["chroot", str(self.root), "/supportd", "run"], env=full,
-                                stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr)
-        d = Daemon(name, proc, err_path, out_path, full, [ferr, fout])
-        self.sd.daemons.append(d)
-        return d
-
-
 @pytest.fixture(params=["binary", "empty-root"])
 def run(request, sd, tmp_path):
-    r = Runner(sd, tmp_path, request.param == "empty-root")
-    if r.chrooted:
-        r.root = empty_root(sd, tmp_path)  # skips unless static and root
-    return r
+    # Redis is named by each test: REDIS_HOST/REDIS_PORT of the plain test Redis are dropped
+    return Runner(sd, tmp_path, request.param == "empty-root",
+                  defaults={"REDIS_HOST": None, "REDIS_PORT": None})
 
 
 def url(secure, *, user=None, password=None, host="127.0.0.1", port=None, db=0, scheme="rediss"):

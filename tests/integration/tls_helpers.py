@@ -5,6 +5,7 @@ TLS-only Redis with an ACL user), whose settings come from .services.env."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, Daemon
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -177,3 +178,56 @@ def chroot_run(sd, root: Path, *args: str, timeout: float = 60, **env) -> subpro
     full.pop("LD_PRELOAD", None)
     return subprocess.run(["chroot", str(root), "/supportd", *args], env=full,
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Runner:
+    """Runs supportd as the test binary, or (chrooted=True) from an empty root
+    holding only the static binary, the rules and the certificate files the
+    environment names: every absolute path of an existing file inside a value
+    (REDIS_TLS_CA_FILE, or tlsCAFile=... inside MONGO_DB_URL) is copied to
+    /tls/<name> and rewritten. The empty-root variant skips unless the binary
+    is static and we are root."""
+
+    def __init__(self, sd, tmp_path: Path, chrooted: bool, defaults: dict | None = None):
+        self.sd, self.tmp_path, self.chrooted = sd, tmp_path, chrooted
+        self.defaults = defaults or {}
+        self.root = empty_root(sd, tmp_path) if chrooted else None
+
+    def _env(self, env: dict) -> dict:
+        env = {**self.defaults, **env}
+        if not self.chrooted:
+            return env
+        out = {}
+        for k, v in env.items():
+            if v is None:
+                out[k] = None
+                continue
+            v = str(v)
+            for path in set(re.findall(r"/[^&?=\s:@]+", v)):
+                f = Path(path)
+                if f.is_file() and not str(f).startswith(str(self.root)):
+                    (self.root / "tls" / f.name).write_bytes(f.read_bytes())
+                    v = v.replace(path, f"/tls/{f.name}")
+            out[k] = v
+        return out
+
+    def cli(self, *args: str, **env) -> subprocess.CompletedProcess:
+        env = self._env(env)
+        if not self.chrooted:
+            return self.sd.cli(*args, **env)
+        return chroot_run(self.sd, self.root, *args, **env)
+
+    def start(self, **env) -> Daemon:
+        env = self._env(env)
+        if not self.chrooted:
+            return self.sd.start("run", **env)
+        full = self.sd.env(QM_SUPPORT_RULES_DIR="/rules", **env)
+        full.pop("LD_PRELOAD", None)
+        name = f"chroot{len(self.sd.daemons) + 1}"
+        err_path, out_path = self.tmp_path / f"{name}.stderr", self.tmp_path / f"{name}.stdout"
+        ferr, fout = open(err_path, "wb"), open(out_path, "wb")
+        proc = subprocess.Popen(["chroot", str(self.root), "/supportd", "run"], env=full,
+                                stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr)
+        d = Daemon(name, proc, err_path, out_path, full, [ferr, fout])
+        self.sd.daemons.append(d)
+        return d
