@@ -4,7 +4,9 @@
 //!                                  but hiredis (+ hiredis_ssl) from its pinned source, as the release
 //!   zig build test                 build and run the cmocka unit tests
 //!   zig build bench                the benchmark programs (scripts/bench patterns)
-//!   zig build -Dsanitize=true      AddressSanitizer + UBSan (the test script uses it)
+//!   zig build -Dsanitize=true      AddressSanitizer + UBSan (the test script uses it), installed
+//!                                  under zig-out/sanitize/ (bin/, test/, bench/) so that
+//!                                  zig-out/bin/supportd is always a plain, runnable build
 //!   zig build -Dstatic=true -Doptimize=ReleaseSafe
 //!                                  the release binary: static x86_64-linux-musl, libraries
 //!                                  built from pinned sources (vendor/static.zig)
@@ -115,18 +117,27 @@ pub fn build(b: *std.Build) void {
     flags.appendSlice(b.allocator, &c_flags) catch @panic("OOM");
     if (sanitize) flags.appendSlice(b.allocator, &.{ "-fsanitize=address" }) catch @panic("OOM");
 
+    // The sanitized build needs gcc's libasan preloaded to start at all: it gets folders of
+    // its own, so the plain binary in bin/ is never replaced by one that cannot run alone.
+    const dir = struct {
+        fn of(bb: *std.Build, san: bool, sub: []const u8) std.Build.InstallDir {
+            return .{ .custom = if (san) bb.fmt("sanitize/{s}", .{sub}) else sub };
+        }
+    }.of;
+
     const exe = b.addExecutable(.{
         .name = "supportd",
         .root_module = cModule(b, target, optimize, sanitize, flags.items, &.{"src/main.c"}),
     });
-    b.installArtifact(exe);
+    const exe_install = b.addInstallArtifact(exe, .{ .dest_dir = .{ .override = dir(b, sanitize, "bin") } });
+    b.getInstallStep().dependOn(&exe_install.step);
 
     // scripts/bench patterns: our Lua pattern matcher against Lua's own.
     const bench = b.addExecutable(.{
         .name = "bench_patterns",
         .root_module = cModule(b, target, optimize, sanitize, flags.items, &.{"tests/bench/bench_patterns.c"}),
     });
-    const bench_install = b.addInstallArtifact(bench, .{ .dest_dir = .{ .override = .{ .custom = "bench" } } });
+    const bench_install = b.addInstallArtifact(bench, .{ .dest_dir = .{ .override = dir(b, sanitize, "bench") } });
     b.step("bench", "Build the benchmark programs into <prefix>/bench (scripts/bench runs them)").dependOn(&bench_install.step);
 
     const run_cmd = b.addRunArtifact(exe);
@@ -134,14 +145,14 @@ pub fn build(b: *std.Build) void {
     b.step("run", "Run supportd with the given arguments").dependOn(&run_cmd.step);
 
     const test_step = b.step("test", "Build and run the cmocka unit tests");
-    const unit_step = b.step("unit", "Build the cmocka unit tests into zig-out/test (scripts/test runs them)");
+    const unit_step = b.step("unit", "Build the cmocka unit tests into zig-out/test (-Dsanitize: zig-out/sanitize/test; scripts/test runs them)");
     const asan_preload = if (sanitize) asanRuntime(b) else "";
     for (unit_tests) |name| {
         const src = b.fmt("tests/unit/test_{s}.c", .{name});
         const mod = cModule(b, target, optimize, sanitize, flags.items, &.{src});
         mod.linkSystemLibrary("cmocka", .{});
         const t = b.addExecutable(.{ .name = b.fmt("test_{s}", .{name}), .root_module = mod });
-        const install = b.addInstallArtifact(t, .{ .dest_dir = .{ .override = .{ .custom = "test" } } });
+        const install = b.addInstallArtifact(t, .{ .dest_dir = .{ .override = dir(b, sanitize, "test") } });
         unit_step.dependOn(&install.step);
         const run = b.addRunArtifact(t);
         // The ASan runtime must be the first library loaded.
@@ -170,6 +181,15 @@ fn cModule(
     mod.addIncludePath(b.path("src"));
     mod.addCSourceFiles(.{ .files = &core_sources, .flags = flags });
     mod.addCSourceFiles(.{ .files = extra, .flags = flags });
+    // `supportd version` names the Debian source package of each library built from one.
+    var version_flags: std.ArrayList([]const u8) = .empty;
+    version_flags.appendSlice(b.allocator, flags) catch @panic("OOM");
+    const vendored: []const []const u8 = if (static_libs != null)
+        &.{ "lua", "hiredis", "openssl", "curl", "mongoc", "microhttpd", "tzdata" }
+    else
+        &.{"hiredis"};
+    for (vendored) |name| version_flags.append(b.allocator, pins.vendorMacro(b, name)) catch @panic("OOM");
+    mod.addCSourceFiles(.{ .files = &.{"src/cli/version.c"}, .flags = version_flags.items });
     if (static_libs) |libs| libs.link(mod) else {
         const h = dev_hiredis.?;
         mod.addSystemIncludePath(h.include);

@@ -7,8 +7,6 @@
 
 #include "cli/cli.h"
 #include "core/log.h"
-#include "core/tz.h"
-#include "version.h"
 
 static int dispatch(int argc, char **argv)
 {
@@ -21,8 +19,7 @@ static int dispatch(int argc, char **argv)
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         if (cli_wants_help(argc - 1, argv + 1))
             return cli_help("version"), EXIT_OK;
-        printf("supportd %s\ntime zones: %s\n", SUPPORTD_VERSION, tz_source());
-        return EXIT_OK;
+        return cli_version();
     }
     if (cli_wants_help(argc - 1, argv + 1)) {
         if (cli_help(cmd) == 0)

@@ -4,9 +4,16 @@
 //! "current" symlink: work trees may share one .cache and pin different versions.
 const std = @import("std");
 
+pub const Pin = struct { package: []const u8, suite: []const u8, version: []const u8 };
+
 /// The version column of `name`'s line in vendor/manifest.txt
 /// (name, source package, suite, version, sha256).
 pub fn version(b: *std.Build, name: []const u8) []const u8 {
+    return pin(b, name).version;
+}
+
+/// `name`'s line in vendor/manifest.txt.
+pub fn pin(b: *std.Build, name: []const u8) Pin {
     const path = b.pathFromRoot("vendor/manifest.txt");
     const text = std.fs.cwd().readFileAlloc(b.allocator, path, 1 << 20) catch |e|
         std.debug.panic("cannot read {s}: {s}", .{ path, @errorName(e) });
@@ -16,11 +23,20 @@ pub fn version(b: *std.Build, name: []const u8) []const u8 {
         var cols = std.mem.tokenizeAny(u8, line, " \t\r");
         const first = cols.next() orelse continue;
         if (!std.mem.eql(u8, first, name)) continue;
-        _ = cols.next(); // source package
-        _ = cols.next(); // suite
-        return cols.next() orelse std.debug.panic("{s}: line of {s} has no version", .{ path, name });
+        const package = cols.next();
+        const suite = cols.next();
+        const ver = cols.next();
+        if (ver == null) std.debug.panic("{s}: line of {s} has no version", .{ path, name });
+        return .{ .package = package.?, .suite = suite.?, .version = ver.? };
     }
     std.debug.panic("{s} is not pinned in {s}", .{ name, path });
+}
+
+/// -DSD_VENDOR_<NAME>="<source package> <version>" for src/cli/version.c.
+pub fn vendorMacro(b: *std.Build, name: []const u8) []const u8 {
+    const p = pin(b, name);
+    const upper = std.ascii.allocUpperString(b.allocator, name) catch @panic("OOM");
+    return b.fmt("-DSD_VENDOR_{s}=\"{s} {s}\"", .{ upper, p.package, p.version });
 }
 
 /// The unpacked source tree of `name` (scripts/vendor-fetch).
@@ -28,7 +44,19 @@ pub fn source(b: *std.Build, name: []const u8) std.Build.LazyPath {
     return b.path(b.fmt(".cache/vendor/src/{s}-{s}", .{ name, version(b, name) }));
 }
 
-/// `rel` inside the install folder of `name` (scripts/build-static-deps).
+/// What a library built by scripts/build-static-deps links (its `build_one NAME DEPS`
+/// line): its install folder's name carries their versions too.
+const links = [_]struct { []const u8, []const u8 }{
+    .{ "curl", "openssl" },
+    .{ "mongoc", "openssl" },
+};
+
+/// `rel` inside the install folder of `name` (scripts/build-static-deps):
+/// .cache/static/<name>-<version>[+<dep>-<version>].
 pub fn static(b: *std.Build, name: []const u8, rel: []const u8) std.Build.LazyPath {
-    return b.path(b.fmt(".cache/static/{s}-{s}/{s}", .{ name, version(b, name), rel }));
+    var folder = b.fmt("{s}-{s}", .{ name, version(b, name) });
+    for (links) |l| {
+        if (std.mem.eql(u8, l[0], name)) folder = b.fmt("{s}+{s}-{s}", .{ folder, l[1], version(b, l[1]) });
+    }
+    return b.path(b.fmt(".cache/static/{s}/{s}", .{ folder, rel }));
 }

@@ -15,6 +15,8 @@ int cli_once(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_rules(int argc, char **argv);
 int cli_dry_run(int argc, char **argv);
+/* supportd's version and those of the libraries it was built with (src/cli/version.c). */
+int cli_version(void);
 
 /* Shared start-up: load the configuration, set up logging. Prints the error
  * and returns EXIT_USAGE on failure. */

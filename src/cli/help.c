@@ -139,7 +139,12 @@ int cli_help(const char *command)
               "time. Exits 0 when valid, 1 with file:line messages when not.\n\n",
               stdout);
     else if (!strcmp(command, "version"))
-        fputs("Usage: supportd version\n\nPrints the version.\n", stdout);
+        fputs("Usage: supportd version\n\n"
+              "Prints supportd's version, where its time-zone data comes from, and one line\n"
+              "per library it was built with: its version (asked of the library where it\n"
+              "can say) and the Debian source package it was built from, or \"system\n"
+              "library\" for the development build's system packages.\n",
+              stdout);
     else
         return -1;
     if (strcmp(command, "version"))

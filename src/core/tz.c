@@ -201,3 +201,25 @@ const char *tz_source(void)
     return dir && *dir ? dir : "/usr/share/zoneinfo";
 #endif
 }
+
+const char *tz_data_version(void)
+{
+#ifdef SD_TZ_EMBEDDED
+    return sd_tz_version;
+#else
+    static char version[32];
+    if (version[0])
+        return version;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tzdata.zi", tz_source());
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    char line[128];
+    /* zic's input file starts with "# version <release>" */
+    if (fgets(line, sizeof line, f) && sscanf(line, "# version %31s", version) != 1)
+        version[0] = '\0';
+    fclose(f);
+    return version[0] ? version : NULL;
+#endif
+}

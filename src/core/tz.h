@@ -36,6 +36,11 @@ size_t tz_changes(const struct tz_zone *z, int64_t from_s, int64_t to_s, int64_t
 /* Where the zone data comes from: "embedded" or the system folder. */
 const char *tz_source(void);
 
+/* The tzdata release of that data ("2026b"): the embedded one's, else the one named
+ * by the system folder's tzdata.zi ("# version 2026b"); NULL when it cannot tell.
+ * Static storage; not thread-safe on its first call. */
+const char *tz_data_version(void);
+
 /* For tests: parses TZif bytes into a zone the caller frees with tz_free. */
 struct tz_zone *tz_parse(const unsigned char *data, size_t len);
 void tz_free(struct tz_zone *z);

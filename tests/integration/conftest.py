@@ -1,9 +1,11 @@
 """Integration-test harness for supportd: real FerretDB (MongoDB wire) and Redis.
 
 Environment:
-  SUPPORTD_BIN         the binary (default <repo>/zig-out/bin/supportd)
+  SUPPORTD_BIN         the binary (default <repo>/zig-out/sanitize/bin/supportd, the
+                       AddressSanitizer build of `zig build -Dsanitize=true`)
   SUPPORTD_LD_PRELOAD  added to the child's environment as LD_PRELOAD (the test
-                       build uses AddressSanitizer through the system libasan)
+                       build uses AddressSanitizer through the system libasan);
+                       when neither is set, gcc's libasan for the default binary
   ASAN_OPTIONS         passed through when set
 Services come from <repo>/.services.env (written by `scripts/services up`), or
 from MONGO_DB_URL / REDIS_HOST / REDIS_PORT already in the environment.
@@ -34,6 +36,30 @@ import pytest
 import redis
 
 REPO = Path(__file__).resolve().parents[2]
+# `zig build -Dsanitize=true` installs here; zig-out/bin/supportd is the plain build.
+SANITIZED_BIN = REPO / "zig-out" / "sanitize" / "bin" / "supportd"
+
+
+def supportd_bin() -> str:
+    """The binary under test: SUPPORTD_BIN, else the sanitized development build."""
+    return os.environ.get("SUPPORTD_BIN") or str(SANITIZED_BIN)
+
+
+_asan_runtime: list[str] = []
+
+
+def supportd_preload() -> str | None:
+    """LD_PRELOAD for the binary under test: SUPPORTD_LD_PRELOAD; when SUPPORTD_BIN is
+    not set either, the default binary is the sanitized build, which needs gcc's libasan
+    loaded first."""
+    if os.environ.get("SUPPORTD_LD_PRELOAD"):
+        return os.environ["SUPPORTD_LD_PRELOAD"]
+    if os.environ.get("SUPPORTD_BIN"):
+        return None
+    if not _asan_runtime:
+        _asan_runtime.append(subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                                            text=True, check=True).stdout.strip())
+    return _asan_runtime[0]
 SERVICES_ENV = REPO / ".services.env"
 SERVICE_VARS = ("MONGO_DB_URL", "REDIS_HOST", "REDIS_PORT", "SMTP_URL", "MAILPIT_API_URL",
                 "POSTGRES_URL", "SECURE_TLS_DIR", "SECURE_MONGO_PORT", "SECURE_MONGO_USER",
@@ -278,7 +304,7 @@ class Supportd:
         self.prefix = f"t{u}:"
         self.db_name = f"it_{u[:16]}"
         self.mongo_url = url_with_db(services["MONGO_DB_URL"], self.db_name)
-        self.bin = os.environ.get("SUPPORTD_BIN") or str(REPO / "zig-out" / "bin" / "supportd")
+        self.bin = supportd_bin()
         self.daemons: list[Daemon] = []
         self.hostname = socket.gethostname()
         self._n = 0
@@ -298,7 +324,7 @@ class Supportd:
             "QM_SUPPORT_RULES_DIR": str(REPO / "rules"),
             "LOG_LEVEL": "info",
         })
-        preload = os.environ.get("SUPPORTD_LD_PRELOAD")
+        preload = supportd_preload()
         if preload:
             env["LD_PRELOAD"] = preload
         if os.environ.get("ASAN_OPTIONS"):

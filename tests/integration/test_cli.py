@@ -2,10 +2,12 @@
 that name the bad variable, and `once probe` against the real services."""
 
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from conftest import parse_log_lines
+from conftest import REPO, parse_log_lines
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -14,6 +16,67 @@ def test_version(sd):
     cp = sd.cli("version")
     assert cp.returncode == EXIT_OK, cp.stderr
     assert re.search(r"\bsupportd\s+\d+\.\d+\.\d+", cp.stdout), cp.stdout
+
+
+# `supportd version`'s library lines: name, and the pin (vendor/manifest.txt) it comes
+# from in the release build; the development build's system packages by pkg-config name.
+LIBRARIES = {"lua": ("lua", "lua5.4"), "hiredis": ("hiredis", None), "openssl": ("openssl", "openssl"),
+             "curl": ("curl", "libcurl"), "libmongoc": ("mongoc", "libmongoc-1.0"),
+             "libmicrohttpd": ("microhttpd", "libmicrohttpd"), "tzdata": ("tzdata", None)}
+
+
+def manifest() -> dict:
+    """name -> (source package, version) of vendor/manifest.txt."""
+    pins = {}
+    for line in (REPO / "vendor" / "manifest.txt").read_text().splitlines():
+        cols = line.split("#", 1)[0].split()
+        if cols:
+            pins[cols[0]] = (cols[1], cols[3])
+    return pins
+
+
+def upstream(debian_version: str) -> str:
+    """The upstream part of a Debian version: 1:3.5.7-1~deb13u2 -> 3.5.7."""
+    return debian_version.split(":", 1)[-1].rsplit("-", 1)[0]
+
+
+def is_static(path: str) -> bool:
+    return "statically linked" in subprocess.run(["file", "-b", path], capture_output=True,
+                                                 text=True, check=True).stdout
+
+
+def test_version_names_every_library(sd):
+    """One line per library, its version asked of the library (or its headers), and the
+    Debian source it was built from: the pins for the release build (and the
+    development build's hiredis), the build machine's packages for the rest."""
+    cp = sd.cli("version")
+    assert cp.returncode == EXIT_OK, cp.stderr
+    lines = {}
+    for line in cp.stdout.splitlines()[2:]:
+        m = re.fullmatch(r"(\S+) (.+) \((.+)\)", line)
+        assert m, f"not 'NAME VERSION (ORIGIN)': {line!r}\n{cp.stdout}"
+        lines[m[1]] = (m[2], m[3])
+    assert sorted(lines) == sorted(LIBRARIES), cp.stdout
+    pins = manifest()
+    static = is_static(sd.bin)
+    for name, (pin, pkgconfig) in LIBRARIES.items():
+        version, origin = lines[name]
+        if name == "libmongoc":
+            version, bson = version.split(", libbson ")
+            assert bson == version, cp.stdout   # one source package, one version
+        if static or pkgconfig is None and name != "tzdata":
+            package, debian = pins[pin]
+            assert version == upstream(debian), f"{name}: {version} is not the pinned {debian}"
+            assert origin == f"Debian source {package} {debian}", cp.stdout
+        elif name == "tzdata":
+            first = (Path("/usr/share/zoneinfo") / "tzdata.zi").read_text().splitlines()[0]
+            assert first == f"# version {version}", cp.stdout
+            assert origin == "/usr/share/zoneinfo", cp.stdout
+        else:
+            system = subprocess.run(["pkg-config", "--modversion", pkgconfig], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+            assert version == system, f"{name}: {version}, the system's {pkgconfig} is {system}"
+            assert origin == "system library", cp.stdout
 
 
 def test_help_lists_commands(sd):

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, supportd_bin, supportd_preload
 
 FIXTURES = REPO / "tests" / "fixtures"
-BIN = os.environ.get("SUPPORTD_BIN") or str(REPO / "zig-out" / "bin" / "supportd")
+BIN = supportd_bin()
 
 
 def run(*args, rules=REPO / "rules", **env_extra):
     env = {"PATH": os.environ["PATH"], "QM_SUPPORT_RULES_DIR": str(rules), **env_extra}
-    if os.environ.get("SUPPORTD_LD_PRELOAD"):
-        env["LD_PRELOAD"] = os.environ["SUPPORTD_LD_PRELOAD"]
+    if supportd_preload():
+        env["LD_PRELOAD"] = supportd_preload()
     # Unreachable servers: dry-run must not try them.
     env.update(MONGO_DB_URL="mongodb://127.0.0.1:1/none", REDIS_HOST="127.0.0.1", REDIS_PORT="1")
     return subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=60,
@@ -129,8 +129,8 @@ def test_unreadable_fixtures_folder_is_a_usage_error(tmp_path):
     folder.chmod(0o700)
     tmp_path.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "QM_SUPPORT_RULES_DIR": str(REPO / "rules")}
-    if os.environ.get("SUPPORTD_LD_PRELOAD"):
-        env["LD_PRELOAD"] = os.environ["SUPPORTD_LD_PRELOAD"]
+    if supportd_preload():
+        env["LD_PRELOAD"] = supportd_preload()
     probe = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", BIN,
                             "version"], env=env, capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from browser import Dom, assert_not_blank, chromium
-from conftest import REPO
+from conftest import REPO, supportd_preload
 from fakes_fixtures import *  # noqa: F401,F403  (provider_fake, providers)
 from test_dry_run import BIN
 
@@ -31,8 +31,8 @@ def run(*args, rules=REPO / "rules", cwd=None):
     """supportd with no reachable database or Redis (dry-run touches neither)."""
     env = {"PATH": os.environ["PATH"], "QM_SUPPORT_RULES_DIR": str(rules),
            "MONGO_DB_URL": "mongodb://127.0.0.1:1/none", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "1"}
-    if os.environ.get("SUPPORTD_LD_PRELOAD"):
-        env["LD_PRELOAD"] = os.environ["SUPPORTD_LD_PRELOAD"]
+    if supportd_preload():
+        env["LD_PRELOAD"] = supportd_preload()
     return subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, cwd=cwd)
 
