@@ -39,6 +39,7 @@ const core_sources = [_][]const u8{
     "src/core/config.c",
     "src/core/scheduler.c",
     "src/core/cabundle.c",
+    "src/core/redis_url.c",
     "src/store/redis.c",
     "src/store/lease.c",
     "src/store/health.c",

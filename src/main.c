@@ -1,6 +1,7 @@
 /* supportd — entry point: global library set-up and command dispatch. */
 #include <curl/curl.h>
 #include <mongoc/mongoc.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -43,6 +44,11 @@ int main(int argc, char **argv)
     /* Before mongoc_init: it may already have something to say, and every
      * line on stderr is one of ours (JSON, redacted). */
     log_route_mongoc();
+    /* hiredis writes with send(2) without MSG_NOSIGNAL and, over TLS, OpenSSL
+     * with write(2): a Redis that went away (seen with a TLS Redis restarted
+     * under `run`) would kill the process with SIGPIPE instead of failing the
+     * command and reconnecting. EPIPE is handled wherever we write. */
+    signal(SIGPIPE, SIG_IGN);
     mongoc_init();
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = dispatch(argc, argv);

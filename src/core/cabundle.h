@@ -2,7 +2,8 @@
  *
  * The static release binary carries no CA store and no distribution's compiled-in
  * default, so it looks where the distributions keep theirs. Callers hand the result
- * to libcurl (CURLOPT_CAINFO) and libmongoc (tlsCAFile). With NULL they keep their
+ * to libcurl (CURLOPT_CAINFO), libmongoc (tlsCAFile) and OpenSSL for Redis over TLS
+ * (store/redis.c). With NULL they keep their
  * library's default (OpenSSL's OPENSSLDIR, /etc/ssl here), which is what the
  * development build against the system's libraries wants anyway.
  */

@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
+
+#include "core/redis_url.h"
 
 const struct job_spec job_specs[JOB_COUNT] = {
     [JOB_SNOOZE] = {"snooze", "QM_SUPPORT_SNOOZE", "QM_SUPPORT_SNOOZE_CRON", "*/5 * * * *"},
@@ -136,6 +139,96 @@ static int load_mongo(struct config *cfg, config_getenv_fn fn, void *ud, struct 
     return 0;
 }
 
+/* smtps://user:password@host: the password is a secret like SMTP_PASSWORD. */
+static void register_url_password(const char *url);
+
+/* Redis is set either by REDIS_URL or by the split variables, never both: a
+ * half-overridden URL is a guess at what the operator meant. */
+static const char *const redis_split_vars[] = {"REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD",
+                                               "REDIS_DB", "REDIS_USERNAME", NULL};
+
+static int load_redis_target(struct config *cfg, config_getenv_fn fn, void *ud,
+                             struct sd_error *err)
+{
+    const char *v, *url = get(fn, ud, "REDIS_URL");
+    if (url) {
+        register_url_password(url); /* as written, before anything can quote it */
+        for (int i = 0; redis_split_vars[i]; i++)
+            if (get(fn, ud, redis_split_vars[i]))
+                return sd_error_set(err, "REDIS_URL: cannot be combined with %s (set one or "
+                                         "the other)", redis_split_vars[i]);
+        struct redis_url u;
+        if (redis_url_parse(url, &u, err)) {
+            redis_url_free(&u);
+            return -1;
+        }
+        log_add_secret(u.password); /* decoded form */
+        cfg->redis_host = u.host;
+        cfg->redis_port = u.port;
+        cfg->redis_username = u.username;
+        cfg->redis_password = u.password;
+        cfg->redis_db = u.db;
+        cfg->redis_tls = u.tls;
+        cfg->redis_from_url = true;
+        return 0;
+    }
+    dup_or(&cfg->redis_password, get(fn, ud, "REDIS_PASSWORD"), NULL);
+    log_add_secret(cfg->redis_password);
+    dup_or(&cfg->redis_host, get(fn, ud, "REDIS_HOST"), "localhost");
+    cfg->redis_port = 6379;
+    if ((v = get(fn, ud, "REDIS_PORT")) && parse_int("REDIS_PORT", v, 1, 65535, &cfg->redis_port, err))
+        return -1;
+    cfg->redis_db = 0;
+    if ((v = get(fn, ud, "REDIS_DB")) && parse_int("REDIS_DB", v, 0, INT_MAX, &cfg->redis_db, err))
+        return -1;
+    dup_or(&cfg->redis_username, get(fn, ud, "REDIS_USERNAME"), NULL);
+    if (cfg->redis_username && !cfg->redis_password)
+        return sd_error_set(err, "REDIS_USERNAME: needs REDIS_PASSWORD (an ACL user "
+                                 "authenticates with AUTH user password)");
+    return 0;
+}
+
+/* TLS: REDIS_TLS=true or a rediss:// URL. Certificates are always verified
+ * (there is no switch to turn that off); the CA is REDIS_TLS_CA_FILE, else the
+ * system's bundle found as for every other TLS connection (core/cabundle.h). */
+static int load_redis_tls(struct config *cfg, config_getenv_fn fn, void *ud, struct sd_error *err)
+{
+    const char *v;
+    if ((v = get(fn, ud, "REDIS_TLS"))) {
+        bool tls;
+        if (parse_bool("REDIS_TLS", v, &tls, err))
+            return -1;
+        if (get(fn, ud, "REDIS_URL") && tls != cfg->redis_tls)
+            return sd_error_set(err, "REDIS_TLS: \"%s\" contradicts REDIS_URL's scheme (%s)", v,
+                                cfg->redis_tls ? "rediss://" : "redis://");
+        cfg->redis_tls = tls;
+    }
+    struct {
+        const char *name;
+        char **dst;
+    } files[] = {{"REDIS_TLS_CA_FILE", &cfg->redis_tls_ca_file},
+                 {"REDIS_TLS_CERT_FILE", &cfg->redis_tls_cert_file},
+                 {"REDIS_TLS_KEY_FILE", &cfg->redis_tls_key_file}};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        if (!(v = get(fn, ud, files[i].name)))
+            continue;
+        if (!cfg->redis_tls)
+            return sd_error_set(err, "%s: set, but TLS is off (REDIS_TLS=true or a rediss:// "
+                                     "REDIS_URL turns it on)", files[i].name);
+        if (access(v, R_OK) != 0)
+            return sd_error_set(err, "%s: cannot read \"%s\": %s", files[i].name, v,
+                                strerror(errno));
+        *files[i].dst = strdup(v);
+    }
+    if (cfg->redis_tls_cert_file && !cfg->redis_tls_key_file)
+        return sd_error_set(err, "REDIS_TLS_KEY_FILE: required with REDIS_TLS_CERT_FILE (the "
+                                 "client certificate's private key)");
+    if (cfg->redis_tls_key_file && !cfg->redis_tls_cert_file)
+        return sd_error_set(err, "REDIS_TLS_CERT_FILE: required with REDIS_TLS_KEY_FILE (the "
+                                 "client certificate)");
+    return 0;
+}
+
 static int load_jobs(struct config *cfg, config_getenv_fn fn, void *ud, struct sd_error *err)
 {
     for (int i = 0; i < JOB_COUNT; i++) {
@@ -151,7 +244,6 @@ static int load_jobs(struct config *cfg, config_getenv_fn fn, void *ud, struct s
     return 0;
 }
 
-/* smtps://user:password@host: the password is a secret like SMTP_PASSWORD. */
 static void register_url_password(const char *url)
 {
     const char *p = url ? strstr(url, "://") : NULL;
@@ -292,16 +384,9 @@ static int load_all(struct config *cfg, config_getenv_fn fn, void *ud, struct sd
             return sd_error_set(err, "LOG_FORMAT: \"%s\" is not json or text", v);
     }
 
-    dup_or(&cfg->redis_password, get(fn, ud, "REDIS_PASSWORD"), NULL);
-    log_add_secret(cfg->redis_password);
-    if (load_mongo(cfg, fn, ud, err))
+    if (load_redis_target(cfg, fn, ud, err))
         return -1;
-    dup_or(&cfg->redis_host, get(fn, ud, "REDIS_HOST"), "localhost");
-    cfg->redis_port = 6379;
-    if ((v = get(fn, ud, "REDIS_PORT")) && parse_int("REDIS_PORT", v, 1, 65535, &cfg->redis_port, err))
-        return -1;
-    cfg->redis_db = 0;
-    if ((v = get(fn, ud, "REDIS_DB")) && parse_int("REDIS_DB", v, 0, INT_MAX, &cfg->redis_db, err))
+    if (load_mongo(cfg, fn, ud, err) || load_redis_tls(cfg, fn, ud, err))
         return -1;
     if (load_jobs(cfg, fn, ud, err))
         return -1;
@@ -361,6 +446,8 @@ int config_require_mongo(const struct config *cfg, struct sd_error *err)
 void config_free(struct config *cfg)
 {
     char **strings[] = {&cfg->mongo_url, &cfg->mongo_db, &cfg->redis_host, &cfg->redis_password,
+                        &cfg->redis_username, &cfg->redis_tls_ca_file, &cfg->redis_tls_cert_file,
+                        &cfg->redis_tls_key_file,
                         &cfg->rules_dir, &cfg->redis_prefix, &cfg->email_from,
                         &cfg->twilio_account_sid, &cfg->twilio_auth_token, &cfg->twilio_api_base,
                         &cfg->sendgrid_api_key, &cfg->sendgrid_api_base,

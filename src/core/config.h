@@ -4,8 +4,9 @@
  *
  * Ownership: config_load fills a caller-owned struct config whose strings are
  * heap copies; config_free releases them. Secrets (REDIS_PASSWORD,
- * TWILIO_AUTH_TOKEN, SENDGRID_API_KEY, SMTP_PASSWORD, the password inside
- * MONGO_DB_URL) are registered with the log redactor as they are read.
+ * TWILIO_AUTH_TOKEN, SENDGRID_API_KEY, SMTP_PASSWORD, the passwords inside
+ * MONGO_DB_URL, REDIS_URL and SMTP_URL, as written and decoded) are registered
+ * with the log redactor as they are read.
  */
 #ifndef SD_CORE_CONFIG_H
 #define SD_CORE_CONFIG_H
@@ -53,10 +54,17 @@ struct job_config {
 struct config {
     char *mongo_url;      /* NULL when unset; required only by run/once */
     char *mongo_db;       /* from MONGO_DB_NAME, else the URL's path */
+    /* Redis: REDIS_URL, or REDIS_HOST/PORT/PASSWORD/DB/USERNAME (never both). */
     char *redis_host;
     int redis_port;
+    char *redis_username; /* NULL: AUTH password (or none); else AUTH user password (ACL) */
     char *redis_password; /* NULL when unset */
     int redis_db;
+    bool redis_from_url;  /* the above came from REDIS_URL */
+    bool redis_tls;       /* REDIS_TLS=true or rediss://: verified TLS, never unverified */
+    char *redis_tls_ca_file;   /* NULL: the system's CA bundle (core/cabundle.h) */
+    char *redis_tls_cert_file; /* client certificate and its key: both or neither */
+    char *redis_tls_key_file;
     struct job_config jobs[JOB_COUNT];
     char *rules_dir;
     char *redis_prefix;

@@ -199,7 +199,7 @@ static int finish_pending(struct tick *t, struct sd_error *err)
             bson_append_document_end(&update, &unset);
             bson_error_t berr;
             if (!mongoc_collection_update_many(t->alerts, &ids_filter, &update, NULL, NULL, &berr))
-                rc = sd_error_set(err, "clearing alert notification markers: %s", berr.message);
+                rc = sd_error_set(err, "clearing alert notification markers: %s", store_errmsg(&berr));
             bson_destroy(&ids_filter);
             bson_destroy(&update);
         }
@@ -368,7 +368,7 @@ static int apply_open(struct tick *t, const bson_t *action, struct sd_error *err
     return sd_error_set(err, "opening alert %s: %s",
                         bson_iter_init_find(&it, action, "target") ? bson_iter_utf8(&it, NULL)
                                                                    : "?",
-                        berr.message);
+                        store_errmsg(&berr));
 }
 
 /* Updates and resolutions, conditional on the alert still being open, in
@@ -448,7 +448,7 @@ static int apply_updates(struct tick *t, const bson_t *actions, struct sd_error 
         bson_destroy(&reply);
         mongoc_bulk_operation_destroy(bulk);
         if (!ok)
-            return sd_error_set(err, "updating %d alerts: %s", planned, berr.message);
+            return sd_error_set(err, "updating %d alerts: %s", planned, store_errmsg(&berr));
         t->resolved += resolves;
         t->escalated += escalations;
         t->updated += planned - resolves;

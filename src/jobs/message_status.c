@@ -280,7 +280,7 @@ static int write_updates(struct ms_tick *t, const bson_t *plan, bson_t *not_land
         bson_destroy(&reply);
         mongoc_bulk_operation_destroy(bulk);
         if (!ok)
-            return sd_error_set(err, "updating %zu messages: %s", n, berr.message);
+            return sd_error_set(err, "updating %zu messages: %s", n, store_errmsg(&berr));
         t->c.messages_updated += matched;
         if (matched < (int64_t)n && find_not_landed(t, chunk, n, not_landed, err))
             return -1;

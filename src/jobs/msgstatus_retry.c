@@ -141,7 +141,7 @@ static int write_message(struct ms_tick *t, const bson_t *item, const bson_t *up
     bson_destroy(&filter);
     bson_destroy(&reply);
     return ok ? 0 : sd_error_set(err, "updating message %s: %s", bson_field_utf8(item, "target"),
-                                 berr.message);
+                                 store_errmsg(&berr));
 }
 
 static void history(bson_t *push, const char *status, int64_t at, const char *pstatus,
@@ -522,7 +522,7 @@ int ms_reconcile_sweep(struct ms_tick *t, struct sd_error *err)
             bson_append_document_end(&u, &set);
             bson_error_t berr;
             if (!mongoc_collection_update_many(t->msgs, &ids, &u, NULL, NULL, &berr))
-                rc = sd_error_set(err, "recording polls: %s", berr.message);
+                rc = sd_error_set(err, "recording polls: %s", store_errmsg(&berr));
             bson_destroy(&ids);
             bson_destroy(&u);
         } else if (rc == 0 && np) {

@@ -436,7 +436,7 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
     bson_error_t berr;
     if (rc == 0 && n_states) {
         if (!mongoc_bulk_operation_execute(sb, &reply, &berr))
-            rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, berr.message);
+            rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, store_errmsg(&berr));
         else
             t->states += n_states;
         bson_destroy(&reply);
@@ -449,7 +449,7 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             matched = bson_iter_as_int64(&r);
         bson_destroy(&reply);
         if (!ok)
-            rc = sd_error_set(err, "writing the SLA of %d conversations: %s", n_sla, berr.message);
+            rc = sd_error_set(err, "writing the SLA of %d conversations: %s", n_sla, store_errmsg(&berr));
         t->sla_written += matched;
         t->sla_conflicts += n_sla - matched;
     }

@@ -17,9 +17,15 @@ void runner_redis_options(const struct config *cfg, struct rds_options *opts)
 {
     *opts = (struct rds_options){.host = cfg->redis_host,
                                  .port = cfg->redis_port,
+                                 .username = cfg->redis_username,
                                  .password = cfg->redis_password,
                                  .db = cfg->redis_db,
-                                 .timeout_ms = 5000};
+                                 .timeout_ms = 5000,
+                                 .tls = cfg->redis_tls,
+                                 .tls_ca_file = cfg->redis_tls_ca_file,
+                                 .tls_cert_file = cfg->redis_tls_cert_file,
+                                 .tls_key_file = cfg->redis_tls_key_file,
+                                 .from_url = cfg->redis_from_url};
 }
 
 void runner_instance_id(char *buf, size_t size)

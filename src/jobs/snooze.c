@@ -177,7 +177,7 @@ static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error 
     bson_destroy(&reply);
     mongoc_bulk_operation_destroy(bulk);
     if (!ok)
-        return sd_error_set(err, "waking %d tickets: %s", planned, berr.message);
+        return sd_error_set(err, "waking %d tickets: %s", planned, store_errmsg(&berr));
     t->woken += matched;
     t->conflicts += planned - matched;
     return 0;
@@ -293,7 +293,7 @@ static int finish_marked(struct tick *t, struct sd_error *err)
             bson_append_document_end(&update, &unset);
             bson_error_t berr;
             if (!mongoc_collection_update_many(t->convs, &ids_filter, &update, NULL, NULL, &berr))
-                rc = sd_error_set(err, "clearing unsnooze markers: %s", berr.message);
+                rc = sd_error_set(err, "clearing unsnooze markers: %s", store_errmsg(&berr));
             bson_destroy(&ids_filter);
             bson_destroy(&update);
         }

@@ -88,7 +88,7 @@ static int update_pending_w(mongoc_collection_t *coll, struct writes *w, struct 
                                                               &berr);
         bson_destroy(&filter);
         if (!ok)
-            return sd_error_set(err, "updating outbox entry %s: %s", it->id_text, berr.message);
+            return sd_error_set(err, "updating outbox entry %s: %s", it->id_text, store_errmsg(&berr));
         w->n++;
         return 0;
     }
@@ -99,7 +99,7 @@ static int update_pending_w(mongoc_collection_t *coll, struct writes *w, struct 
     bson_destroy(&reply);
     bson_destroy(&filter);
     if (!ok)
-        return sd_error_set(err, "updating outbox entry %s: %s", it->id_text, berr.message);
+        return sd_error_set(err, "updating outbox entry %s: %s", it->id_text, store_errmsg(&berr));
     return 0;
 }
 
@@ -447,7 +447,7 @@ static int reread(mongoc_collection_t *coll, struct item **mine, size_t n, int64
     bson_error_t berr;
     int rc = 0;
     if (mongoc_cursor_error(cur, &berr))
-        rc = sd_error_set(err, "outbox: re-reading claimed entries: %s", berr.message);
+        rc = sd_error_set(err, "outbox: re-reading claimed entries: %s", store_errmsg(&berr));
     mongoc_cursor_destroy(cur);
     bson_destroy(&filter);
     return rc;
@@ -481,7 +481,7 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
     bson_error_t berr;
     int rc = 0;
     if (k && !mongoc_collection_update_many(coll, &filter, &u, NULL, NULL, &berr))
-        rc = sd_error_set(err, "marking %zu SMS as being sent: %s", k, berr.message);
+        rc = sd_error_set(err, "marking %zu SMS as being sent: %s", k, store_errmsg(&berr));
     bson_destroy(&filter);
     bson_destroy(&u);
     return rc;
@@ -517,7 +517,7 @@ static void flush_finish(struct outbox_ctx *ctx, struct pool *pool)
     if (f->n && !f->ok)
         log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL,
                 "recording %d outbox outcomes: %s (sends are recorded in Redis)", f->n,
-                f->berr.message);
+                store_errmsg(&f->berr));
     mongoc_bulk_operation_destroy(f->bulk);
     struct sd_error e;
     if (f->n_release && claim_finish_many(ctx->redis, f->release, f->versions, f->n_release, &e))
@@ -760,7 +760,7 @@ int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct out
     if (!items)
         rc = sd_error_set(err, "out of memory");
     else if (mongoc_cursor_error(cur, &berr))
-        rc = sd_error_set(err, "outbox: querying due entries: %s", berr.message);
+        rc = sd_error_set(err, "outbox: querying due entries: %s", store_errmsg(&berr));
     mongoc_cursor_destroy(cur);
     stats->due += (int64_t)n;
 

@@ -48,7 +48,7 @@ static bson_t *load_channel(struct outbox_ctx *ctx, const bson_t *entry, struct 
         found = bson_copy(doc);
     bson_error_t berr;
     if (mongoc_cursor_error(cur, &berr))
-        sd_error_set(err, "reading its channel: %s", berr.message);
+        sd_error_set(err, "reading its channel: %s", store_errmsg(&berr));
     mongoc_cursor_destroy(cur);
     mongoc_collection_destroy(coll);
     bson_destroy(&filter);

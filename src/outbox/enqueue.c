@@ -92,7 +92,7 @@ int outbox_enqueue(mongoc_client_t *client, const char *db, const bson_t *const 
     int rc = 0;
     if (!ok && !only_duplicates(&reply))
         rc = sd_error_set(err, "outbox: inserting %zu entries into %s: %s", n, COLL_NOTIFICATION,
-                          berr.message);
+                          store_errmsg(&berr));
     bson_iter_t it;
     if (rc == 0 && inserted && bson_iter_init_find(&it, &reply, "insertedCount"))
         *inserted = (int)bson_iter_as_int64(&it);

@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include "store/mongo.h"
+
 void store_append_either(bson_t *filter, const char *f1, const char *op1, int64_t v1,
                          const char *f2, const char *op2, int64_t v2)
 {
@@ -42,7 +44,7 @@ int store_sweep(mongoc_collection_t *coll, const bson_t *filter, const struct st
         }
         bson_error_t berr;
         if (!more && mongoc_cursor_error(cur, &berr))
-            rc = sd_error_set(err, "reading %s: %s", what, berr.message);
+            rc = sd_error_set(err, "reading %s: %s", what, store_errmsg(&berr));
         if (rc == 0 && n)
             rc = b->each(b->arg, docs, n, err);
         for (size_t i = 0; i < n; i++)

@@ -70,10 +70,10 @@ int store_ensure_indexes(struct store *s, struct sd_error *err)
         if (!ok && is_conflict(&berr)) {
             log_msg(LOG_WARN, NULL, "index.conflict", NULL,
                     "index %s on %s: an equivalent index exists already (%s); using it",
-                    ix->name, ix->collection, berr.message);
+                    ix->name, ix->collection, store_errmsg(&berr));
         } else if (!ok) {
             rc = sd_error_set(err, "creating index %s on %s: %s", ix->name, ix->collection,
-                              berr.message);
+                              store_errmsg(&berr));
         }
         bson_destroy(keys);
         bson_destroy(&cmd);

@@ -1,6 +1,7 @@
 #include "store/mongo.h"
 
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,49 @@ struct store {
     char *db;
 };
 
+/* What MONGO_DB_URL points at, for connection errors: hosts (or the SRV name),
+ * TLS, user and authSource; never the password. Set once by store_new (one store
+ * per process), read by store_errmsg from any thread afterwards. */
+static char target[256];
+
+static void describe_target(const mongoc_uri_t *uri)
+{
+    char *p = target, *end = target + sizeof target;
+    p += snprintf(p, (size_t)(end - p), "MONGO_DB_URL (");
+    const char *srv = mongoc_uri_get_srv_hostname(uri);
+    if (srv)
+        p += snprintf(p, (size_t)(end - p), "mongodb+srv %s", srv);
+    for (const mongoc_host_list_t *h = mongoc_uri_get_hosts(uri); !srv && h && p < end;
+         h = h->next)
+        p += snprintf(p, (size_t)(end - p), "%s%s", h == mongoc_uri_get_hosts(uri) ? "" : ",",
+                      h->host_and_port);
+    if (p < end && mongoc_uri_get_tls(uri))
+        p += snprintf(p, (size_t)(end - p), ", TLS");
+    if (p < end && mongoc_uri_get_replica_set(uri))
+        p += snprintf(p, (size_t)(end - p), ", replicaSet %s", mongoc_uri_get_replica_set(uri));
+    if (p < end && mongoc_uri_get_username(uri))
+        p += snprintf(p, (size_t)(end - p), ", user \"%s\", authSource %s",
+                      mongoc_uri_get_username(uri), mongoc_uri_get_auth_source(uri));
+    if (p < end)
+        snprintf(p, (size_t)(end - p), ")");
+}
+
+const char *store_errmsg(const bson_error_t *e)
+{
+    static _Thread_local char buf[sizeof target + sizeof e->message + 96];
+    const char *what = NULL;
+    if ((e->domain == MONGOC_ERROR_CLIENT && e->code == MONGOC_ERROR_CLIENT_AUTHENTICATE) ||
+        (e->domain == MONGOC_ERROR_SERVER && e->code == 18 /* AuthenticationFailed */))
+        what = "authentication failed (check the user name, password and authSource)";
+    else if (e->domain == MONGOC_ERROR_SERVER_SELECTION || e->domain == MONGOC_ERROR_STREAM)
+        what = "cannot connect (check the hosts, tls, tlsCAFile, tlsCertificateKeyFile and "
+               "replicaSet)";
+    if (!what || !target[0])
+        return e->message;
+    snprintf(buf, sizeof buf, "%s: %s: %s", target, what, e->message);
+    return buf;
+}
+
 struct store *store_new(const char *url, const char *db, struct sd_error *err)
 {
     bson_error_t berr;
@@ -31,6 +75,7 @@ struct store *store_new(const char *url, const char *db, struct sd_error *err)
         sd_error_set(err, "MONGO_DB_URL: %s", berr.message);
         return NULL;
     }
+    describe_target(uri);
     if (!mongoc_uri_get_appname(uri))
         mongoc_uri_set_appname(uri, "supportd");
     /* mongoc waits 30 s by default; a tick should fail sooner when the
@@ -94,7 +139,7 @@ int store_find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t
     bson_error_t berr;
     int rc = 0;
     if (mongoc_cursor_error(cur, &berr))
-        rc = sd_error_set(err, "reading %s: %s", mongoc_collection_get_name(coll), berr.message);
+        rc = sd_error_set(err, "reading %s: %s", mongoc_collection_get_name(coll), store_errmsg(&berr));
     mongoc_cursor_destroy(cur);
     return rc;
 }
@@ -140,6 +185,6 @@ int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err)
     bson_destroy(&cmd);
     bson_destroy(&reply);
     if (!ok)
-        return sd_error_set(err, "mongodb ping: %s", berr.message);
+        return sd_error_set(err, "mongodb ping: %s", store_errmsg(&berr));
     return 0;
 }

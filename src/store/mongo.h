@@ -55,6 +55,13 @@ void store_docs_free(bson_t **docs, size_t n);
  * QM_SUPPORT_TEST_FLAVOR=mongodb|ferretdb (tests only) overrides the answer. */
 bool store_is_ferretdb(mongoc_client_t *client);
 
+/* The message of a mongoc error, for an sd_error. A connection-level failure
+ * (server selection, the network, TLS, authentication) also names MONGO_DB_URL
+ * and what it points at (hosts, TLS, user, authSource; never the password) so
+ * the operator knows which setting to check. The string lives in a thread-local
+ * buffer (or is e->message): use it before the next call on the same thread. */
+const char *store_errmsg(const bson_error_t *e);
+
 /* Round trip to the server ({ping: 1}). */
 int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err);
 

@@ -6,6 +6,15 @@
  * at most once per backoff delay (100 ms doubling to 5 s), so a Redis restart
  * costs failed ticks, never a crash or a busy loop.
  *
+ * With tls set, every connection (the first and each reconnect) is TLS through
+ * hiredis_ssl on an OpenSSL context built for it: the server's certificate is
+ * verified against tls_ca_file (else the system's bundle, core/cabundle.h) and
+ * must name `host` (SNI and host name or IP check); there is no unverified mode.
+ * The context is built anew for each connection, so rotated certificate files
+ * are picked up by the next reconnect. Handshake failures say which setting to
+ * check (REDIS_TLS_CA_FILE, the host in REDIS_URL/REDIS_HOST) and why
+ * (OpenSSL's verify result: expired, wrong host name, unknown CA).
+ *
  * Ownership: rds_new copies the options; rds_destroy frees everything.
  * rds_command returns a reply the caller frees with freeReplyObject(), or NULL
  * with err filled. A Redis error reply (REDIS_REPLY_ERROR) is also turned into
@@ -15,6 +24,7 @@
 #define SD_STORE_REDIS_H
 
 #include <hiredis.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "core/error.h"
@@ -22,9 +32,15 @@
 struct rds_options {
     const char *host;
     int port;
+    const char *username; /* NULL: AUTH password; else AUTH username password (ACL) */
     const char *password; /* NULL: no AUTH */
     int db;
     int timeout_ms;       /* connect and command timeout; 0 = 5000 */
+    bool tls;
+    const char *tls_ca_file;   /* NULL: the system's CA bundle */
+    const char *tls_cert_file; /* client certificate + key, both or neither */
+    const char *tls_key_file;
+    bool from_url;        /* settings came from REDIS_URL (error messages name it) */
 };
 
 struct rds;

@@ -62,7 +62,9 @@ def supportd_preload() -> str | None:
     return _asan_runtime[0]
 SERVICES_ENV = REPO / ".services.env"
 SERVICE_VARS = ("MONGO_DB_URL", "REDIS_HOST", "REDIS_PORT", "SMTP_URL", "MAILPIT_API_URL",
-                "POSTGRES_URL")
+                "POSTGRES_URL", "SECURE_TLS_DIR", "SECURE_MONGO_PORT", "SECURE_MONGO_USER",
+                "SECURE_MONGO_PASSWORD", "SECURE_REDIS_PORT", "SECURE_REDIS_USER",
+                "SECURE_REDIS_PASSWORD")
 
 # Variables the daemon reads; never inherited from the caller's environment so
 # that a developer's shell cannot change what a test means.

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/config.h"
 #include "core/log.h"
@@ -250,6 +251,151 @@ static void test_redis_overrides(void **state)
     load_ok(ENV({"REDIS_PORT", "65535"}), &cfg);
     assert_int_equal(cfg.redis_port, 65535);
     config_free(&cfg);
+}
+
+/* ---- REDIS_URL, ACL users, TLS -------------------------------------------- */
+
+static void test_redis_url(void **state)
+{
+    (void)state;
+    struct config cfg;
+    load_ok(ENV({"REDIS_URL", "rediss://ops:p%40ss%3Aw0rd@redis.example.com:6380/2"}), &cfg);
+    assert_true(cfg.redis_tls);
+    assert_string_equal(cfg.redis_host, "redis.example.com");
+    assert_int_equal(cfg.redis_port, 6380);
+    assert_string_equal(cfg.redis_username, "ops");
+    assert_string_equal(cfg.redis_password, "p@ss:w0rd");
+    assert_int_equal(cfg.redis_db, 2);
+    config_free(&cfg);
+    /* both spellings of the password are secrets */
+    assert_redacts("auth p@ss:w0rd / p%40ss%3Aw0rd", "auth [redacted] / [redacted]");
+
+    load_ok(ENV({"REDIS_URL", "redis://:only-a-password@cache"}), &cfg);
+    assert_false(cfg.redis_tls);
+    assert_string_equal(cfg.redis_host, "cache");
+    assert_int_equal(cfg.redis_port, 6379);
+    assert_null(cfg.redis_username);
+    assert_string_equal(cfg.redis_password, "only-a-password");
+    assert_int_equal(cfg.redis_db, 0);
+    config_free(&cfg);
+
+    load_ok(ENV({"REDIS_URL", "REDIS://[::1]:7000/15"}), &cfg);
+    assert_string_equal(cfg.redis_host, "::1");
+    assert_int_equal(cfg.redis_port, 7000);
+    assert_int_equal(cfg.redis_db, 15);
+    assert_null(cfg.redis_password);
+    config_free(&cfg);
+
+    load_ok(ENV({"REDIS_URL", "redis://localhost/"}), &cfg);
+    assert_int_equal(cfg.redis_db, 0);
+    config_free(&cfg);
+}
+
+static void test_redis_url_invalid(void **state)
+{
+    (void)state;
+    load_err(ENV({"REDIS_URL", "http://cache:6379"}), "REDIS_URL", "redis:// or rediss://");
+    load_err(ENV({"REDIS_URL", "redis://"}), "REDIS_URL", "names no host");
+    load_err(ENV({"REDIS_URL", "redis://cache:0"}), "REDIS_URL", "1-65535");
+    load_err(ENV({"REDIS_URL", "redis://cache:65536"}), "REDIS_URL", "1-65535");
+    load_err(ENV({"REDIS_URL", "redis://cache:x/1"}), "REDIS_URL", "1-65535");
+    load_err(ENV({"REDIS_URL", "redis://cache/one"}), "REDIS_URL", "database number");
+    load_err(ENV({"REDIS_URL", "redis://cache/-1"}), "REDIS_URL", "database number");
+    load_err(ENV({"REDIS_URL", "redis://cache?ssl_cert_reqs=none"}), "REDIS_URL", "query");
+    load_err(ENV({"REDIS_URL", "redis://[::1:6379"}), "REDIS_URL", "unbalanced");
+    load_err(ENV({"REDIS_URL", "redis://ops@cache"}), "REDIS_URL", "needs a password");
+    load_err(ENV({"REDIS_URL", "redis://ops:%zz@cache"}), "REDIS_URL", "bad %-escape");
+}
+
+/* A failing URL is quoted with its password masked, and the password is a
+ * registered secret before anything can print it. */
+static void test_redis_url_error_hides_password(void **state)
+{
+    (void)state;
+    struct config cfg;
+    struct sd_error err = {{0}};
+    assert_int_equal(config_load(&cfg, fake_getenv,
+                                 (void *)ENV({"REDIS_URL", "redis://ops:t0p-s3cret@cache:99999"}),
+                                 &err),
+                     -1);
+    assert_null(strstr(err.message, "t0p-s3cret"));
+    assert_non_null(strstr(err.message, "redis://ops:***@cache:99999"));
+    assert_redacts("t0p-s3cret", "[redacted]");
+    /* an unescaped '@' in the password: refused, and no part of it shown */
+    memset(&err, 0, sizeof err);
+    assert_int_equal(config_load(&cfg, fake_getenv,
+                                 (void *)ENV({"REDIS_URL", "redis://ops:ab@cd@cache"}), &err), -1);
+    assert_non_null(strstr(err.message, "unescaped '@'"));
+    assert_null(strstr(err.message, "ab@cd"));
+    assert_null(strstr(err.message, "cd@"));
+}
+
+static void test_redis_url_excludes_split_variables(void **state)
+{
+    (void)state;
+    const char *split[] = {"REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB",
+                           "REDIS_USERNAME"};
+    const char *values[] = {"cache", "6379", "pw", "1", "ops"};
+    for (size_t i = 0; i < sizeof split / sizeof *split; i++)
+        load_err(ENV({"REDIS_URL", "redis://cache"}, {split[i], values[i]}), "REDIS_URL",
+                 split[i]);
+}
+
+static void test_redis_username(void **state)
+{
+    (void)state;
+    struct config cfg;
+    load_ok(ENV({"REDIS_USERNAME", "supportd"}, {"REDIS_PASSWORD", "acl-pass"}), &cfg);
+    assert_string_equal(cfg.redis_username, "supportd");
+    assert_string_equal(cfg.redis_password, "acl-pass");
+    assert_false(cfg.redis_tls);
+    config_free(&cfg);
+    load_err(ENV({"REDIS_USERNAME", "supportd"}), "REDIS_USERNAME", "REDIS_PASSWORD");
+}
+
+static void test_redis_tls(void **state)
+{
+    (void)state;
+    char ca[] = "/tmp/test_config_ca_XXXXXX", key[] = "/tmp/test_config_key_XXXXXX";
+    int fd1 = mkstemp(ca), fd2 = mkstemp(key);
+    assert_true(fd1 >= 0 && fd2 >= 0);
+    close(fd1);
+    close(fd2);
+    struct config cfg;
+
+    load_ok(ENV({"REDIS_HOST", "cache"}), &cfg);
+    assert_false(cfg.redis_tls); /* off unless asked for */
+    config_free(&cfg);
+
+    load_ok(ENV({"REDIS_TLS", "true"}, {"REDIS_TLS_CA_FILE", ca}), &cfg);
+    assert_true(cfg.redis_tls);
+    assert_string_equal(cfg.redis_tls_ca_file, ca);
+    assert_null(cfg.redis_tls_cert_file);
+    config_free(&cfg);
+
+    load_ok(ENV({"REDIS_URL", "rediss://cache"}, {"REDIS_TLS_CERT_FILE", ca},
+                {"REDIS_TLS_KEY_FILE", key}, {"REDIS_TLS", "true"}),
+            &cfg);
+    assert_true(cfg.redis_tls);
+    assert_null(cfg.redis_tls_ca_file); /* the system's bundle, found at connect time */
+    assert_string_equal(cfg.redis_tls_cert_file, ca);
+    assert_string_equal(cfg.redis_tls_key_file, key);
+    config_free(&cfg);
+
+    load_err(ENV({"REDIS_TLS", "yes please"}), "REDIS_TLS", "not a boolean");
+    load_err(ENV({"REDIS_URL", "rediss://cache"}, {"REDIS_TLS", "false"}), "REDIS_TLS",
+             "contradicts");
+    load_err(ENV({"REDIS_URL", "redis://cache"}, {"REDIS_TLS", "true"}), "REDIS_TLS",
+             "contradicts");
+    load_err(ENV({"REDIS_TLS_CA_FILE", ca}), "REDIS_TLS_CA_FILE", "TLS is off");
+    load_err(ENV({"REDIS_TLS", "true"}, {"REDIS_TLS_CA_FILE", "/nonexistent/ca.pem"}),
+             "REDIS_TLS_CA_FILE", "cannot read \"/nonexistent/ca.pem\"");
+    load_err(ENV({"REDIS_TLS", "true"}, {"REDIS_TLS_CERT_FILE", ca}), "REDIS_TLS_KEY_FILE",
+             "REDIS_TLS_CERT_FILE");
+    load_err(ENV({"REDIS_TLS", "true"}, {"REDIS_TLS_KEY_FILE", key}), "REDIS_TLS_CERT_FILE",
+             "REDIS_TLS_KEY_FILE");
+    unlink(ca);
+    unlink(key);
 }
 
 static void test_redis_port_invalid(void **state)
@@ -629,6 +775,12 @@ int main(void)
         cmocka_unit_test_teardown(test_cron_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_redis_overrides, clear_secrets),
         cmocka_unit_test_teardown(test_redis_port_invalid, clear_secrets),
+        cmocka_unit_test_teardown(test_redis_url, clear_secrets),
+        cmocka_unit_test_teardown(test_redis_url_invalid, clear_secrets),
+        cmocka_unit_test_teardown(test_redis_url_error_hides_password, clear_secrets),
+        cmocka_unit_test_teardown(test_redis_url_excludes_split_variables, clear_secrets),
+        cmocka_unit_test_teardown(test_redis_username, clear_secrets),
+        cmocka_unit_test_teardown(test_redis_tls, clear_secrets),
         cmocka_unit_test_teardown(test_redis_db_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_webhook_tolerance, clear_secrets),
         cmocka_unit_test_teardown(test_log_settings, clear_secrets),
