@@ -70,7 +70,10 @@ void marshal_push_value(lua_State *L, const bson_iter_t *it)
 void marshal_push_document(lua_State *L, const bson_t *doc, bool as_array)
 {
     bson_iter_t it;
-    lua_createtable(L, 0, 0);
+    /* Sized up front: a table grown field by field is rehashed at every
+     * power of two (marshalling is most of a short rule call's cost). */
+    int n_keys = (int)bson_count_keys(doc);
+    lua_createtable(L, as_array ? n_keys : 0, as_array ? 0 : n_keys);
     if (!bson_iter_init(&it, doc))
         return;
     lua_Integer n = 0;
