@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, parse_log_lines
+from tls_helpers import is_static
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -38,11 +39,6 @@ def manifest() -> dict:
 def upstream(debian_version: str) -> str:
     """The upstream part of a Debian version: 1:3.5.7-1~deb13u2 -> 3.5.7."""
     return debian_version.split(":", 1)[-1].rsplit("-", 1)[0]
-
-
-def is_static(path: str) -> bool:
-    return "statically linked" in subprocess.run(["file", "-b", path], capture_output=True,
-                                                 text=True, check=True).stdout
 
 
 def test_version_names_every_library(sd):

@@ -5,8 +5,6 @@ comes out right. Runs against the static binary only (scripts/test's second
 pass), as root (chroot)."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -16,26 +14,14 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from conftest import REPO
+import tls_helpers
 
 UTC = timezone.utc
 
 
-def is_static(path: str) -> bool:
-    out = subprocess.run(["file", "-b", path], capture_output=True, text=True).stdout
-    return "statically linked" in out
-
-
 @pytest.fixture
 def empty_root(sd, tmp_path):
-    if not is_static(sd.bin):
-        pytest.skip("the development build reads the system's zoneinfo; this checks the static build")
-    if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
-    root = tmp_path / "root"
-    root.mkdir()
-    shutil.copy2(sd.bin, root / "supportd")
-    shutil.copytree(REPO / "rules", root / "rules")
+    root = tls_helpers.empty_root(sd, tmp_path)
     assert not (root / "usr").exists()
     return root
 
