@@ -87,6 +87,7 @@ const core_sources = [_][]const u8{
     "src/rules/engine.c",
     "src/rules/reload.c",
     "src/providers/http.c",
+    "src/providers/curl_shared.c",
     "src/providers/twilio.c",
     "src/providers/sendgrid.c",
     "src/providers/smtp.c",

@@ -419,16 +419,12 @@ static int apply_updates(struct tick *t, const bson_t *actions, struct sd_error 
                 BSON_APPEND_INT32(&inc, "occurrences", 1);
                 bson_append_document_end(&update, &inc);
             }
-            bson_error_t berr;
-            /* update_many on a filter holding the _id: FerretDB keeps a
-             * connection per multi:false statement until the bulk ends. */
-            bool ok = mongoc_bulk_operation_update_many_with_opts(bulk, &filter, &update, NULL,
-                                                                  &berr);
+            int brc = store_bulk_update_doc(bulk, &filter, &update, false, err);
             bson_destroy(&filter);
             bson_destroy(&update);
-            if (!ok) {
+            if (brc) {
                 mongoc_bulk_operation_destroy(bulk);
-                return sd_error_set(err, "building the alert updates: %s", berr.message);
+                return sd_error_prefix(err, "building the alert updates");
             }
             planned++;
             if (!strcmp(kind, "resolve"))

@@ -79,7 +79,7 @@ static int add_notifications(const struct commcheck_input *in, const bson_t *roo
         bson_iter_t it;
         if (bson_iter_init_find(&it, &advice, "result") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
             bson_t a;
-            if (child_at(&advice, "result", &a)) {
+            if (json_child(&advice, "result", &a)) {
                 bson_iter_t f;
                 if (bson_iter_init(&f, &a))
                     while (bson_iter_next(&f))
@@ -96,7 +96,7 @@ static int add_notifications(const struct commcheck_input *in, const bson_t *roo
         while (bson_iter_next(&cnt))
             n++;
     int rc = 0;
-    if (child_at(&out, "result", &rlist) && bson_iter_init(&it, &rlist)) {
+    if (json_child(&out, "result", &rlist) && bson_iter_init(&it, &rlist)) {
         while (rc == 0 && bson_iter_next(&it)) {
             if (!BSON_ITER_HOLDS_DOCUMENT(&it))
                 continue;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "jobs/commcheck.h"
+#include "providers/json.h"
 
 #define COMMCHECK_MAX_CHECKS 4
 
@@ -56,23 +57,6 @@ static inline bool hex_at(const bson_t *doc, const char *path, char hex[25])
     }
     bson_oid_to_string(&oid, hex);
     return true;
-}
-
-/* Sets *child to the document or array at path. */
-static inline bool child_at(const bson_t *doc, const char *path, bson_t *child)
-{
-    bson_iter_t it;
-    uint32_t len;
-    const uint8_t *data;
-    if (!doc || !bson_iter_init(&it, doc) || !bson_iter_find_descendant(&it, path, &it))
-        return false;
-    if (BSON_ITER_HOLDS_DOCUMENT(&it))
-        bson_iter_document(&it, &len, &data);
-    else if (BSON_ITER_HOLDS_ARRAY(&it))
-        bson_iter_array(&it, &len, &data);
-    else
-        return false;
-    return bson_init_static(child, data, len);
 }
 
 /* A top-level key lookup that allows dots inside the key (URLs, domains). */

@@ -214,7 +214,7 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
         return;
     long status = (long)int_at(&ans, "status", 0);
     bson_t body;
-    bool have_body = child_at(&ans, "body", &body);
+    bool have_body = json_child(&ans, "body", &body);
     if (strcmp(check, "webhook.endpoint") == 0) {
         observe_webhook(o, &ans, utf8_at(ch, "webhook_url"), in->now_ms);
     } else if (strcmp(check, "smtp.connect") == 0) {
@@ -267,7 +267,7 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
     } else if (strcmp(check, "twilio.number") == 0) {
         bson_t first;
         const char *want = utf8_at(ch, "webhook_url");
-        if (!have_body || !child_at(&body, "incoming_phone_numbers.0", &first)) {
+        if (!have_body || !json_child(&body, "incoming_phone_numbers.0", &first)) {
             obs_broken(o);
             snprintf(o->message, sizeof o->message, "the number %s is not on the Twilio account",
                      o->target);
@@ -303,7 +303,7 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
         bool mail_send = false;
         bson_t scopes;
         bson_iter_t it;
-        if (have_body && child_at(&body, "scopes", &scopes) && bson_iter_init(&it, &scopes))
+        if (have_body && json_child(&body, "scopes", &scopes) && bson_iter_init(&it, &scopes))
             while (bson_iter_next(&it))
                 if (BSON_ITER_HOLDS_UTF8(&it) && strcmp(bson_iter_utf8(&it, NULL), "mail.send") == 0)
                     mail_send = true;
@@ -331,10 +331,10 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
         snprintf(vid, sizeof vid, "sendgrid.validate:%lld", (long long)int_at(&entry, "id", 0));
         bson_t vans, vbody, results;
         bool live = entry_of(in->answers, vid, &vans) && int_at(&vans, "status", 0) == 200 &&
-                    child_at(&vans, "body", &vbody) &&
-                    child_at(&vbody, "validation_results", &results);
+                    json_child(&vans, "body", &vbody) &&
+                    json_child(&vbody, "validation_results", &results);
         bson_t dns;
-        bool have_dns = child_at(&entry, "dns", &dns);
+        bool have_dns = json_child(&entry, "dns", &dns);
         char bad[450] = "";
         bson_iter_t r;
         if ((live || have_dns) && bson_iter_init(&r, live ? &results : &dns)) {
@@ -352,7 +352,7 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
                 const char *name = bson_iter_key(&r);
                 char path[80];
                 snprintf(path, sizeof path, "dns.%s", name);
-                bool has_listed = child_at(&entry, path, &listed_rec);
+                bool has_listed = json_child(&entry, path, &listed_rec);
                 const char *type = has_listed ? utf8_at(&listed_rec, "type") : NULL;
                 const char *host = has_listed ? utf8_at(&listed_rec, "host") : NULL;
                 const char *val = has_listed ? utf8_at(&listed_rec, "data") : NULL;

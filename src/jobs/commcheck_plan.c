@@ -142,7 +142,7 @@ bool commcheck_billing_label(const struct commcheck_input *in, const bson_t *ch,
     snprintf(id, sizeof id, "twilio.account:%s", acct);
     bson_t ans, body;
     if (!entry_of(in->answers, id, &ans) || int_at(&ans, "status", 0) != 200 ||
-        !child_at(&ans, "body", &body))
+        !json_child(&ans, "body", &body))
         return false;
     const char *owner = utf8_at(&body, "owner_account_sid");
     const char *self = utf8_at(&body, "sid");
@@ -211,7 +211,7 @@ bool commcheck_domain_entry(const struct commcheck_input *in, const bson_t *ch, 
 {
     bson_t ans, body;
     if (!entry_of(in->answers, probe_id, &ans) || int_at(&ans, "status", 0) != 200 ||
-        !child_at(&ans, "body", &body))
+        !json_child(&ans, "body", &body))
         return false;
     const char *domain = commcheck_domain_of(ch);
     int64_t want_id = int_at(ch, "domain_id", -1);

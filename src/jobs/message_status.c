@@ -252,17 +252,12 @@ static int write_updates(struct ms_tick *t, const bson_t *plan, bson_t *not_land
                 bson_append_document_end(&sub, &each);
                 bson_append_document_end(&update, &sub);
             }
-            bson_error_t berr;
-            /* update_many on a filter holding the _id: one document. FerretDB
-             * 1.24 holds a PostgreSQL connection per update_one statement until
-             * the bulk ends and deadlocks past its pool (src/jobs/snooze.c). */
-            bool ok = mongoc_bulk_operation_update_many_with_opts(bulk, &filter, &update, NULL,
-                                                                  &berr);
+            int brc = store_bulk_update_doc(bulk, &filter, &update, false, err);
             bson_destroy(&filter);
             bson_destroy(&update);
-            if (!ok) {
+            if (brc) {
                 mongoc_bulk_operation_destroy(bulk);
-                return sd_error_set(err, "building the message updates: %s", berr.message);
+                return sd_error_prefix(err, "building the message updates");
             }
         }
         seam_wait("message_status_before_write");

@@ -351,20 +351,10 @@ int ms_retry_sweep(struct ms_tick *t, struct sd_error *err)
     bool open = false;
     int rc = 0;
     for (size_t s = 0; s < 2 && rc == 0 && !job_should_stop(t->env); s++) {
-        bson_t filter = BSON_INITIALIZER, lte, opts = BSON_INITIALIZER, sort;
-        BSON_APPEND_UTF8(&filter, "status", statuses[s]);
-        BSON_APPEND_DOCUMENT_BEGIN(&filter, "next_retry_at", &lte);
-        BSON_APPEND_DATE_TIME(&lte, "$lte", t->env->now_ms);
-        bson_append_document_end(&filter, &lte);
-        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-        BSON_APPEND_INT32(&sort, "next_retry_at", 1);
-        bson_append_document_end(&opts, &sort);
-        BSON_APPEND_INT64(&opts, "limit", RETRY_BATCH);
         bson_t **docs = NULL;
         size_t n = 0;
-        rc = store_find_all(t->msgs, &filter, &opts, &docs, &n, err);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
+        rc = store_find_oldest(t->msgs, statuses[s], "next_retry_at", "$lte", t->env->now_ms,
+                               RETRY_BATCH, &docs, &n, err);
         bson_t plan = BSON_INITIALIZER;
         uint32_t np = 0;
         if (rc == 0)
@@ -437,20 +427,10 @@ int ms_reconcile_sweep(struct ms_tick *t, struct sd_error *err)
         bson_destroy(&v);
         if (!has)
             continue;
-        bson_t filter = BSON_INITIALIZER, lt, opts = BSON_INITIALIZER, sort;
-        BSON_APPEND_UTF8(&filter, "status", statuses[s]);
-        BSON_APPEND_DOCUMENT_BEGIN(&filter, "updated_at", &lt);
-        BSON_APPEND_DATE_TIME(&lt, "$lt", t->env->now_ms - after_ms);
-        bson_append_document_end(&filter, &lt);
-        BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-        BSON_APPEND_INT32(&sort, "updated_at", 1);
-        bson_append_document_end(&opts, &sort);
-        BSON_APPEND_INT64(&opts, "limit", 500);
         bson_t **docs = NULL;
         size_t n = 0;
-        rc = store_find_all(t->msgs, &filter, &opts, &docs, &n, err);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
+        rc = store_find_oldest(t->msgs, statuses[s], "updated_at", "$lt",
+                               t->env->now_ms - after_ms, 500, &docs, &n, err);
         bson_t plan = BSON_INITIALIZER;
         uint32_t np = 0;
         if (rc == 0)

@@ -385,21 +385,15 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
         bson_iter_t f;
         bson_iter_init_find(&f, &action, "conversation_id");
         const bson_oid_t *oid = bson_iter_oid(&f);
-        bson_error_t berr;
-        /* update_many on an _id filter, not update_one: FerretDB 1.24 holds a
-         * connection per multi:false statement and a bulk of more than 50
-         * deadlocks it (see snooze.c). */
         if (sub_doc(&action, "state", &state)) {
-            bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, uopts = BSON_INITIALIZER;
+            bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER;
             BSON_APPEND_OID(&filter, "_id", oid);
             BSON_APPEND_DOCUMENT(&update, "$set", &state);
-            BSON_APPEND_BOOL(&uopts, "upsert", true);
-            if (!mongoc_bulk_operation_update_many_with_opts(sb, &filter, &update, &uopts, &berr))
-                rc = sd_error_set(err, "building the state write: %s", berr.message);
+            if (store_bulk_update_doc(sb, &filter, &update, true, err))
+                rc = sd_error_prefix(err, "building the state write");
             n_states++;
             bson_destroy(&filter);
             bson_destroy(&update);
-            bson_destroy(&uopts);
         }
         /* The SLA, only when it differs from what was read. */
         const bson_t *conv = NULL;
@@ -425,8 +419,8 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             if (level)
                 BSON_APPEND_INT64(&set, "escalation_level", bson_iter_as_int64(&f));
             bson_append_document_end(&update, &set);
-            if (!mongoc_bulk_operation_update_many_with_opts(cb, &filter, &update, NULL, &berr))
-                rc = sd_error_set(err, "building the SLA write: %s", berr.message);
+            if (store_bulk_update_doc(cb, &filter, &update, false, err))
+                rc = sd_error_prefix(err, "building the SLA write");
             n_sla++;
             bson_destroy(&filter);
             bson_destroy(&update);

@@ -147,19 +147,13 @@ static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error 
         BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
         BSON_APPEND_UTF8(&unset, "snooze", "");
         bson_append_document_end(&update, &unset);
-        bson_error_t berr;
-        /* update_many on a filter holding the _id: the same single document.
-         * FerretDB 1.24 keeps one PostgreSQL connection per multi:false
-         * statement until the whole bulk ends, so a bulk of more update_one
-         * statements than its pool (50) deadlocks the server (scripts/bench). */
-        if (!mongoc_bulk_operation_update_many_with_opts(bulk, &filter, &update, NULL, &berr)) {
-            bson_destroy(&filter);
-            bson_destroy(&update);
-            mongoc_bulk_operation_destroy(bulk);
-            return sd_error_set(err, "building the wake-up write: %s", berr.message);
-        }
+        int brc = store_bulk_update_doc(bulk, &filter, &update, false, err);
         bson_destroy(&filter);
         bson_destroy(&update);
+        if (brc) {
+            mongoc_bulk_operation_destroy(bulk);
+            return sd_error_prefix(err, "building the wake-up write");
+        }
         planned++;
     }
     if (planned == 0) {

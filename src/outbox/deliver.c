@@ -72,9 +72,7 @@ struct writes {
 };
 
 /* update_one({_id, status: "pending"}, update); *modified may be NULL. With
- * w, the statement joins the batch's bulk instead (as update_many on the
- * _id filter: FerretDB 1.24 deadlocks on a bulk of more than 50 update_one
- * statements, see jobs/snooze.c). */
+ * w, the statement joins the batch's bulk instead (store_bulk_update_doc). */
 static int update_pending_w(mongoc_collection_t *coll, struct writes *w, struct item *it,
                             const bson_t *update, int64_t *modified, struct sd_error *err)
 {
@@ -82,16 +80,15 @@ static int update_pending_w(mongoc_collection_t *coll, struct writes *w, struct 
     bson_t filter = BSON_INITIALIZER, reply;
     BSON_APPEND_VALUE(&filter, "_id", &it->id);
     BSON_APPEND_UTF8(&filter, "status", "pending");
-    bson_error_t berr;
     if (w) {
-        bool ok = mongoc_bulk_operation_update_many_with_opts(w->bulk, &filter, update, NULL,
-                                                              &berr);
+        int rc = store_bulk_update_doc(w->bulk, &filter, update, false, err);
         bson_destroy(&filter);
-        if (!ok)
-            return sd_error_set(err, "updating outbox entry %s: %s", it->id_text, store_errmsg(&berr));
+        if (rc)
+            return sd_error_prefix(err, "updating outbox entry %s", it->id_text);
         w->n++;
         return 0;
     }
+    bson_error_t berr;
     bool ok = mongoc_collection_update_one(coll, &filter, update, NULL, &reply, &berr);
     bson_iter_t r;
     if (ok && modified)
@@ -725,43 +722,36 @@ int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct out
         limit = 100;
     mongoc_collection_t *coll = mongoc_client_get_collection(ctx->mongo, ctx->db,
                                                              COLL_NOTIFICATION);
-    bson_t filter = BSON_INITIALIZER, lte, opts = BSON_INITIALIZER, sort;
-    BSON_APPEND_UTF8(&filter, "status", "pending");
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "next_attempt_at", &lte);
-    BSON_APPEND_DATE_TIME(&lte, "$lte", now_ms);
-    bson_append_document_end(&filter, &lte);
-    BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-    BSON_APPEND_INT32(&sort, "next_attempt_at", 1);
-    bson_append_document_end(&opts, &sort);
-    BSON_APPEND_INT64(&opts, "limit", limit);
-
     /* Read the batch first: sends are slow, and a cursor held across them
      * could time out on the server. */
-    struct item *items = calloc((size_t)limit, sizeof *items);
-    size_t n = 0;
     int64_t read_mono = clock_monotonic_ms();
-    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
-    const bson_t *doc;
-    while (items && n < (size_t)limit && mongoc_cursor_next(cur, &doc)) {
+    bson_t **docs = NULL;
+    size_t n_docs = 0, n = 0;
+    int rc = store_find_oldest(coll, "pending", "next_attempt_at", "$lte", now_ms, limit, &docs,
+                               &n_docs, err);
+    if (rc)
+        sd_error_prefix(err, "outbox: querying due entries");
+    struct item *items = calloc(n_docs + 1, sizeof *items);
+    if (!items && rc == 0)
+        rc = sd_error_set(err, "out of memory");
+    for (size_t i = 0; items && i < n_docs; i++) {
         struct item *it = &items[n];
-        if (!id_text(doc, it->id_text, sizeof it->id_text, &it->id)) {
+        if (!id_text(docs[i], it->id_text, sizeof it->id_text, &it->id)) {
             log_msg(LOG_ERROR, ctx->log, "outbox.bad_entry", NULL,
                     "skipping an outbox entry whose _id is neither an ObjectId, a string nor "
                     "an integer");
             continue;
         }
-        it->entry = bson_copy(doc);
+        it->entry = docs[i]; /* owned by the item from here */
+        docs[i] = NULL;
         it->key = entry_str(it->entry, "key");
         it->attempts = entry_attempts(it->entry);
         n++;
     }
-    bson_error_t berr;
-    int rc = 0;
-    if (!items)
-        rc = sd_error_set(err, "out of memory");
-    else if (mongoc_cursor_error(cur, &berr))
-        rc = sd_error_set(err, "outbox: querying due entries: %s", store_errmsg(&berr));
-    mongoc_cursor_destroy(cur);
+    for (size_t i = 0; i < n_docs; i++)
+        if (docs[i])
+            bson_destroy(docs[i]);
+    free(docs);
     stats->due += (int64_t)n;
 
     struct pool *pool = calloc(1, sizeof *pool);
@@ -792,8 +782,6 @@ int outbox_deliver(struct outbox_ctx *ctx, int64_t now_ms, int limit, struct out
         bson_value_destroy(&items[i].id);
     }
     free(items);
-    bson_destroy(&filter);
-    bson_destroy(&opts);
     mongoc_collection_destroy(coll);
     return rc;
 }

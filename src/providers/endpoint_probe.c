@@ -11,6 +11,7 @@
 #include "core/cabundle.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "providers/curl_shared.h"
 
 #define MAX_BODY (256u * 1024u)
 
@@ -57,26 +58,6 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
     return add;
 }
 
-static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
-{
-    (void)a, (void)b, (void)c, (void)d;
-    atomic_bool *stop = ud;
-    return stop && atomic_load(stop) ? 1 : 0;
-}
-
-/* Loopback hosts may skip STARTTLS when the server offers none (as smtp.c). */
-static bool loopback_url(const char *url)
-{
-    const char *h = strstr(url, "://");
-    h = h ? h + 3 : url;
-    const char *at = strchr(h, '@');
-    const char *slash = strchr(h, '/');
-    if (at && (!slash || at < slash))
-        h = at + 1;
-    return strncmp(h, "127.", 4) == 0 || strncasecmp(h, "localhost", 9) == 0 ||
-           strncmp(h, "[::1]", 5) == 0;
-}
-
 static void slot_setup(struct slot *s, const struct probe_options *o)
 {
     CURL *h = s->h;
@@ -104,7 +85,7 @@ static void slot_setup(struct slot *s, const struct probe_options *o)
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, curl_stop_progress);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, o->stop);
     if (p->kind == PROBE_SMTP) {
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -113,7 +94,7 @@ static void slot_setup(struct slot *s, const struct probe_options *o)
         curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_SMTP | CURLPROTO_SMTPS));
 #endif
         curl_easy_setopt(h, CURLOPT_USE_SSL,
-                         strncasecmp(p->url, "smtps://", 8) == 0 || !loopback_url(p->url)
+                         strncasecmp(p->url, "smtps://", 8) == 0 || !curl_url_is_loopback(p->url)
                              ? (long)CURLUSESSL_ALL
                              : (long)CURLUSESSL_TRY);
         if (p->user && *p->user) {
@@ -170,42 +151,6 @@ static int64_t leaf_expiry(CURL *h)
     return 0;
 }
 
-static enum http_failure classify(CURLcode rc, bool too_large)
-{
-    if (too_large)
-        return HTTP_FAIL_TOO_LARGE;
-    switch (rc) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-    case CURLE_COULDNT_CONNECT:
-        return HTTP_FAIL_CONNECT;
-    case CURLE_OPERATION_TIMEDOUT:
-        return HTTP_FAIL_TIMEOUT;
-    case CURLE_ABORTED_BY_CALLBACK:
-        return HTTP_FAIL_STOPPED;
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CACERT_BADFILE:
-        return HTTP_FAIL_TLS;
-    default:
-        return HTTP_FAIL_OTHER;
-    }
-}
-
-static void host_of(const char *url, char *out, size_t size)
-{
-    const char *p = strstr(url, "://");
-    p = p ? p + 3 : url;
-    size_t n = strcspn(p, "/?#");
-    const char *at = memchr(p, '@', n);
-    if (at) {
-        n -= (size_t)(at + 1 - p);
-        p = at + 1;
-    }
-    snprintf(out, size, "%.*s", (int)n, p);
-}
-
 static void slot_finish(struct slot *s, CURLcode rc)
 {
     struct probe *p = s->p;
@@ -220,13 +165,13 @@ static void slot_finish(struct slot *s, CURLcode rc)
         /* A webhook answering with a huge page still answered. */
         r->failure = HTTP_FAIL_NONE;
     } else {
-        r->failure = classify(rc, s->too_large);
+        r->failure = curl_failure(rc, s->too_large);
         r->login_denied = rc == CURLE_LOGIN_DENIED;
         r->starttls_missing = rc == CURLE_USE_SSL_FAILED;
         if (p->kind == PROBE_HTTP)
             r->status = 0;
         char host[256];
-        host_of(p->url, host, sizeof host);
+        curl_url_host(p->url, host, sizeof host);
         char *clean = log_redact_dup(s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc));
         if (s->deadline)
             snprintf(r->error, sizeof r->error, "%s: no answer before the tick's check deadline",

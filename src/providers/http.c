@@ -11,6 +11,7 @@
 #include "core/cabundle.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "providers/curl_shared.h"
 
 struct http_client {
     CURL *curl;
@@ -145,50 +146,6 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud)
     return len;
 }
 
-static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
-{
-    (void)dt, (void)dn, (void)ut, (void)un;
-    atomic_bool *stop = ud;
-    return stop && atomic_load(stop) ? 1 : 0; /* non-zero aborts the transfer */
-}
-
-static enum http_failure classify_curl(CURLcode rc, bool too_large)
-{
-    if (too_large)
-        return HTTP_FAIL_TOO_LARGE;
-    switch (rc) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-    case CURLE_COULDNT_CONNECT:
-        return HTTP_FAIL_CONNECT;
-    case CURLE_OPERATION_TIMEDOUT:
-        return HTTP_FAIL_TIMEOUT;
-    case CURLE_ABORTED_BY_CALLBACK:
-        return HTTP_FAIL_STOPPED;
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CACERT_BADFILE:
-        return HTTP_FAIL_TLS;
-    default:
-        return HTTP_FAIL_OTHER;
-    }
-}
-
-/* Host (and port) part of url, for error messages: never the path or query. */
-static void url_host(const char *url, char *out, size_t size)
-{
-    const char *p = strstr(url, "://");
-    p = p ? p + 3 : url;
-    size_t n = strcspn(p, "/?#");
-    const char *at = memchr(p, '@', n); /* userinfo must never reach a message */
-    if (at) {
-        n -= (size_t)(at + 1 - p);
-        p = at + 1;
-    }
-    snprintf(out, size, "%.*s", (int)n, p);
-}
-
 static int attempt(struct http_client *c, const struct http_request *req,
                    struct http_response *resp, struct sd_error *err)
 {
@@ -223,7 +180,7 @@ static int attempt(struct http_client *c, const struct http_request *req,
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &sink);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, curl_stop_progress);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, o->stop);
     curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, ""); /* whatever curl can decode */
 
@@ -277,9 +234,9 @@ static int attempt(struct http_client *c, const struct http_request *req,
         return 0;
     }
     resp->status = 0;
-    resp->failure = classify_curl(rc, sink.too_large);
+    resp->failure = curl_failure(rc, sink.too_large);
     char host[256];
-    url_host(req->url, host, sizeof host);
+    curl_url_host(req->url, host, sizeof host);
     if (resp->failure == HTTP_FAIL_TOO_LARGE) {
         sd_error_set(err, "%s: answer larger than %zu bytes", host, o->max_response_bytes);
     } else if (resp->failure == HTTP_FAIL_TIMEOUT) {

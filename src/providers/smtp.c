@@ -13,6 +13,7 @@
 #include "core/cabundle.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "providers/curl_shared.h"
 
 struct smtp_client {
     CURL *curl;
@@ -173,26 +174,6 @@ char *smtp_format_address(const char *name, const char *addr)
 static bool address_ok(const char *a)
 {
     return a && *a && strchr(a, '@') && !strpbrk(a, " \t\r\n<>\"");
-}
-
-/* Loopback hosts may skip STARTTLS when the server offers none. */
-static bool loopback_url(const char *url)
-{
-    const char *h = strstr(url, "://");
-    h = h ? h + 3 : url;
-    const char *at = strchr(h, '@');
-    const char *slash = strchr(h, '/');
-    if (at && (!slash || at < slash))
-        h = at + 1;
-    return strncmp(h, "127.", 4) == 0 || strncasecmp(h, "localhost", 9) == 0 ||
-           strncmp(h, "[::1]", 5) == 0;
-}
-
-static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
-{
-    (void)a, (void)b, (void)c, (void)d;
-    atomic_bool *stop = ud;
-    return stop && atomic_load(stop) ? 1 : 0;
 }
 
 /* ---- sending -------------------------------------------------------------- */
@@ -387,7 +368,7 @@ int smtp_send(struct smtp_client *c, const struct mail *m, int64_t now_ms, char 
 #endif
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_USE_SSL,
-                     strncasecmp(o->url, "smtps://", 8) == 0 || !loopback_url(o->url)
+                     strncasecmp(o->url, "smtps://", 8) == 0 || !curl_url_is_loopback(o->url)
                          ? (long)CURLUSESSL_ALL
                          : (long)CURLUSESSL_TRY);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -407,7 +388,7 @@ int smtp_send(struct smtp_client *c, const struct mail *m, int64_t now_ms, char 
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(h, CURLOPT_MIMEPOST, mime);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, curl_stop_progress);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, o->stop);
 
     CURLcode rc = curl_easy_perform(h);

@@ -144,6 +144,37 @@ int store_find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t
     return rc;
 }
 
+int store_find_oldest(mongoc_collection_t *coll, const char *status, const char *field,
+                      const char *op, int64_t bound_ms, int64_t limit, bson_t ***docs, size_t *n,
+                      struct sd_error *err)
+{
+    bson_t filter = BSON_INITIALIZER, cond, opts = BSON_INITIALIZER, sort;
+    BSON_APPEND_UTF8(&filter, "status", status);
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, field, &cond);
+    BSON_APPEND_DATE_TIME(&cond, op, bound_ms);
+    bson_append_document_end(&filter, &cond);
+    BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+    BSON_APPEND_INT32(&sort, field, 1);
+    bson_append_document_end(&opts, &sort);
+    BSON_APPEND_INT64(&opts, "limit", limit);
+    int rc = store_find_all(coll, &filter, &opts, docs, n, err);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    return rc;
+}
+
+int store_bulk_update_doc(mongoc_bulk_operation_t *bulk, const bson_t *filter,
+                          const bson_t *update, bool upsert, struct sd_error *err)
+{
+    bson_t opts = BSON_INITIALIZER;
+    if (upsert)
+        BSON_APPEND_BOOL(&opts, "upsert", true);
+    bson_error_t berr;
+    bool ok = mongoc_bulk_operation_update_many_with_opts(bulk, filter, update, &opts, &berr);
+    bson_destroy(&opts);
+    return ok ? 0 : sd_error_set(err, "%s", berr.message);
+}
+
 void store_docs_free(bson_t **docs, size_t n)
 {
     for (size_t i = 0; i < n; i++)

@@ -48,6 +48,14 @@ int store_find_all(mongoc_collection_t *coll, const bson_t *filter, const bson_t
                    bson_t ***docs, size_t *n, struct sd_error *err);
 void store_docs_free(bson_t **docs, size_t n);
 
+/* The documents {status, field: {op: bound_ms}} (op "$lte", "$lt", ...), the
+ * oldest `field` first, at most `limit`: the queue-shaped query of the outbox
+ * and the message retries, served by a {status, field} index. Appends to
+ * *docs as store_find_all does. */
+int store_find_oldest(mongoc_collection_t *coll, const char *status, const char *field,
+                      const char *op, int64_t bound_ms, int64_t limit, bson_t ***docs, size_t *n,
+                      struct sd_error *err);
+
 /* True when the server is FerretDB (its buildInfo carries ferretdbVersion).
  * Asked once per process; false when it cannot be asked. Only for choosing
  * between query shapes that both databases answer alike but serve at very
@@ -61,6 +69,14 @@ bool store_is_ferretdb(mongoc_client_t *client);
  * the operator knows which setting to check. The string lives in a thread-local
  * buffer (or is e->message): use it before the next call on the same thread. */
 const char *store_errmsg(const bson_error_t *e);
+
+/* Adds one document's update to a bulk: as update_many on a filter that
+ * holds its _id (so at most that document), never update_one — FerretDB 1.24
+ * holds a PostgreSQL connection per multi:false statement until the bulk
+ * ends, and a bulk of more of them than its pool (50) deadlocks the server
+ * (README, Compatibility). upsert: insert when nothing matches. */
+int store_bulk_update_doc(mongoc_bulk_operation_t *bulk, const bson_t *filter,
+                          const bson_t *update, bool upsert, struct sd_error *err);
 
 /* Round trip to the server ({ping: 1}). */
 int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err);
