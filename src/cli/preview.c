@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/bson_field.h"
 #include "core/error.h"
 
 /* One planned notification: its bytes inside the plan (which outlives it).
@@ -77,16 +78,8 @@ static int push(struct entries *es, const char *job, size_t job_no, const bson_t
 static int collect(bson_iter_t *it, const char *job, size_t job_no, struct entries *es)
 {
     while (bson_iter_next(it)) {
-        if (!BSON_ITER_HOLDS_DOCUMENT(it) && !BSON_ITER_HOLDS_ARRAY(it))
-            continue;
-        uint32_t len;
-        const uint8_t *data;
         bson_t sub;
-        if (BSON_ITER_HOLDS_DOCUMENT(it))
-            bson_iter_document(it, &len, &data);
-        else
-            bson_iter_array(it, &len, &data);
-        if (!bson_init_static(&sub, data, len))
+        if (!bson_iter_child(it, &sub))
             continue;
         if (BSON_ITER_HOLDS_DOCUMENT(it) && is_outbox_entry(&sub)) {
             if (push(es, job, job_no, &sub))

@@ -5,6 +5,7 @@
 #define SD_CORE_BSON_FIELD_H
 
 #include <bson/bson.h>
+#include <stdbool.h>
 
 /* The string at key, or NULL when absent or not a string. */
 static inline const char *bson_field_utf8(const bson_t *doc, const char *key)
@@ -22,6 +23,21 @@ static inline int64_t bson_field_date(const bson_t *doc, const char *key, int64_
     return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_DATE_TIME(&it)
                ? bson_iter_date_time(&it)
                : dflt;
+}
+
+/* The document or array the iterator is on, as a read-only bson_t over its
+ * bytes (valid while the outer document is); false for any other type. */
+static inline bool bson_iter_child(const bson_iter_t *it, bson_t *out)
+{
+    uint32_t len;
+    const uint8_t *data;
+    if (BSON_ITER_HOLDS_DOCUMENT(it))
+        bson_iter_document(it, &len, &data);
+    else if (BSON_ITER_HOLDS_ARRAY(it))
+        bson_iter_array(it, &len, &data);
+    else
+        return false;
+    return bson_init_static(out, data, len);
 }
 
 #endif

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "core/bson_field.h"
+
 /* Copies a string member (dotted paths allowed) into out; "" when absent. A
  * number is formatted, since providers are not consistent (Twilio's balance is
  * a string, an error code a number). Returns true when the member was there. */
@@ -56,17 +58,8 @@ static inline bool json_bool(const bson_t *doc, const char *path)
 static inline bool json_child(const bson_t *doc, const char *path, bson_t *child)
 {
     bson_iter_t it;
-    const uint8_t *data;
-    uint32_t len;
-    if (!doc || !bson_iter_init(&it, doc) || !bson_iter_find_descendant(&it, path, &it))
-        return false;
-    if (BSON_ITER_HOLDS_DOCUMENT(&it))
-        bson_iter_document(&it, &len, &data);
-    else if (BSON_ITER_HOLDS_ARRAY(&it))
-        bson_iter_array(&it, &len, &data);
-    else
-        return false;
-    return bson_init_static(child, data, len);
+    return doc && bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
+           bson_iter_child(&it, child);
 }
 
 #endif

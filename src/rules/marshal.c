@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
+
 #define MAX_DEPTH 64
 
 void marshal_push_value(lua_State *L, const bson_iter_t *it)
@@ -49,14 +51,8 @@ void marshal_push_value(lua_State *L, const bson_iter_t *it)
     }
     case BSON_TYPE_DOCUMENT:
     case BSON_TYPE_ARRAY: {
-        uint32_t len;
-        const uint8_t *data;
         bson_t sub;
-        if (BSON_ITER_HOLDS_DOCUMENT(it))
-            bson_iter_document(it, &len, &data);
-        else
-            bson_iter_array(it, &len, &data);
-        if (bson_init_static(&sub, data, len))
+        if (bson_iter_child(it, &sub))
             marshal_push_document(L, &sub, BSON_ITER_HOLDS_ARRAY(it));
         else
             lua_pushnil(L);
