@@ -551,3 +551,18 @@ def test_rooms_read_in_an_earlier_batch_stay_known(world):
     assert counts["bad_documents"] == 0, counts
     # ticket.created to both agents, ticket.assigned to Anna
     assert counts["notifications"] == 3 * 502, counts
+
+
+def test_tick_end_counts_the_rules_cpu(world):
+    """tick.end says how many rule calls the tick made and the CPU they took,
+    templates.lua apart from the other files; a tick that calls no rule says 0."""
+    installed(world)
+    world.ticket(T0)
+    counts = world.tick(T0 + timedelta(minutes=1))
+    assert counts["notifications"] > 0, counts
+    assert counts["rule_calls"] >= counts["notifications"], counts
+    assert counts["render_cpu_us"] > 0 and counts["rules_cpu_us"] > 0, counts
+    cp = world.p.run()  # `once outbox`: delivery only, no rules
+    assert cp.returncode == 0, cp.stderr
+    outbox = tick_counts(cp)
+    assert outbox["rule_calls"] == 0 and outbox["rules_cpu_us"] == 0 and outbox["render_cpu_us"] == 0
