@@ -107,7 +107,7 @@ const core_sources = [_][]const u8{
 const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "lua5.4", "libcurl", "openssl", "libmicrohttpd" };
 
 /// Unit tests: tests/unit/test_<name>.c, one executable each.
-const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "msgstatus", "metrics", "commcheck", "tz", "sla_calendar" };
+const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "msgstatus", "metrics", "commcheck", "tz", "sla_calendar", "redis" };
 
 pub fn build(b: *std.Build) void {
     const static = b.option(bool, "static", "Release build: one static x86_64-linux-musl binary (vendor/)") orelse false;

@@ -12,29 +12,62 @@
 
 int64_t scheduler_due(const struct cron_expr *cron, int64_t last_fire, int64_t now)
 {
+    if (now < last_fire) {
+        int64_t next = cron_next(cron, now);
+        return next == last_fire ? cron_next(cron, last_fire) : next;
+    }
     int64_t next = cron_next(cron, last_fire);
     return next <= now ? now : next;
 }
 
+/* Job threads wait on the monotonic clock: a wait measured on the wall clock
+ * would last as long again as the clock stepped back. */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t wake;
+static pthread_once_t wake_once = PTHREAD_ONCE_INIT;
+
+static void wake_init(void)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&wake, &a);
+    pthread_condattr_destroy(&a);
+}
+
+#define SLICE_MS 1000
 
 struct worker {
     struct scheduler *s;
     struct scheduler_job *job;
 };
 
-/* Sleeps until `when` (Unix ms, wall clock: cron slots are wall-clock times)
- * or until stop is set. */
-static void sleep_until(struct scheduler *s, int64_t when)
+static int64_t now_ms(const struct scheduler *s)
 {
-    struct timespec ts = {.tv_sec = when / 1000, .tv_nsec = (when % 1000) * 1000000L};
-    pthread_mutex_lock(&mu);
-    while (!atomic_load(&s->stop) && clock_now_ms() < when) {
-        int rc = pthread_cond_timedwait(&wake, &mu, &ts);
-        if (rc == ETIMEDOUT)
-            break;
+    return s->now_ms ? s->now_ms() : clock_now_ms();
+}
+
+/* Sleeps toward `when` (Unix ms, wall clock: cron slots are wall-clock times)
+ * for at most SLICE_MS, or until stop is set; the caller looks at the clock
+ * again and calls back. */
+static void sleep_toward(struct scheduler *s, int64_t when)
+{
+    int64_t left = when - now_ms(s);
+    if (left <= 0)
+        return;
+    if (left > SLICE_MS)
+        left = SLICE_MS;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += left / 1000;
+    ts.tv_nsec += (left % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
     }
+    pthread_mutex_lock(&mu);
+    if (!atomic_load(&s->stop))
+        pthread_cond_timedwait(&wake, &mu, &ts);
     pthread_mutex_unlock(&mu);
 }
 
@@ -42,15 +75,23 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct scheduler_job *job = w->job;
+    bool warned = false;
     while (!atomic_load(&w->s->stop)) {
-        int64_t now_s = clock_now_ms() / 1000;
+        int64_t now_s = now_ms(w->s) / 1000;
+        if (now_s < job->last_fire - 1 && !warned) {
+            log_msg(LOG_WARN, NULL, "scheduler.clock_step", NULL,
+                    "the clock stepped back %lld s (job %d): its schedule goes on from now",
+                    (long long)(job->last_fire - now_s), job->id);
+            warned = true;
+        }
         int64_t due = scheduler_due(&job->cron, job->last_fire, now_s);
-        sleep_until(w->s, due * 1000);
+        sleep_toward(w->s, due * 1000);
         if (atomic_load(&w->s->stop))
             break;
-        if (clock_now_ms() < due * 1000)
+        if (now_ms(w->s) < due * 1000)
             continue;
         job->last_fire = due;
+        warned = false;
         w->s->tick(job->ud, job->id, due * 1000);
     }
     return NULL;
@@ -76,6 +117,7 @@ int scheduler_run(struct scheduler *s, struct sd_error *err)
     sigset_t set;
     stop_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+    pthread_once(&wake_once, wake_init);
 
     struct worker *workers = calloc((size_t)s->n_jobs, sizeof *workers);
     pthread_t *threads = calloc((size_t)s->n_jobs, sizeof *threads);

@@ -24,7 +24,11 @@
 /* When to fire next, in Unix seconds, given the slot last fired (or the time
  * supervision began) and the current time: the next cron slot after
  * last_fire, or `now` itself when that slot has already passed (catch-up, at
- * most once: the caller then records `now` as last_fire). */
+ * most once: the caller then records `now` as last_fire; so a step of the
+ * clock forwards fires one tick, not one per skipped slot). A `now` before
+ * last_fire means the clock stepped back: the schedule goes on from `now`
+ * (the next slot after it, unless that is the slot last fired), so a step
+ * back never stalls a job for the length of the step. */
 int64_t scheduler_due(const struct cron_expr *cron, int64_t last_fire, int64_t now);
 
 /* Runs one tick of job `id` for the slot at fire_ms; returns when done. */
@@ -45,6 +49,10 @@ struct scheduler {
     scheduler_reload_fn reload;  /* may be NULL */
     void *reload_ud;
     atomic_bool stop;            /* set on SIGTERM/SIGINT; ticks poll it */
+    /* Wall clock in Unix ms; NULL: clock_now_ms. (Tests step it.) Job
+     * threads sleep in slices of at most a second on the monotonic clock and
+     * look at it again after each, so a step either way is seen at once. */
+    int64_t (*now_ms)(void);
 };
 
 /* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (threads it creates

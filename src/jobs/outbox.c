@@ -59,6 +59,8 @@ int job_deliver_outbox(struct job_env *env, struct sd_error *err)
     BSON_APPEND_INT64(env->counts, "outbox_retried", st.retried);
     BSON_APPEND_INT64(env->counts, "outbox_failed", st.failed);
     BSON_APPEND_INT64(env->counts, "outbox_skipped", st.skipped);
+    BSON_APPEND_INT64(env->counts, "outbox_waiting", st.waiting);
+    BSON_APPEND_INT64(env->counts, "outbox_handed_back", st.handed_back);
     smtp_client_destroy(smtp);
     http_client_destroy(http);
     return rc;

@@ -18,6 +18,10 @@ static const char cas_script[] =
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return 0 end";
 
+static const char extend_script[] =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+
 static void parse_sent(const char *value, struct outbox_claim *c)
 {
     const char *p = value + strlen("sent:");
@@ -84,6 +88,17 @@ int claim_mark_sent(struct rds *r, const struct outbox_claim *c, const char *pro
     return 0;
 }
 
+int claim_extend(struct rds *r, const struct outbox_claim *c, int ttl_ms, struct sd_error *err)
+{
+    redisReply *rep =
+        rds_command(r, err, "EVAL %s 1 %s %s %d", extend_script, c->key, c->token, ttl_ms);
+    if (!rep)
+        return sd_error_prefix(err, "checking %s", c->key);
+    int ours = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+    freeReplyObject(rep);
+    return ours;
+}
+
 int claim_release(struct rds *r, const struct outbox_claim *c, struct sd_error *err)
 {
     redisReply *rep = rds_command(r, err, "EVAL %s 1 %s %s", release_script, c->key, c->token);
@@ -97,6 +112,8 @@ int claim_acquire_many(struct rds *r, const char *prefix, const char *const *ent
                        const int *versions, const char *owner, int ttl_ms,
                        struct outbox_claim *c, size_t n, struct sd_error *err)
 {
+    /* Every token before the first command: no early return may leave part
+     * of a pipeline queued (redis.h). */
     for (size_t i = 0; i < n; i++) {
         memset(&c[i], 0, sizeof c[i]);
         snprintf(c[i].key, sizeof c[i].key, "%soutbox:claim:%s", prefix, entry_ids[i]);
@@ -104,9 +121,10 @@ int claim_acquire_many(struct rds *r, const char *prefix, const char *const *ent
         if (clock_random_hex(rnd, 8, err))
             return -1;
         snprintf(c[i].token, sizeof c[i].token, "claimed:%s/%s", owner, rnd);
+    }
+    for (size_t i = 0; i < n; i++)
         if (rds_pipeline_append(r, err, "SET %s %s NX PX %d", c[i].key, c[i].token, ttl_ms))
             return sd_error_prefix(err, "claiming outbox entries");
-    }
     size_t taken = 0;
     int rc = 0;
     for (size_t i = 0; i < n; i++) {

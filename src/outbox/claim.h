@@ -55,6 +55,11 @@ int claim_acquire(struct rds *r, const char *prefix, const char *entry_id, const
 int claim_mark_sent(struct rds *r, const struct outbox_claim *c, const char *provider,
                     const char *message_id, long long ttl_ms, struct sd_error *err);
 
+/* Right before a send: if the claim still holds our token, gives it a fresh
+ * ttl_ms and returns 1; returns 0 when it does not (expired, taken over by
+ * another deliverer, lost by Redis), -1 on a Redis error (err set). */
+int claim_extend(struct rds *r, const struct outbox_claim *c, int ttl_ms, struct sd_error *err);
+
 /* Deletes the claim if it still holds our token. */
 int claim_release(struct rds *r, const struct outbox_claim *c, struct sd_error *err);
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "core/seam.h"
 #include "outbox/claim.h"
 #include "outbox/dispatch.h"
 #include "outbox/outbox.h"
@@ -46,7 +47,7 @@ struct item {
     char id_text[200];
     const char *key;
     int attempts;          /* before this delivery: the entry's version (claim.h) */
-    bool written;          /* an outcome statement for it joined the batch's writes */
+    bool written;          /* an outcome that increments attempts joined the batch's writes */
     struct outbox_claim claim;
 };
 
@@ -72,7 +73,9 @@ struct writes {
 };
 
 /* update_one({_id, status: "pending"}, update); *modified may be NULL. With
- * w, the statement joins the batch's bulk instead (store_bulk_update_doc). */
+ * w, the statement joins the batch's bulk instead (store_bulk_update_doc).
+ * Every update here but forget_started increments attempts: the entry's
+ * version moves (claim.h). */
 static int update_pending_w(mongoc_collection_t *coll, struct writes *w, struct item *it,
                             const bson_t *update, int64_t *modified, struct sd_error *err)
 {
@@ -164,12 +167,61 @@ static void append_error(bson_t *set, const struct provider_status *st, const ch
     free(clean);
 }
 
+/* The provider cannot be used as configured: not configured at all, or it
+ * refuses our credentials (401/403 to a send: a rotated or revoked key, an
+ * unverified sender). Nothing is wrong with the entry: it waits for the
+ * operator, however long that takes, without using up its attempts. */
+static bool waits_for_operator(const struct provider_status *st)
+{
+    return strcmp(st->code, "not_configured") == 0 ||
+           (st->cls == PROVIDER_PERMANENT && (st->http_status == 401 || st->http_status == 403));
+}
+
+/* An entry that waits for the operator: its error recorded where they look,
+ * attempts untouched. The update does not move the entry's version (claim.h):
+ * nothing was sent, so a copy read before it is as good as one read after. A
+ * credentials refusal leaves next_attempt_at as it is, so the oldest such
+ * entry is the one request per tick that finds out whether the key works
+ * again; an unconfigured provider makes no request and looks again in
+ * OUTBOX_WAIT_MS. */
+static void record_waiting(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct writes *w,
+                           struct item *it, const struct outbox_message *msg,
+                           const struct provider_status *st, const struct sd_error *why,
+                           int64_t now_ms, struct outbox_stats *stats)
+{
+    bson_t u = BSON_INITIALIZER, set, unset;
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
+    BSON_APPEND_DATE_TIME(&set, "updated_at", now_ms);
+    append_error(&set, st, why->message);
+    if (strcmp(st->code, "not_configured") == 0)
+        BSON_APPEND_DATE_TIME(&set, "next_attempt_at", now_ms + OUTBOX_WAIT_MS);
+    bson_append_document_end(&u, &set);
+    if (msg && msg->via == VIA_SMS) {
+        BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
+        BSON_APPEND_UTF8(&unset, "send_started_at", "");
+        bson_append_document_end(&u, &unset);
+    }
+    bool was_written = it->written;
+    struct sd_error uerr;
+    if (update_pending_w(coll, w, it, &u, NULL, &uerr))
+        log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s", uerr.message);
+    it->written = was_written;
+    bson_destroy(&u);
+    stats->waiting++;
+    log_entry(ctx, LOG_WARN, "outbox.waiting", it, msg ? msg->provider : NULL, NULL, st,
+              "waits for the operator (no attempt counted)");
+}
+
 /* A failed attempt: reschedule (transient) or give up (permanent, or too many). */
 static void record_failure(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct writes *w,
                            struct item *it, const struct outbox_message *msg,
                            const struct provider_status *st, const struct sd_error *why,
                            int64_t now_ms, struct outbox_stats *stats)
 {
+    if (waits_for_operator(st)) {
+        record_waiting(ctx, coll, w, it, msg, st, why, now_ms, stats);
+        return;
+    }
     int attempts = it->attempts + 1;
     bool give_up = st->cls != PROVIDER_TRANSIENT || attempts >= OUTBOX_MAX_ATTEMPTS;
     char message[600];
@@ -268,7 +320,25 @@ struct send {
     struct sd_error err;
     char message_id[160];
     bool marked;
+    /* The request went out (or started to). A send the stop, a lost claim or
+     * an unusable provider kept back was never attempted: no outcome is
+     * recorded for it, it stays pending. */
+    bool attempted;
+    bool claim_lost;   /* its claim was no longer ours right before sending */
+    bool unusable;     /* its provider refused our credentials earlier in the call */
 };
+
+/* Providers by index, for the "refuses our credentials" flags. */
+enum { PROV_SENDGRID, PROV_SMTP, PROV_TWILIO, PROV_COUNT };
+
+static int provider_index(const char *provider)
+{
+    if (!provider)
+        return PROV_SENDGRID;
+    return strcmp(provider, "twilio") == 0 ? PROV_TWILIO
+           : strcmp(provider, "smtp") == 0 ? PROV_SMTP
+                                           : PROV_SENDGRID;
+}
 
 /* A sender's own connections, made on first use and kept for the call. */
 struct worker {
@@ -308,6 +378,10 @@ struct pool {
     size_t n;
     atomic_size_t next;
     int64_t now_ms;
+    /* Set when a provider answers a send 401/403: the rest of this call's
+     * entries for it are not sent (each would be refused the same way). */
+    atomic_bool unusable[PROV_COUNT];
+    bool reported[PROV_COUNT];   /* outbox.provider_unusable logged */
     struct worker workers[OUTBOX_IN_FLIGHT];
 };
 
@@ -348,11 +422,32 @@ static void *worker_run(void *arg)
         if (i >= p->n || (p->ctx->stop && atomic_load(p->ctx->stop)))
             break;
         struct send *s = &p->sends[i];
+        int prov = provider_index(s->msg.provider);
+        if (atomic_load(&p->unusable[prov])) {
+            s->unusable = true;
+            continue;
+        }
+        seam_wait("outbox_before_send");
+        /* The claim was taken when the batch began; sends ahead of this one
+         * (look-ups, slow providers) may have outlived it, or Redis may have
+         * lost it, and another deliverer may be sending the entry now. So
+         * right before the request: still ours? Then it gets a fresh TTL.
+         * Not ours, or cannot tell: hand it back untouched (the next tick
+         * re-reads it). */
+        struct sd_error e;
+        if (w->redis && claim_extend(w->redis, &s->it->claim, OUTBOX_CLAIM_TTL_MS, &e) != 1) {
+            s->claim_lost = true;
+            continue;
+        }
+        if (p->ctx->stop && atomic_load(p->ctx->stop))
+            break;
+        s->attempted = true;
         s->rc = outbox_message_send(&local, &s->msg, p->now_ms, s->message_id,
                                     sizeof s->message_id, &s->st, &s->err);
+        if (s->rc != 0 && waits_for_operator(&s->st))
+            atomic_store(&p->unusable[prov], true);
         /* Redis at once: the window in which a crash resends stays as short as
          * one send's. An SMS without an id is looked up first (below). */
-        struct sd_error e;
         if (s->rc == 0 && w->redis && (s->message_id[0] || s->msg.via != VIA_SMS) &&
             claim_mark_sent(w->redis, &s->it->claim, s->msg.provider, s->message_id,
                             OUTBOX_SENT_MARK_TTL_MS, &e) == 0)
@@ -379,7 +474,8 @@ static void send_all(struct pool *p)
     }
     if (started == 0) {
         /* One entry, or no threads: this thread, its own connections. */
-        struct worker inline_w = {.http = p->ctx->http, .smtp = p->ctx->smtp, .pool = p};
+        struct worker inline_w = {
+            .http = p->ctx->http, .smtp = p->ctx->smtp, .redis = p->ctx->redis, .pool = p};
         worker_run(&inline_w);
         return;
     }
@@ -540,6 +636,45 @@ static void flush_start(struct pool *pool, struct flush *f)
         flush_execute(f);
 }
 
+static bool stopping(const struct outbox_ctx *ctx)
+{
+    return ctx->stop && atomic_load(ctx->stop);
+}
+
+/* Removes the send_started_at that mark_started set on an SMS that was then
+ * not sent. Attempts stay: the entry's version does not move (claim.h). */
+static void forget_started(struct writes *w, struct item *it)
+{
+    bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, unset;
+    BSON_APPEND_VALUE(&filter, "_id", &it->id);
+    BSON_APPEND_UTF8(&filter, "status", "pending");
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
+    BSON_APPEND_UTF8(&unset, "send_started_at", "");
+    bson_append_document_end(&u, &unset);
+    struct sd_error e;
+    if (store_bulk_update_doc(w->bulk, &filter, &u, false, &e) == 0)
+        w->n++;
+    bson_destroy(&filter);
+    bson_destroy(&u);
+}
+
+/* One error line per provider and call when it refuses our credentials: the
+ * operator's cue (also counted as outbox_waiting in tick.end and /metrics). */
+static void report_unusable(struct outbox_ctx *ctx, struct pool *pool, const struct send *s)
+{
+    int prov = provider_index(s->msg.provider);
+    if (pool->reported[prov])
+        return;
+    pool->reported[prov] = true;
+    char text[700];
+    snprintf(text, sizeof text,
+             "got %s: %s; mail through %s stays pending (no attempts counted) until the "
+             "credentials work again",
+             s->st.code, s->err.message, s->msg.provider ? s->msg.provider : "it");
+    log_entry(ctx, LOG_ERROR, "outbox.provider_unusable", s->it, s->msg.provider, NULL, &s->st,
+              text);
+}
+
 /* read_mono: clock_monotonic_ms() before the due query that read items. */
 static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct pool *pool,
                          struct item *items, size_t n, int64_t now_ms, int64_t read_mono,
@@ -607,6 +742,10 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
             stats->skipped++;
             continue;
         }
+        if (stopping(ctx)) {
+            stats->handed_back++; /* untouched: its claim ends below */
+            continue;
+        }
         struct send *s = &sends[n_sends];
         s->it = it;
         struct sd_error e = {""};
@@ -620,6 +759,12 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
             char message_id[160] = "";
             if (outbox_message_find_sent(ctx, &s->msg, &found, message_id, sizeof message_id,
                                          &s->st, &e)) {
+                if (stopping(ctx)) {
+                    /* The look-up was cut by the stop: nothing was sent. */
+                    stats->handed_back++;
+                    outbox_message_free(&s->msg);
+                    continue;
+                }
                 /* Cannot tell whether it went out: do not send blind. */
                 s->st.cls = PROVIDER_TRANSIENT;
                 s->st.maybe_accepted = true;
@@ -669,6 +814,27 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         free(go);
         for (size_t i = 0; i < n_sends; i++) {
             struct send *s = &sends[i];
+            if (s->rc == 0 && !s->attempted) {
+                /* Kept back (stop, lost claim, unusable provider): pending as
+                 * it was. An SMS of ours loses the send_started_at set above,
+                 * so the next deliverer need not ask Twilio first; a lost
+                 * claim's entry is another deliverer's now: not touched. */
+                if (s->claim_lost) {
+                    stats->skipped++;
+                    log_entry(ctx, LOG_WARN, "outbox.claim_lost", s->it, s->msg.provider, NULL,
+                              NULL, "not sent: its claim expired or vanished before the send "
+                                    "(left for the next tick, which re-reads it)");
+                } else {
+                    if (s->unusable)
+                        stats->waiting++;
+                    else
+                        stats->handed_back++;
+                    if (s->msg.via == VIA_SMS)
+                        forget_started(&w, s->it);
+                }
+                outbox_message_free(&s->msg);
+                continue;
+            }
             if (s->rc == 0) {
                 if (!s->message_id[0] && s->msg.via == VIA_SMS) {
                     /* Accepted with an unreadable answer: ask Twilio for the
@@ -688,6 +854,8 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
                 record_accepted(ctx, coll, &w, s->it, s->msg.provider, s->message_id, false,
                                 s->marked, now_ms, stats);
             } else {
+                if (waits_for_operator(&s->st))
+                    report_unusable(ctx, pool, s);
                 record_failure(ctx, coll, &w, s->it, &s->msg, &s->st, &s->err, now_ms, stats);
             }
             outbox_message_free(&s->msg);

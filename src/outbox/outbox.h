@@ -36,8 +36,18 @@
  *      the provider's Retry-After if longer), error recorded, claim turned
  *      into the "done:" marker;
  *      after OUTBOX_MAX_ATTEMPTS → failed;
- *      permanent failure (401, 403, 400, invalid entry…) → status "failed",
- *      failed_at, error {code, message} readable, claim turned into the marker.
+ *      permanent failure (400, invalid entry…) → status "failed",
+ *      failed_at, error {code, message} readable, claim turned into the marker;
+ *      provider not configured, or refusing our credentials (401/403) → the
+ *      entry waits for the operator: pending, error recorded, attempts not
+ *      counted; after a 401/403 the call sends nothing more to that provider.
+ * Right before each request the claim is checked and extended (compare-and-
+ * PEXPIRE): a batch can outlive the 5-minute TTL (look-ups, slow providers),
+ * and Redis can lose the key; an entry whose claim is no longer ours is not
+ * sent and not touched (the next tick re-reads it).
+ * On a stop (SIGTERM), requests in flight are finished, not cut (their outcome
+ * is then known and recorded); entries not yet sent are handed back untouched:
+ * pending, their claims released, an SMS's send_started_at removed.
  * Remaining duplicate risks, by provider: a crash between the provider's
  * answer and the Redis SET (microseconds) resends; a 5xx/timeout on a
  * SendGrid or SMTP send is retried and may duplicate (neither can be asked
@@ -69,6 +79,8 @@
 #define OUTBOX_MAX_ATTEMPTS 8
 #define OUTBOX_CLAIM_TTL_MS (5 * 60 * 1000)
 #define OUTBOX_SENT_MARK_TTL_MS (7LL * 24 * 3600 * 1000)
+/* How soon an entry whose provider is not configured is looked at again. */
+#define OUTBOX_WAIT_MS (5 * 60 * 1000)
 
 struct outbox_ctx {
     mongoc_client_t *mongo;
@@ -96,6 +108,9 @@ struct outbox_stats {
     int64_t retried;    /* transient failure, rescheduled */
     int64_t failed;     /* marked failed */
     int64_t skipped;    /* claimed by another deliverer, or no longer due */
+    int64_t waiting;    /* left pending for the operator: provider not configured, or
+                           refusing our credentials (401/403); no attempt counted */
+    int64_t handed_back;/* not attempted because the process is stopping: untouched */
 };
 
 /* Inserts entries (one unordered insertMany). Missing fields get defaults:

@@ -181,7 +181,11 @@ static int attempt(struct http_client *c, const struct http_request *req,
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &sink);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, curl_stop_progress);
-    curl_easy_setopt(h, CURLOPT_XFERINFODATA, o->stop);
+    /* A send (not idempotent) is never cut by a stop: once its request may
+     * have arrived, only its answer tells whether it was accepted, and a cut
+     * send would be recorded as uncertain (SPEC §3). It ends within
+     * timeout_ms. Reads and look-ups stop at once. */
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, req->idempotent ? o->stop : NULL);
     curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, ""); /* whatever curl can decode */
 
     headers = curl_slist_append(headers, "Accept: application/json");

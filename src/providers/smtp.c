@@ -389,7 +389,8 @@ int smtp_send(struct smtp_client *c, const struct mail *m, int64_t now_ms, char 
     curl_easy_setopt(h, CURLOPT_MIMEPOST, mime);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, curl_stop_progress);
-    curl_easy_setopt(h, CURLOPT_XFERINFODATA, o->stop);
+    /* A mail in flight is finished, not cut, on a stop: see http.c. */
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, NULL);
 
     CURLcode rc = curl_easy_perform(h);
     long reply = 0;

@@ -31,6 +31,7 @@ struct rds {
     int64_t next_attempt_ms; /* no reconnect before this */
     uint64_t round_trips;
     bool pipeline_open;      /* replies pending: the next read is a round trip */
+    size_t unread;           /* pipelined commands whose replies were not read */
     int backoff_ms;
 };
 
@@ -59,6 +60,18 @@ static void drop(struct rds *r)
         redisFree(r->ctx);
         r->ctx = NULL;
     }
+    r->unread = 0;
+    r->pipeline_open = false;
+}
+
+/* A caller that left a pipeline's replies unread (an early return) would
+ * hand them to whoever uses the connection next, each reply one command
+ * late from then on. Before a new command or pipeline, such a connection is
+ * dropped and made anew. */
+static void forget_unread(struct rds *r)
+{
+    if (r->unread > 0)
+        drop(r);
 }
 
 void rds_destroy(struct rds *r)
@@ -292,6 +305,7 @@ uint64_t rds_round_trips(const struct rds *r) { return r->round_trips; }
 
 redisReply *rds_command(struct rds *r, struct sd_error *err, const char *fmt, ...)
 {
+    forget_unread(r);
     r->round_trips++;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool fresh = r->ctx == NULL;
@@ -311,6 +325,7 @@ redisReply *rds_command(struct rds *r, struct sd_error *err, const char *fmt, ..
 redisReply *rds_command_argv(struct rds *r, struct sd_error *err, int argc, const char **argv,
                              const size_t *argvlen)
 {
+    forget_unread(r);
     r->round_trips++;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool fresh = r->ctx == NULL;
@@ -326,6 +341,8 @@ redisReply *rds_command_argv(struct rds *r, struct sd_error *err, int argc, cons
 
 int rds_pipeline_append(struct rds *r, struct sd_error *err, const char *fmt, ...)
 {
+    if (!r->pipeline_open)
+        forget_unread(r);
     if (rds_ensure(r, err))
         return -1;
     va_list ap;
@@ -338,12 +355,15 @@ int rds_pipeline_append(struct rds *r, struct sd_error *err, const char *fmt, ..
         return -1;
     }
     r->pipeline_open = true;
+    r->unread++;
     return 0;
 }
 
 int rds_pipeline_append_argv(struct rds *r, struct sd_error *err, int argc, const char **argv,
                              const size_t *argvlen)
 {
+    if (!r->pipeline_open)
+        forget_unread(r);
     if (rds_ensure(r, err))
         return -1;
     if (redisAppendCommandArgv(r->ctx, argc, argv, argvlen) != REDIS_OK) {
@@ -352,6 +372,7 @@ int rds_pipeline_append_argv(struct rds *r, struct sd_error *err, int argc, cons
         return -1;
     }
     r->pipeline_open = true;
+    r->unread++;
     return 0;
 }
 
@@ -369,5 +390,7 @@ redisReply *rds_pipeline_read(struct rds *r, struct sd_error *err)
     void *reply = NULL;
     if (redisGetReply(r->ctx, &reply) != REDIS_OK)
         reply = NULL;
+    else if (r->unread > 0)
+        r->unread--;
     return check(r, reply, err);
 }

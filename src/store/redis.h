@@ -54,7 +54,9 @@ redisReply *rds_command_argv(struct rds *r, struct sd_error *err, int argc, cons
 
 /* Pipelining: append n commands, then read n replies with rds_pipeline_read.
  * If any append or read fails, the connection is reset and the whole pipeline
- * must be considered failed. */
+ * must be considered failed. Replies left unread (a caller that gave up half
+ * way) are never handed to a later command: the connection is dropped and
+ * made anew before the next command or pipeline. */
 int rds_pipeline_append(struct rds *r, struct sd_error *err, const char *fmt, ...);
 int rds_pipeline_append_argv(struct rds *r, struct sd_error *err, int argc, const char **argv,
                              const size_t *argvlen);

@@ -7,13 +7,14 @@ reaches the logs (checked after every test by the `providers` fixture)."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from datetime import datetime, timedelta, timezone
 
 import pymongo
 import pytest
 
-from conftest import parse_log_lines
+from conftest import parse_log_lines, wait_until
 from fakes_fixtures import *  # noqa: F401,F403  (provider_fake, providers)
 
 
@@ -114,26 +115,6 @@ def test_429_with_retry_after_then_202_delivers_exactly_once(providers):
     assert len(providers.fake.sent()["sendgrid"]) == 1
     doc = providers.get(e)
     assert doc["status"] == "sent" and doc["attempts"] == 1
-
-
-def test_401_ends_failed_with_readable_error(providers):
-    wrong = "SG.it-wrong-key-" + providers.twilio_sid[-8:]
-    providers.watch.append(wrong)
-    e = providers.entry("email")
-    cp = providers.run(SENDGRID_API_KEY=wrong)
-    assert cp.returncode == 0, cp.stderr  # a bad entry is not a failed tick
-    doc = providers.get(e)
-    assert doc["status"] == "failed"
-    assert doc["attempts"] == 1
-    assert doc["failed_at"] is not None
-    assert doc["error"]["code"] == "http_401"
-    assert "SendGrid rejected the API key (401 Unauthorized)" in doc["error"]["message"]
-    assert providers.fake.sent()["sendgrid"] == []
-    failed = [ev for ev in parse_log_lines(cp.stderr)[0] if ev.get("event") == "outbox.failed"]
-    assert failed and failed[0]["entry_id"] == str(e["_id"]), cp.stderr
-    # Failed entries are not retried.
-    providers.run(SENDGRID_API_KEY=wrong)
-    assert len(providers.fake.requests("/v3/mail/send")) == 1
 
 
 def test_500_leaves_entry_pending_with_backoff(providers):
@@ -365,3 +346,186 @@ def test_two_concurrent_deliverers_send_each_entry_once(providers):
     # pipeline), so the later one found the entries claimed by the other.
     assert ca["outbox_due"] > 0 and cb["outbox_due"] > 0, (ca, cb)
     assert ca["outbox_skipped"] + cb["outbox_skipped"] > 0, (ca, cb)
+
+
+# ---- stops, expired claims, credentials (issue 20) ------------------------------
+
+def _claim(providers, redis_client, doc) -> str | None:
+    return redis_client.get(providers.sd.key(f"outbox:claim:{doc['_id']}"))
+
+
+def _mixed_entries(providers, n_email: int, n_sms: int, tag: str) -> list[dict]:
+    """Email and SMS entries, interleaved in due order, each recognisable at the fake
+    (email by its key, SMS by its own phone number)."""
+    out, base = [], utcnow() - timedelta(minutes=5)
+    for i in range(n_email + n_sms):
+        due = base + timedelta(milliseconds=i)
+        if i % 3 == 2 and n_sms:
+            n_sms -= 1
+            out.append(providers.entry("sms", key=f"{tag}:sms:{i}", next_attempt_at=due,
+                                       recipient={"role": "customer", "phone": f"+1555100{i:04d}"},
+                                       text=f"update {i}"))
+        else:
+            out.append(providers.entry("email", key=f"{tag}:mail:{i}", next_attempt_at=due,
+                                       recipient={"role": "agent",
+                                                  "email": f"agent{i}@example.org"}))
+    return out
+
+
+def _reached_fake(providers) -> dict:
+    """key → number of sends that reached the fake provider."""
+    sent = providers.fake.sent()
+    got: dict = {}
+    for m in sent["sendgrid"]:
+        k = m["json"]["custom_args"]["supportd_key"]
+        got[k] = got.get(k, 0) + 1
+    for m in sent["twilio"]:
+        got[m["to"]] = got.get(m["to"], 0) + 1
+    return got
+
+
+def _fake_key(doc) -> str:
+    return doc["recipient"]["phone"] if doc["via"] == "sms" else doc["key"]
+
+
+def test_sigterm_mid_delivery_marks_only_what_the_provider_accepted(providers, redis_client):
+    """Issue 20 item 1: SIGTERM while slow sends are in flight. An entry is `sent`
+    only if its request reached the provider; one never attempted stays pending,
+    unclaimed and untouched; the next run sends the rest, each exactly once."""
+    providers.fake.fault(match="/v3/mail/send", delay_ms=1500, times=0)
+    providers.fake.fault(match="/Messages.json", method="POST", delay_ms=1500, times=0)
+    entries = _mixed_entries(providers, 40, 20, "stop")
+    d = providers.start("stopped")
+    wait_until(lambda: len(providers.fake.requests()) > 0, 60, what="the first send")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(60) == 0, d.tail()
+    providers.outputs.append(d.stderr())
+    # The fake answers after its delay even when the client went away: wait
+    # until every request it received has been handled.
+    wait_until(lambda: len(providers.fake.requests("/v3/mail/send"))
+               + len(providers.fake.requests("/Messages.json")) == sum(_reached_fake(providers).values()),
+               30, what="the fake to handle every request it received")
+
+    reached = _reached_fake(providers)
+    assert 0 < len(reached) < len(entries), reached
+    docs = {e["key"]: providers.get(e) for e in entries}
+    phantom = [k for k, doc in docs.items()
+               if doc["status"] == "sent" and reached.get(_fake_key(doc), 0) != 1]
+    assert not phantom, f"{len(phantom)} entries marked sent never reached the provider once"
+    for e in entries:
+        doc = docs[e["key"]]
+        n = reached.get(_fake_key(e), 0)
+        if doc["status"] != "sent":
+            assert doc["status"] == "pending", doc
+            # In-flight requests are finished, not cut: what reached the provider is sent.
+            assert n == 0, f"{e['key']} reached the provider but is still {doc['status']}"
+            assert doc["attempts"] == 0 and doc.get("error") is None, doc
+            assert "send_started_at" not in doc, doc
+            claim = _claim(providers, redis_client, e)
+            assert claim is None or claim == "done:0", f"{e['key']} left claimed: {claim}"
+    counts = tick_counts(d.stderr())
+    assert counts["outbox_sent"] == sum(1 for e in entries if providers.get(e)["status"] == "sent")
+
+    providers.fake.reset(twilio_sid=providers.twilio_sid,
+                         twilio_token=providers.secrets["TWILIO_AUTH_TOKEN"],
+                         sendgrid_key=providers.secrets["SENDGRID_API_KEY"])
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    again = _reached_fake(providers)
+    for e in entries:
+        doc = providers.get(e)
+        assert doc["status"] == "sent", doc
+        total = reached.get(_fake_key(e), 0) + again.get(_fake_key(e), 0)
+        assert total == 1, f"{e['key']} reached the provider {total} times"
+
+
+@pytest.mark.parametrize("lost", ["expired_and_taken", "redis_lost_it"])
+def test_claim_lost_mid_batch_is_checked_before_each_send(providers, redis_client, tmp_path, lost):
+    """Issue 20 item 5: a deliverer's claim expires (or Redis loses it) while its
+    batch waits; another deliverer sends the entry meanwhile. The first must not
+    send it again: each send re-checks (and extends) its claim first."""
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    (seams / "outbox_before_send.arm").touch()
+    entries = [providers.entry("email", key=f"lost:{i}",
+                               recipient={"role": "agent", "email": f"a{i}@example.org"})
+               for i in range(3)]
+    slow = providers.start("slow", QM_SUPPORT_TEST_SEAMS=str(seams))
+    wait_until(lambda: (seams / "outbox_before_send.reached").exists(), 60, what="the seam")
+    if lost == "expired_and_taken":
+        for e in entries:  # as if their 5-minute claims had run out
+            redis_client.delete(providers.sd.key(f"outbox:claim:{e['_id']}"))
+        cp = providers.run()  # another deliverer sends them
+        assert cp.returncode == 0, cp.stderr
+        assert all(providers.get(e)["status"] == "sent" for e in entries)
+    else:
+        for k in redis_client.scan_iter(providers.sd.key("outbox:claim:*")):
+            redis_client.delete(k)
+    (seams / "outbox_before_send.go").touch()
+    assert slow.wait_exit(60) == 0, slow.tail()
+    providers.outputs.append(slow.stderr())
+    reached = _reached_fake(providers)
+    for e in entries:
+        assert reached.get(e["key"], 0) == (1 if lost == "expired_and_taken" else 0), reached
+    if lost == "redis_lost_it":
+        # Handed back untouched; the next deliverer re-reads and sends each once.
+        assert all(providers.get(e)["status"] == "pending" and providers.get(e)["attempts"] == 0
+                   for e in entries)
+        cp = providers.run()
+        assert cp.returncode == 0, cp.stderr
+        reached = _reached_fake(providers)
+        assert all(reached.get(e["key"]) == 1 for e in entries), reached
+
+
+def test_rotated_key_keeps_mail_pending_until_it_works(providers):
+    """Issue 20 item 10: 401/403 mean the provider is not usable with our
+    credentials, not that the entry is bad: entries stay pending (not failed, no
+    attempt counted); after the first refusal nothing more is sent to it in that
+    tick (only requests already in flight, at most 16); an error is logged and
+    counted; with the right key every entry goes out once."""
+    wrong = "SG.it-wrong-key-" + providers.twilio_sid[-8:]
+    providers.watch.append(wrong)
+    entries = [providers.entry("email", key=f"rot:{i}",
+                               recipient={"role": "agent", "email": f"r{i}@example.org"})
+               for i in range(40)]
+    seen = 0
+    for _ in range(2):
+        cp = providers.run(SENDGRID_API_KEY=wrong)
+        assert cp.returncode == 0, cp.stderr
+        counts = tick_counts(cp)
+        assert counts["outbox_waiting"] == 40 and counts["outbox_failed"] == 0, counts
+        events = [ev for ev in parse_log_lines(cp.stderr)[0]
+                  if ev.get("event") == "outbox.provider_unusable"]
+        assert len(events) == 1 and events[0]["level"] == "error", cp.stderr
+        assert "SendGrid rejected the API key (401 Unauthorized)" in events[0]["msg"]
+        n = len(providers.fake.requests("/v3/mail/send"))
+        assert 1 <= n - seen <= 16, f"{n - seen} requests in one tick for 40 entries"
+        seen = n
+    for e in entries:
+        doc = providers.get(e)
+        assert doc["status"] == "pending" and doc["attempts"] == 0, doc
+    probed = [providers.get(e) for e in entries if providers.get(e).get("error")]
+    assert probed and all(p["error"]["code"] == "http_401" for p in probed), probed
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(m["json"]["custom_args"]["supportd_key"]
+                  for m in providers.fake.sent()["sendgrid"]) == sorted(e["key"] for e in entries)
+    assert all(providers.get(e)["status"] == "sent" for e in entries)
+
+
+def test_not_configured_never_uses_up_attempts(providers):
+    """Issue 20 item 10: an entry waiting for the operator (provider not configured)
+    does not count attempts, so it is still there, pending, when the operator acts."""
+    e = providers.entry("email")
+    now = utcnow()
+    for i in range(10):  # more ticks than OUTBOX_MAX_ATTEMPTS, each past any backoff
+        later = (now + timedelta(hours=2 * (i + 1))).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cp = providers.run("--now", later, SENDGRID_API_KEY=None)
+        assert cp.returncode == 0, cp.stderr
+        assert tick_counts(cp)["outbox_waiting"] == 1
+    doc = providers.get(e)
+    assert doc["status"] == "pending" and doc["attempts"] == 0, doc
+    assert doc["error"]["code"] == "not_configured"
+    cp = providers.run("--now", (now + timedelta(hours=30)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert cp.returncode == 0, cp.stderr
+    assert providers.get(e)["status"] == "sent"

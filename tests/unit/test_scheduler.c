@@ -4,8 +4,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/clock.h"
 #include "core/cron.h"
@@ -206,6 +211,92 @@ static void test_simulated_run(void **state)
     simulate("*/1 * * * *", "2024-02-28T23:30:00Z", "2024-02-29T00:30:00Z", 60, 60);
 }
 
+
+/* ---- clock steps (issue 20 item 9) -------------------------------------- */
+
+static void test_step_back_goes_on_from_now(void **state)
+{
+    (void)state;
+    /* Fired 12:05; the clock steps back an hour: next is 11:10, not 12:10. */
+    check_due("*/5 * * * *", "2024-01-01T12:05:00Z", "2024-01-01T11:05:10Z",
+              "2024-01-01T11:10:00Z");
+    /* A step back of seconds does not fire the slot just fired again. */
+    check_due("*/5 * * * *", "2024-01-01T12:05:00Z", "2024-01-01T12:04:58Z",
+              "2024-01-01T12:10:00Z");
+}
+
+/* The scheduler's own loop under a clock a test steps: real monotonic time
+ * plus an offset. */
+static atomic_llong clock_offset_ms;
+static int64_t stepped_clock(void)
+{
+    return clock_monotonic_ms() + 1700000000000LL + atomic_load(&clock_offset_ms);
+}
+
+static atomic_int fires;
+static void count_tick(void *ud, int id, int64_t fire_ms)
+{
+    (void)ud, (void)id, (void)fire_ms;
+    atomic_fetch_add(&fires, 1);
+}
+
+static void *run_scheduler(void *arg)
+{
+    struct sd_error err;
+    scheduler_run(arg, &err);
+    return NULL;
+}
+
+/* Waits up to `seconds` (real time) for fires to reach `want`. */
+static bool fires_reach(int want, int seconds)
+{
+    for (int i = 0; i < seconds * 20; i++) {
+        if (atomic_load(&fires) >= want)
+            return true;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return atomic_load(&fires) >= want;
+}
+
+static void test_scheduler_survives_clock_steps(void **state)
+{
+    (void)state;
+    atomic_store(&clock_offset_ms, 0);
+    atomic_store(&fires, 0);
+    struct scheduler_job job = {.id = 0, .cron = cron("* * * * * *"),
+                                .last_fire = stepped_clock() / 1000};
+    struct scheduler s = {.jobs = &job, .n_jobs = 1, .tick = count_tick,
+                          .now_ms = stepped_clock};
+    atomic_init(&s.stop, false);
+    scheduler_block_signals();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, run_scheduler, &s), 0);
+    if (!fires_reach(2, 10))
+        fail_msg("no ticks before any step");
+
+    /* An hour back: the next tick comes within seconds, not in an hour. */
+    atomic_fetch_sub(&clock_offset_ms, 3600 * 1000LL);
+    int before = atomic_load(&fires);
+    if (!fires_reach(before + 2, 10))
+        fail_msg("after the clock stepped back an hour: %d ticks in 10 s",
+                 atomic_load(&fires) - before);
+
+    /* An hour forward: one catch-up tick, not 3,600. */
+    before = atomic_load(&fires);
+    atomic_fetch_add(&clock_offset_ms, 2 * 3600 * 1000LL);
+    struct timespec ts = {2, 0};
+    nanosleep(&ts, NULL);
+    int burst = atomic_load(&fires) - before;
+    if (burst > 4)
+        fail_msg("after the clock stepped forward an hour: %d ticks in 2 s", burst);
+    if (!fires_reach(before + 1, 5))
+        fail_msg("no tick after the clock stepped forward");
+
+    pthread_kill(t, SIGTERM);
+    pthread_join(t, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -217,6 +308,8 @@ int main(void)
         cmocka_unit_test(test_long_tick_catch_up),
         cmocka_unit_test(test_six_fields),
         cmocka_unit_test(test_simulated_run),
+        cmocka_unit_test(test_step_back_goes_on_from_now),
+        cmocka_unit_test(test_scheduler_survives_clock_steps),
     };
     return cmocka_run_group_tests_name("scheduler", tests, NULL, NULL);
 }
