@@ -476,6 +476,15 @@ int ms_reconcile_sweep(struct ms_tick *t, struct sd_error *err)
             bson_t out = BSON_INITIALIZER, not_landed = BSON_INITIALIZER;
             rc = ms_decide_and_write(t, (const bson_t *const *)entries, ne, &out, &not_landed,
                                      err);
+            /* A rule failing for one polled message: logged; the poll is
+             * recorded below like the others, so it is asked again a period later. */
+            bson_iter_t re;
+            if (rc == 0 && bson_iter_init_find(&re, &out, "rule_errors") &&
+                bson_iter_recurse(&re, &re))
+                while (bson_iter_next(&re))
+                    log_message(t, LOG_WARN, "reconcile.rule_failed", bson_iter_key(&re),
+                                "the poll of message %s was not applied: %s",
+                                bson_iter_utf8(&re, NULL));
             bson_destroy(&out);
             bson_destroy(&not_landed);
         }

@@ -43,7 +43,7 @@ def tick_end(cp) -> dict:
     assert ends, cp.stderr[-3000:]
     c = ends[-1]["counts"]
     assert c["entries"] == (c["acknowledged"] + c["rejected"] + c["unmatched"] + c["waiting"]
-                            + c["deferred"]), c
+                            + c["deferred"] + c["rule_failed"]), c
     assert c["events"] == (c["applied"] + c["duplicates"] + c["ignored"] + c["history_only"]
                            + c["unknown"]), c
     return ends[-1]
@@ -650,3 +650,75 @@ def test_many_messages_in_one_batch_are_found_by_helper_threads(world):
     assert counts["applied"] == 150 and counts["unknown"] == 0
     assert counts["db_commands"] >= 150
     assert all(world.get(m)["status"] == "delivered" for m in msgs)
+
+
+# --------------------------------------------------- a rule that fails ----
+
+BAD_PHONE = "+15559990000"
+
+
+def rules_failing_for(tmp_path, phone: str):
+    """A copy of rules/ whose retry.lua raises for one phone number (a rule bug
+    that hits one message only)."""
+    import shutil
+    from pathlib import Path
+    rules = tmp_path / "rules"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "rules", rules,
+                    ignore=shutil.ignore_patterns("fixtures"))
+    lua = rules / "retry.lua"
+    src = lua.read_text()
+    hook = "function M.decide(message, err, attempts)\n"
+    assert hook in src
+    lua.write_text(src.replace(hook, hook + f'  if message.to == "{phone}" then '
+                               f'error("no policy for {phone}") end\n'))
+    return rules
+
+
+def test_rule_error_for_one_message_skips_its_entry_then_parks_it(world, tmp_path):
+    """retry.lua raising for one message: the rest of the batch is applied and
+    acknowledged; the failing entry stays pending, is tried again when claimed
+    back, and after MSGSTATUS_MAX_RULE_FAILURES tries lands in
+    status-events:rejected with the error, so it never blocks the stream."""
+    rules = rules_failing_for(tmp_path, BAD_PHONE)
+    good = [world.message("twilio", status="sent") for _ in range(3)]
+    bad = world.message("twilio", status="sent", to=BAD_PHONE)
+    retried = world.message("twilio", status="sent")
+    world.twilio(good[0]["provider_message_id"], "delivered")
+    bad_entry = world.twilio(bad["provider_message_id"], "undelivered", error_code=30003)
+    world.twilio(good[1]["provider_message_id"], "delivered")
+    world.twilio(retried["provider_message_id"], "undelivered", error_code=30003)
+    world.twilio(good[2]["provider_message_id"], "read")
+    run = dict(QM_SUPPORT_RULES_DIR=str(rules), QM_SUPPORT_LEASE_TTL=1)
+    cp = world.once(**run)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert [world.get(m)["status"] for m in good] == ["delivered", "delivered", "read"]
+    got = world.get(retried)
+    assert got["status"] == "undelivered" and got["next_retry_at"] and got["final"] is False
+    assert world.get(bad)["status"] == "sent"  # nothing half-applied
+    pending = world.sd.redis.xpending_range(world.stream, "supportd", "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [bad_entry]
+    counts = tick_end(cp)["counts"]
+    assert counts["acknowledged"] == 4 and counts["rule_failed"] == 1, counts
+    logged = [e for e in parse_log_lines(cp.stderr)[0] if e.get("event") == "status_event.rule_failed"]
+    assert len(logged) == 1 and logged[0]["entry"] == bad_entry and logged[0]["tries"] == 1
+    assert logged[0]["message"] == str(bad["_id"]) and "no policy for" in logged[0]["reason"]
+    # tried again each time it is claimed back, a bounded number of times
+    tries = 1
+    while world.pending():
+        time.sleep(1.2)  # idle for the lease TTL: claimed back
+        cp = world.once(**run)
+        assert cp.returncode == 0, cp.stderr[-3000:]
+        tries += 1
+        assert tries <= 10, "the failing entry is never parked"
+        assert tick_end(cp)["counts"]["reclaimed"] == 1
+    assert tries == 5  # MSGSTATUS_MAX_RULE_FAILURES
+    rejected = world.side("rejected")
+    assert [r["origin_id"] for r in rejected] == [bad_entry]
+    assert "no policy for" in rejected[0]["reason"] and "5 tries" in rejected[0]["reason"]
+    assert rejected[0]["body"].startswith("AccountSid=")
+    assert world.get(bad)["status"] == "sent"
+    counts = tick_end(cp)["counts"]
+    assert counts["rejected"] == 1 and counts["trimmed"] >= 1
+    left = [i for i, _ in world.sd.redis.xrange(world.stream)]
+    assert bad_entry not in left and len(left) <= 1  # trimmed past it (up to the last read)
+
