@@ -722,3 +722,160 @@ def test_rule_error_for_one_message_skips_its_entry_then_parks_it(world, tmp_pat
     left = [i for i, _ in world.sd.redis.xrange(world.stream)]
     assert bad_entry not in left and len(left) <= 1  # trimmed past it (up to the last read)
 
+
+# ------------------------------------- "did the re-send arrive?" look-up ----
+
+def rfc2822(dt: datetime) -> str:
+    from email.utils import format_datetime
+    return format_datetime(dt.astimezone(timezone.utc), usegmt=True).replace("GMT", "+0000")
+
+
+def fail_then_uncertain_resend(world, m, *, accept=True):
+    """m fails (retryable), then its re-send's answer is a 500: Twilio created
+    the message (accept) or not. Returns the time of the next tick."""
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    world.p.fake.fault(match="/Messages.json", method="POST", status=500, accept=accept)
+    cp = world.once("--now", iso(now_ms() + 2 * 60 * 1000))
+    assert cp.returncode == 0, cp.stderr
+    assert world.get(m)["supportd_resend"]["uncertain"] is True
+    return iso(now_ms() + 20 * 60 * 1000)
+
+
+def twilio_posts(world) -> int:
+    return len([r for r in world.p.fake.requests("/Messages.json") if r["method"] == "POST"])
+
+
+@pytest.mark.parametrize("body", ["Здравствуйте, Лена! " * 75, "您的工单已更新。" * 200],
+                         ids=["cyrillic-1500", "cjk-1600"])
+def test_resend_lookup_compares_the_whole_long_body(world, body):
+    """A 1,500-character Cyrillic or 1,600-character CJK SMS (3,000 and 4,800
+    bytes of UTF-8) is found by the look-up, not sent twice."""
+    assert len(body) <= 1600 and len(body.encode()) > 1700
+    m = world.message("twilio", status="sent", body=body)
+    later = fail_then_uncertain_resend(world, m)
+    assert len(world.p.fake.sent()["twilio"]) == 1
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1, "sent twice"
+    assert world.get(m)["provider_message_id"] == sent[0]["sid"]
+    assert tick_end(cp)["counts"]["resend_recovered"] == 1
+
+
+def test_resend_lookup_ignores_an_identical_message_sent_before_it(world):
+    """The same text to the same number a minute before the re-send started
+    (another message of the conversation): not this re-send, which Twilio
+    never got (500, not created). It is sent, and its own SID recorded."""
+    m = world.message("twilio", status="sent")
+    earlier = "SM" + uuid.uuid4().hex
+    world.p.fake.message(sid=earlier, account_sid=world.p.twilio_sid, to=m["to"],
+                         **{"from": m["from"]}, body=m["body"], status="delivered",
+                         date_created=rfc2822(datetime.now(timezone.utc) - timedelta(minutes=1)))
+    later = fail_then_uncertain_resend(world, m, accept=False)
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    new = [s for s in sent if s["sid"] != earlier]
+    assert len(new) == 1, "the re-send was taken for the earlier message and never sent"
+    got = world.get(m)
+    assert got["provider_message_id"] == new[0]["sid"] and got["attempts"] == 2
+
+
+def test_resend_lookup_never_takes_the_failed_original(world):
+    """The original send (same To, From, Body, created just now, failed) is
+    not the re-send: taking its SID would leave the message queued forever."""
+    original = "SM" + uuid.uuid4().hex
+    m = world.message("twilio", status="sent", pmid=original)
+    world.p.fake.message(sid=original, account_sid=world.p.twilio_sid, to=m["to"],
+                         **{"from": m["from"]}, body=m["body"], status="failed",
+                         error_code=30008)
+    later = fail_then_uncertain_resend(world, m, accept=False)
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    got = world.get(m)
+    assert got["provider_message_id"] != original, "the failed original was taken as the re-send"
+    new = [s for s in world.p.fake.sent()["twilio"] if s["sid"] != original]
+    assert len(new) == 1 and got["provider_message_id"] == new[0]["sid"]
+
+
+def test_resend_lookup_finds_a_messaging_service_send(world):
+    """Sent through a Messaging Service (from = MG…): Twilio's `from` is the
+    number it picked, so the look-up filters by To and matches
+    messaging_service_sid on the result."""
+    service = "MG" + uuid.uuid4().hex
+    world.p.fake.state(messaging_services={service: ["+15557651111"]})
+    m = world.message("twilio", status="sent", **{"from": service})
+    later = fail_then_uncertain_resend(world, m)
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1 and sent[0]["messaging_service_sid"] == service
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1, "sent twice"
+    assert world.get(m)["provider_message_id"] == sent[0]["sid"]
+    lookups = [r for r in world.p.fake.requests("/Messages.json") if r["method"] == "GET"]
+    assert lookups and all("From=MG" not in r["query"] for r in lookups)
+
+
+# ----------------------------------------- the re-send's "started" marker ----
+
+def test_kill_9_while_twilio_accepts_the_resend_then_found_not_sent_again(world):
+    """supportd dies between Twilio's acceptance of a re-send and recording it,
+    and its Redis claim is gone (expired, or Redis lost its data): the marker
+    written before the send makes the next tick look the message up, record
+    its SID and send nothing."""
+    m = world.message("twilio", status="sent")
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    later = iso(now_ms() + 2 * 60 * 1000)
+    # Twilio takes the request and creates the message 3 s later; supportd is
+    # killed while it waits for the answer
+    world.p.fake.fault(match="/Messages.json", method="POST", delay_ms=3000, status=201,
+                       accept=True)
+    d = world.start("doomed", "--now", later, QM_SUPPORT_LEASE_TTL=1,
+                    QM_SUPPORT_HTTP_TIMEOUT_MS=20000)
+    wait_until(lambda: twilio_posts(world) == 1, 30, what="the re-send at Twilio")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    wait_until(lambda: len(world.p.fake.sent()["twilio"]) == 1, 10, what="Twilio's acceptance")
+    wait_until(lambda: world.sd.lease("message-status") is None, 10, what="the lease to expire")
+    claims = list(world.sd.redis.scan_iter(match=world.sd.key("outbox:claim:resend:*")))
+    assert claims
+    world.sd.redis.delete(*claims)
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1 and twilio_posts(world) == 1, "re-sent blind after the crash"
+    got = world.get(m)
+    assert got["provider_message_id"] == sent[0]["sid"] and got["attempts"] == 2
+    assert "supportd_resend" not in got
+    assert tick_end(cp)["counts"]["resend_recovered"] == 1
+
+
+def test_resend_marker_that_does_not_land_means_no_send(world, tmp_path):
+    """The "re-send started" marker is written before Twilio is called; when
+    that write does not land (the platform changed the message meanwhile),
+    nothing is sent this tick; the next tick sends it once."""
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    m = world.message("twilio", status="sent")
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    later = iso(now_ms() + 2 * 60 * 1000)
+    (seams / "message_status_before_resend_mark.arm").touch()
+    d = world.start("marker", "--now", later, QM_SUPPORT_TEST_SEAMS=str(seams))
+    wait_until(lambda: (seams / "message_status_before_resend_mark.reached").exists(), 20,
+               what="the seam")
+    world.db[MESSAGES].update_one({"_id": m["_id"]}, {"$set": {
+        "updated_at": datetime.now(timezone.utc), "tags": ["vip"]}})
+    (seams / "message_status_before_resend_mark.go").touch()
+    assert d.wait_exit(30) == 0, d.stderr()[-3000:]
+    assert twilio_posts(world) == 0, "sent without its marker"
+    got = world.get(m)
+    assert got["tags"] == ["vip"] and got["attempts"] == 1 and "supportd_resend" not in got
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1 and world.get(m)["provider_message_id"] == sent[0]["sid"]
+
