@@ -516,133 +516,173 @@ int ms_retry_sweep(struct ms_tick *t, struct sd_error *err)
 
 /* ---- reconcile --------------------------------------------------------------- */
 
+/* The candidates to poll in one status: only what can be polled (Twilio, with
+ * a SID), stale for the rule's period, least recently polled first — never
+ * polled (no supportd_polled_at) before the rest, then by updated_at — so that
+ * neither messages of other providers nor ones just polled fill the page
+ * ahead of those due. Served by {provider, status, supportd_polled_at,
+ * updated_at} (src/store/indexes.c). Appends to *docs. */
+static int find_pollable(struct ms_tick *t, const char *status, int64_t cutoff_ms, int64_t limit,
+                         bson_t ***docs, size_t *n, struct sd_error *err)
+{
+    bson_t filter = BSON_INITIALIZER, cond, opts = BSON_INITIALIZER, sort;
+    BSON_APPEND_UTF8(&filter, "provider", "twilio");
+    BSON_APPEND_UTF8(&filter, "status", status);
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "provider_message_id", &cond);
+    BSON_APPEND_UTF8(&cond, "$gt", ""); /* a non-empty string */
+    bson_append_document_end(&filter, &cond);
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "updated_at", &cond);
+    BSON_APPEND_DATE_TIME(&cond, "$lt", cutoff_ms);
+    bson_append_document_end(&filter, &cond);
+    BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+    BSON_APPEND_INT32(&sort, "supportd_polled_at", 1);
+    BSON_APPEND_INT32(&sort, "updated_at", 1);
+    bson_append_document_end(&opts, &sort);
+    BSON_APPEND_INT64(&opts, "limit", limit);
+    int rc = store_find_all(t->msgs, &filter, &opts, docs, n, err);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    return rc;
+}
+
+/* supportd_polled_at on every polled message, so that the next look waits a
+ * period and the next page starts with those not polled. Conditional on the
+ * updated_at read, like every write of this job (one bulk): a message the
+ * poll's answer changed has a fresh updated_at and is not stale anyway. */
+static int record_polls(struct ms_tick *t, const bson_t *plan, struct sd_error *err)
+{
+    if (!ms_fence(t, err))
+        return -1;
+    bson_t opts = BSON_INITIALIZER;
+    BSON_APPEND_BOOL(&opts, "ordered", false);
+    mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(t->msgs, &opts);
+    bson_destroy(&opts);
+    bson_t u = BSON_INITIALIZER, set;
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
+    BSON_APPEND_DATE_TIME(&set, "supportd_polled_at", t->env->now_ms);
+    bson_append_document_end(&u, &set);
+    bson_iter_t p, m;
+    int rc = 0, n = 0;
+    if (bson_iter_init(&p, plan)) {
+        while (rc == 0 && bson_iter_next(&p)) {
+            bson_t filter = BSON_INITIALIZER;
+            if (bson_iter_recurse(&p, &m) && bson_iter_find(&m, "message_id"))
+                bson_append_iter(&filter, "_id", -1, &m);
+            if (bson_iter_recurse(&p, &m) && bson_iter_find(&m, "read_updated_at"))
+                bson_append_iter(&filter, "updated_at", -1, &m);
+            if (bson_has_field(&filter, "_id") && bson_has_field(&filter, "updated_at")) {
+                rc = store_bulk_update_doc(bulk, &filter, &u, false, err);
+                n++;
+            }
+            bson_destroy(&filter);
+        }
+    }
+    bson_error_t berr;
+    bson_t reply;
+    if (rc == 0 && n && !mongoc_bulk_operation_execute(bulk, &reply, &berr))
+        rc = sd_error_set(err, "recording polls of %d messages: %s", n, store_errmsg(&berr));
+    if (rc == 0 && n)
+        bson_destroy(&reply);
+    mongoc_bulk_operation_destroy(bulk);
+    bson_destroy(&u);
+    return rc;
+}
+
 int ms_reconcile_sweep(struct ms_tick *t, struct sd_error *err)
 {
     static const char *const statuses[] = {"queued", "sending", "sent"};
     const struct config *cfg = t->env->cfg;
     bson_t cfgv = BSON_INITIALIZER;
     int rc = rules_get(t->env->rules, "retry", "reconcile", &cfgv, err);
-    bson_iter_t it;
+    bson_iter_t it, f;
     bool configured = rc == 0 && bson_iter_init_find(&it, &cfgv, "result");
-    bson_destroy(&cfgv);
-    if (rc || !configured || !cfg->twilio_account_sid || !cfg->twilio_auth_token)
+    int64_t max = 50;
+    if (configured && bson_iter_init(&f, &cfgv) &&
+        bson_iter_find_descendant(&f, "result.max_per_tick", &f) && BSON_ITER_HOLDS_NUMBER(&f))
+        max = bson_iter_as_int64(&f);
+    if (rc || !configured || !cfg->twilio_account_sid || !cfg->twilio_auth_token) {
+        bson_destroy(&cfgv);
         return rc;
-    struct clients c;
-    bool open = false;
-    for (size_t s = 0; s < 3 && rc == 0 && !job_should_stop(t->env); s++) {
-        int64_t after_ms = 0;
-        /* The query's cutoff: the rule's threshold for this status. */
-        bson_t v = BSON_INITIALIZER;
-        bson_iter_t f;
+    }
+    /* collect: at most max_per_tick in all, the three statuses in turn */
+    bson_t plan = BSON_INITIALIZER;
+    uint32_t np = 0;
+    for (size_t s = 0; s < 3 && rc == 0 && (int64_t)np < max; s++) {
         char path[80];
         snprintf(path, sizeof path, "result.after_seconds.%s", statuses[s]);
-        if (rules_get(t->env->rules, "retry", "reconcile", &v, err)) {
-            bson_destroy(&v);
-            rc = -1;
-            break;
-        }
-        bool has = bson_iter_init(&f, &v) && bson_iter_find_descendant(&f, path, &f) &&
-                   BSON_ITER_HOLDS_NUMBER(&f);
-        if (has)
-            after_ms = bson_iter_as_int64(&f) * 1000;
-        bson_destroy(&v);
-        if (!has)
+        if (!bson_iter_init(&f, &cfgv) || !bson_iter_find_descendant(&f, path, &f) ||
+            !BSON_ITER_HOLDS_NUMBER(&f))
             continue;
+        int64_t after_ms = bson_iter_as_int64(&f) * 1000;
         bson_t **docs = NULL;
         size_t n = 0;
-        rc = store_find_oldest(t->msgs, statuses[s], "updated_at", "$lt",
-                               t->env->now_ms - after_ms, 500, &docs, &n, err);
-        bson_t plan = BSON_INITIALIZER;
-        uint32_t np = 0;
+        rc = find_pollable(t, statuses[s], t->env->now_ms - after_ms, max - np, &docs, &n, err);
         if (rc == 0)
             rc = msgstatus_plan_polls((const bson_t *const *)docs, n, t->env->now_ms,
                                       t->env->rules, &plan, &np, err);
         store_docs_free(docs, n);
-        if (rc == 0 && np && !open) {
-            rc = clients_open(t, &c, err);
-            open = rc == 0;
-        }
-        bson_t **entries = calloc(np + 1, sizeof *entries);
-        size_t ne = 0;
-        bson_iter_t p;
-        if (rc == 0 && np && bson_iter_init(&p, &plan)) {
-            struct twilio tw = {.http = c.http,
-                                .base = cfg->twilio_api_base,
-                                .account_sid = cfg->twilio_account_sid,
-                                .auth_token = cfg->twilio_auth_token};
-            while (bson_iter_next(&p) && !job_should_stop(t->env)) {
-                bson_t item;
-                uint32_t len;
-                const uint8_t *data;
-                bson_iter_document(&p, &len, &data);
-                bson_init_static(&item, data, len);
-                struct twilio_message tm;
-                struct provider_status st;
-                struct sd_error perr;
-                const char *sid = bson_field_utf8(&item, "provider_message_id");
-                if (twilio_fetch_message(&tw, NULL, sid, &tm, &st, &perr)) {
-                    t->c.poll_failed++;
-                    log_message(t, LOG_WARN, "reconcile.failed", bson_field_utf8(&item, "target"),
-                                "looking message %s up at Twilio failed: %s", perr.message);
-                    continue;
-                }
-                t->c.polled++;
-                entries[ne] = bson_new();
-                msgstatus_poll_entry("twilio", sid, tm.status, tm.error_code, tm.error_message,
-                                     t->wall_ms, entries[ne]);
-                ne++;
-            }
-        }
-        if (rc == 0 && ne) {
-            bson_t out = BSON_INITIALIZER, not_landed = BSON_INITIALIZER;
-            rc = ms_decide_and_write(t, (const bson_t *const *)entries, ne, &out, &not_landed,
-                                     err);
-            /* A rule failing for one polled message: logged; the poll is
-             * recorded below like the others, so it is asked again a period later. */
-            bson_iter_t re;
-            if (rc == 0 && bson_iter_init_find(&re, &out, "rule_errors") &&
-                bson_iter_recurse(&re, &re))
-                while (bson_iter_next(&re))
-                    log_message(t, LOG_WARN, "reconcile.rule_failed", bson_iter_key(&re),
-                                "the poll of message %s was not applied: %s",
-                                bson_iter_utf8(&re, NULL));
-            bson_destroy(&out);
-            bson_destroy(&not_landed);
-        }
-        /* Polled with no news: remember it, so the next look waits a period. */
-        if (rc == 0 && np && ms_fence(t, err)) {
-            bson_t ids = BSON_INITIALIZER, in, list, u = BSON_INITIALIZER, set;
-            BSON_APPEND_DOCUMENT_BEGIN(&ids, "_id", &in);
-            BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
-            uint32_t k = 0;
-            bson_iter_init(&p, &plan);
-            while (bson_iter_next(&p)) {
-                bson_iter_t m;
-                if (bson_iter_recurse(&p, &m) && bson_iter_find(&m, "message_id")) {
-                    char idx[12];
-                    snprintf(idx, sizeof idx, "%u", k++);
-                    bson_append_iter(&list, idx, -1, &m);
-                }
-            }
-            bson_append_array_end(&in, &list);
-            bson_append_document_end(&ids, &in);
-            BSON_APPEND_UTF8(&ids, "status", statuses[s]);
-            BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
-            BSON_APPEND_DATE_TIME(&set, "supportd_polled_at", t->env->now_ms);
-            bson_append_document_end(&u, &set);
-            bson_error_t berr;
-            if (!mongoc_collection_update_many(t->msgs, &ids, &u, NULL, NULL, &berr))
-                rc = sd_error_set(err, "recording polls: %s", store_errmsg(&berr));
-            bson_destroy(&ids);
-            bson_destroy(&u);
-        } else if (rc == 0 && np) {
-            rc = -1;
-        }
-        for (size_t i = 0; i < ne; i++)
-            bson_destroy(entries[i]);
-        free(entries);
-        bson_destroy(&plan);
     }
+    bson_destroy(&cfgv);
+    struct clients c;
+    bool open = false;
+    if (rc == 0 && np) {
+        rc = clients_open(t, &c, err);
+        open = rc == 0;
+    }
+    /* poll */
+    bson_t **entries = calloc(np + 1, sizeof *entries);
+    size_t ne = 0;
+    bson_iter_t p;
+    if (rc == 0 && np && bson_iter_init(&p, &plan)) {
+        struct twilio tw = {.http = c.http,
+                            .base = cfg->twilio_api_base,
+                            .account_sid = cfg->twilio_account_sid,
+                            .auth_token = cfg->twilio_auth_token};
+        while (bson_iter_next(&p) && !job_should_stop(t->env)) {
+            bson_t item;
+            uint32_t len;
+            const uint8_t *data;
+            bson_iter_document(&p, &len, &data);
+            bson_init_static(&item, data, len);
+            struct twilio_message tm;
+            struct provider_status st;
+            struct sd_error perr;
+            const char *sid = bson_field_utf8(&item, "provider_message_id");
+            if (twilio_fetch_message(&tw, NULL, sid, &tm, &st, &perr)) {
+                t->c.poll_failed++;
+                log_message(t, LOG_WARN, "reconcile.failed", bson_field_utf8(&item, "target"),
+                            "looking message %s up at Twilio failed: %s", perr.message);
+                continue;
+            }
+            t->c.polled++;
+            entries[ne] = bson_new();
+            msgstatus_poll_entry("twilio", sid, tm.status, tm.error_code, tm.error_message,
+                                 t->wall_ms, entries[ne]);
+            ne++;
+        }
+    }
+    /* apply the answers, then remember the polls */
+    if (rc == 0 && ne) {
+        bson_t out = BSON_INITIALIZER, not_landed = BSON_INITIALIZER;
+        rc = ms_decide_and_write(t, (const bson_t *const *)entries, ne, &out, &not_landed, err);
+        /* A rule failing for one polled message: logged; the poll is
+         * recorded below like the others, so it is asked again a period later. */
+        bson_iter_t re;
+        if (rc == 0 && bson_iter_init_find(&re, &out, "rule_errors") &&
+            bson_iter_recurse(&re, &re))
+            while (bson_iter_next(&re))
+                log_message(t, LOG_WARN, "reconcile.rule_failed", bson_iter_key(&re),
+                            "the poll of message %s was not applied: %s",
+                            bson_iter_utf8(&re, NULL));
+        bson_destroy(&out);
+        bson_destroy(&not_landed);
+    }
+    if (rc == 0 && np)
+        rc = record_polls(t, &plan, err);
+    for (size_t i = 0; i < ne; i++)
+        bson_destroy(entries[i]);
+    free(entries);
+    bson_destroy(&plan);
     if (open)
         clients_close(&c);
     return rc;

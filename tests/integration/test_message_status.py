@@ -879,3 +879,53 @@ def test_resend_marker_that_does_not_land_means_no_send(world, tmp_path):
     sent = world.p.fake.sent()["twilio"]
     assert len(sent) == 1 and world.get(m)["provider_message_id"] == sent[0]["sid"]
 
+
+# ------------------------------------------------------ reconcile starves ----
+
+def test_reconcile_reaches_twilio_messages_behind_many_unpollable_ones(world):
+    """510 stale SendGrid messages (never polled: SendGrid cannot be asked) and
+    510 stale Twilio ones polled a minute ago, all older than 5 stale Twilio
+    messages: those 5 are polled, and each poll is remembered
+    (supportd_polled_at), so the next tick does not ask again."""
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=20)
+    polled = datetime.now(timezone.utc) - timedelta(minutes=1)
+    t = datetime.now(timezone.utc) - timedelta(hours=13)
+
+    def doc(provider, updated_at, **kw):
+        channel = "sms" if provider == "twilio" else "email"
+        d = {"_id": ObjectId(), "conversation_id": world.conv, "room_id": world.room,
+             "direction": "outbound", "channel": channel, "provider": provider,
+             "provider_message_id": ("SM" + uuid.uuid4().hex) if provider == "twilio"
+             else uuid.uuid4().hex[:22],
+             "to": "+15551230000" if channel == "sms" else "lena@example.org",
+             "from": "+15557650000" if channel == "sms" else "support@example.com",
+             "body": "Hello", "status": "sent",
+             "status_history": [{"status": "sent", "at": updated_at, "source": "send"}],
+             "error": None, "attempts": 1, "next_retry_at": None, "final": False,
+             "sent_at": updated_at, "created_at": updated_at, "updated_at": updated_at}
+        d.update(kw)
+        return d
+    world.db[MESSAGES].insert_many([doc("sendgrid", long_ago) for _ in range(510)]
+                                   + [doc("twilio", long_ago, supportd_polled_at=polled)
+                                      for _ in range(510)])
+    due = [world.message("twilio", status="sent", updated_at=t) for _ in range(5)]
+    for m in due:
+        world.p.fake.message(sid=m["provider_message_id"], account_sid=world.p.twilio_sid,
+                             status="delivered")
+    # Twilio says "sent", which the webhook brought already: no news
+    sid = "SM" + uuid.uuid4().hex
+    due.append(world.message("twilio", status="sent", pmid=sid, updated_at=t, status_history=[
+        {"status": "sent", "at": t, "source": "webhook", "event_id": f"twilio:{sid}:sent"}]))
+    world.p.fake.message(sid=sid, account_sid=world.p.twilio_sid, status="sent")
+    cp = world.once()
+    assert cp.returncode == 0, cp.stderr
+    assert tick_end(cp)["counts"]["polled"] == 6
+    assert [world.get(m)["status"] for m in due] == ["delivered"] * 5 + ["sent"]
+    polls = {r["path"].rsplit("/", 1)[1] for r in world.p.fake.requests("/Messages/")}
+    assert polls == {f"{m['provider_message_id']}.json" for m in due}
+    still = world.get(due[-1])
+    assert still["supportd_polled_at"] and still["updated_at"] == due[-1]["updated_at"].replace(
+        microsecond=due[-1]["updated_at"].microsecond // 1000 * 1000)
+    cp = world.once()
+    assert cp.returncode == 0, cp.stderr
+    assert tick_end(cp)["counts"]["polled"] == 0  # polled a moment ago: not asked again
