@@ -32,6 +32,14 @@
 #define MAX_BATCHES 200          /* a tick's bound: 1,000,000 entries */
 #define WRITE_CHUNK 500          /* statements per bulk write */
 #define SIDE_MAXLEN 100000       /* status-events:rejected / :unmatched keep about this many */
+/* An entry naming a message for which a rule (retry.lua) fails stays pending
+ * and is tried again each time it is claimed back; at its 5th failed try it is
+ * parked in status-events:rejected with the error. The tries are counted in
+ * Redis per entry, not taken from the stream's delivery count: an entry
+ * waiting for its message (MSGSTATUS_UNKNOWN_GRACE_MS) is delivered again
+ * every lease TTL and would be parked at its first rule failure. */
+#define MAX_RULE_TRIES 5
+#define RULE_TRIES_TTL_MS (24LL * 3600 * 1000)
 
 static void counts_to(struct ms_tick *t)
 {
@@ -52,6 +60,7 @@ static void counts_to(struct ms_tick *t)
         {"history_only", k->history_only},
         {"unknown", k->unknown},
         {"rejected", k->rejected},
+        {"rule_failed", k->rule_failed},
         {"unmatched", k->unmatched},
         {"waiting", k->waiting},
         {"conflicts", k->conflicts},
@@ -355,6 +364,53 @@ static bool tally(struct ms_tick *t, const bson_t *e, const bson_t *not_landed)
     return blocked;
 }
 
+/* The rule error of the first message named by a plan entry's events whose
+ * update was skipped because a rule failed for it (plan.rule_errors), or
+ * NULL; target receives that message's id. */
+static const char *rule_error_of(const bson_t *e, const bson_t *rule_errors, char *target)
+{
+    bson_iter_t it, evs, f;
+    if (bson_empty(rule_errors) || !bson_iter_init_find(&it, e, "events") ||
+        !bson_iter_recurse(&it, &evs))
+        return NULL;
+    while (bson_iter_next(&evs)) {
+        if (!bson_iter_recurse(&evs, &f) || !bson_iter_find(&f, "message_id") ||
+            !BSON_ITER_HOLDS_OID(&f))
+            continue;
+        bson_oid_to_string(bson_iter_oid(&f), target);
+        const char *why = bson_field_utf8(rule_errors, target);
+        if (why)
+            return why;
+    }
+    return NULL;
+}
+
+/* An entry held back by a rule error: counts the try; true when it is the
+ * last one allowed and the entry is to be parked (reason then filled). */
+static bool rule_failure_exhausted(struct ms_tick *t, const bson_t *e, const char *target,
+                                   const char *why, char *reason, size_t size)
+{
+    const char *id = bson_field_utf8(e, "id");
+    long long tries = 0;
+    struct sd_error err;
+    if (stream_count_try(t->env->redis, t->tries, id ? id : "", RULE_TRIES_TTL_MS, &tries, &err))
+        tries = 0; /* uncounted: held this time; Redis failing fails the batch's ack anyway */
+    bson_t f = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&f, "entry", id ? id : "");
+    BSON_APPEND_UTF8(&f, "message", target);
+    BSON_APPEND_UTF8(&f, "reason", why);
+    BSON_APPEND_INT64(&f, "tries", tries);
+    bool last = tries >= MAX_RULE_TRIES;
+    log_msg(LOG_WARN, t->env->log, last ? "status_event.rejected" : "status_event.rule_failed",
+            &f, "status-events entry %s %s: %s (try %lld of %d)", id ? id : "",
+            last ? "parked in status-events:rejected" : "left pending", why, tries,
+            MAX_RULE_TRIES);
+    bson_destroy(&f);
+    if (last)
+        snprintf(reason, size, "%s (message %s; gave up after %lld tries)", why, target, tries);
+    return last;
+}
+
 /* One batch of stream entries: parse, decide, write, then acknowledge. */
 static int process_batch(struct ms_tick *t, struct stream_batch *b, struct sd_error *err)
 {
@@ -366,8 +422,17 @@ static int process_batch(struct ms_tick *t, struct stream_batch *b, struct sd_er
     bson_t plan = BSON_INITIALIZER, not_landed = BSON_INITIALIZER;
     int rc = ms_decide_and_write(t, (const bson_t *const *)parsed, b->n, &plan, &not_landed, err);
     struct stream_done *done = calloc(b->n, sizeof *done);
+    char **reasons = calloc(b->n, sizeof *reasons); /* parked entries' reasons */
     size_t nd = 0;
     bson_iter_t it, list;
+    bson_t rule_errors = BSON_INITIALIZER;
+    if (rc == 0 && bson_iter_init_find(&it, &plan, "rule_errors") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+        uint32_t len;
+        const uint8_t *data;
+        bson_iter_document(&it, &len, &data);
+        bson_destroy(&rule_errors);
+        bson_init_static(&rule_errors, data, len);
+    }
     if (rc == 0 && bson_iter_init_find(&it, &plan, "entries") && bson_iter_recurse(&it, &list)) {
         for (size_t i = 0; bson_iter_next(&list) && i < b->n; i++) {
             bson_t e;
@@ -376,11 +441,26 @@ static int process_batch(struct ms_tick *t, struct stream_batch *b, struct sd_er
             bson_iter_document(&list, &len, &data);
             bson_init_static(&e, data, len);
             const char *outcome = bson_field_utf8(&e, "outcome"), *id = bson_field_utf8(&e, "id");
-            if (tally(t, &e, &not_landed)) {
+            bool blocked = tally(t, &e, &not_landed);
+            char target[25] = "";
+            const char *why = rule_error_of(&e, &rule_errors, target);
+            struct stream_done d = {.id = id, .entry = b->entries[i]};
+            if (why) {
+                char reason[1400];
+                if (!rule_failure_exhausted(t, &e, target, why, reason, sizeof reason)) {
+                    t->c.rule_failed++; /* tried again when claimed back */
+                    continue;
+                }
+                d.side_stream = t->rejected;
+                d.reason = reasons[i] = strdup(reason);
+                t->c.rejected++;
+                done[nd++] = d;
+                continue;
+            }
+            if (blocked) {
                 t->c.deferred++; /* retried once the message settles */
                 continue;
             }
-            struct stream_done d = {.id = id, .entry = b->entries[i]};
             if (!strcmp(outcome, "rejected")) {
                 d.side_stream = t->rejected;
                 d.reason = bson_field_utf8(&e, "reason");
@@ -405,6 +485,9 @@ static int process_batch(struct ms_tick *t, struct stream_batch *b, struct sd_er
         rc = stream_finish(t->env->redis, t->stream, GROUP, done, nd, SIDE_MAXLEN, err);
     }
     free(done);
+    for (size_t i = 0; i < b->n; i++)
+        free(reasons[i]);
+    free(reasons);
     bson_destroy(&plan);
     bson_destroy(&not_landed);
     for (size_t i = 0; i < b->n; i++)
@@ -463,6 +546,7 @@ int job_message_status(struct job_env *env, struct sd_error *err)
     snprintf(t.stream, sizeof t.stream, "%sstatus-events", cfg->redis_prefix);
     snprintf(t.rejected, sizeof t.rejected, "%sstatus-events:rejected", cfg->redis_prefix);
     snprintf(t.unmatched, sizeof t.unmatched, "%sstatus-events:unmatched", cfg->redis_prefix);
+    snprintf(t.tries, sizeof t.tries, "%sstatus-events:tries:", cfg->redis_prefix);
     runner_instance_id(t.consumer, sizeof t.consumer);
     t.msgs = mongoc_client_get_collection(env->mongo, env->db, COLL_MESSAGE);
     int rc = stream_group_ensure(env->redis, t.stream, GROUP, err);

@@ -79,9 +79,12 @@ struct msgstatus_input {
  *   updates: [ { message_id, target, read_updated_at?, set: {…},
  *                push: [history entries], replace_history: bool,
  *                event_ids: [...], retry?: {…} } ]
+ *   rule_errors?: { "<message id hex>": "<error>" }   (only when a rule failed)
  * "done" entries are acknowledged, "rejected"/"unmatched" ones copied to their
- * side stream and acknowledged, "waiting" ones left pending. Pure: no I/O
- * besides log lines about what it decided (retry.exhausted). */
+ * side stream and acknowledged, "waiting" ones left pending. A rule (retry.lua)
+ * that fails for a message leaves that message out of `updates` and names it
+ * in rule_errors; the rest of the plan is whole. Pure: no I/O besides log
+ * lines about what it decided (retry.exhausted). */
 int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_error *err);
 
 /* Retry selection: of these failed/undelivered messages, the ones to send

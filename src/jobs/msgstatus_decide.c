@@ -222,13 +222,24 @@ static bool flag(const bson_t *doc, const char *key)
            bson_iter_bool(&it);
 }
 
-/* The update of one touched message (see message_status.h for the shape). */
+/* The update of one touched message (see message_status.h for the shape).
+ * retry.lua is asked first, before anything is appended: a rule that fails
+ * for this message leaves `updates` as it was (and every document in it
+ * closed), so the caller can skip this message and go on with the rest. */
 static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_t *updates,
                        uint32_t *n, struct sd_error *err)
 {
+    const char *direction = bson_field_utf8(s->doc, "direction");
+    bool ask = s->changed && is_failure(s->status) && s->failure && direction &&
+               !strcmp(direction, "outbound") && !flag(s->doc, "final");
+    bson_t out = BSON_INITIALIZER;
+    if (ask && call_retry(in, s, &out, err)) {
+        bson_destroy(&out);
+        return sd_error_prefix(err, "retry.lua decide for message %s", s->key);
+    }
     char idx[12];
     snprintf(idx, sizeof idx, "%u", (*n)++);
-    bson_t u, set, unset, retry;
+    bson_t u, set, retry;
     BSON_APPEND_DOCUMENT_BEGIN(updates, idx, &u);
     bson_iter_t it;
     if (bson_iter_init_find(&it, s->doc, "_id"))
@@ -244,7 +255,6 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
     BSON_APPEND_UTF8(&u, "before", s->before);
     BSON_APPEND_UTF8(&u, "after", s->status);
     BSON_APPEND_DOCUMENT_BEGIN(&u, "set", &set);
-    bson_init(&unset);
     bson_init(&retry);
     bool has_retry = false;
     if (s->changed) {
@@ -255,7 +265,6 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
             BSON_APPEND_DATE_TIME(&set, "read_at", s->read_at);
         if (s->sent_at && !bson_has_field(s->doc, "sent_at"))
             BSON_APPEND_DATE_TIME(&set, "sent_at", s->sent_at);
-        const char *direction = bson_field_utf8(s->doc, "direction");
         if (is_failure(s->status) && s->failure) {
             bson_t e;
             BSON_APPEND_DATE_TIME(&set, "failed_at", s->failed_at);
@@ -271,14 +280,7 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
             else
                 BSON_APPEND_NULL(&e, "message");
             bson_append_document_end(&set, &e);
-            if (direction && !strcmp(direction, "outbound") && !flag(s->doc, "final")) {
-                bson_t out = BSON_INITIALIZER;
-                if (call_retry(in, s, &out, err)) {
-                    bson_destroy(&out);
-                    bson_destroy(&unset);
-                    bson_destroy(&retry);
-                    return sd_error_prefix(err, "retry.lua decide for message %s", s->key);
-                }
+            if (ask) {
                 bson_iter_t r, f;
                 bool again = false, final = false;
                 int64_t delay = 0;
@@ -322,7 +324,6 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
                             "message %s is final: %s", s->key, reason ? reason : "retry.lua said no");
                     bson_destroy(&f);
                 }
-                bson_destroy(&out);
             }
         } else if (bson_has_field(s->doc, "next_retry_at")) {
             /* delivered after all: a scheduled retry would duplicate it */
@@ -339,13 +340,14 @@ static int emit_update(const struct msgstatus_input *in, struct mstate *s, bson_
     if (has_retry)
         BSON_APPEND_DOCUMENT(&u, "retry", &retry);
     bson_append_document_end(updates, &u);
-    bson_destroy(&unset);
     bson_destroy(&retry);
+    bson_destroy(&out);
     return 0;
 }
 
 int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_error *err)
 {
+    (void)err; /* kept for the contract: a rule failing for one message is in plan.rule_errors */
     struct work w = {.in = in};
     index_messages(&w, in->messages);
     bson_t entries, updates;
@@ -438,10 +440,25 @@ int msgstatus_decide(const struct msgstatus_input *in, bson_t *plan, struct sd_e
     bson_append_array_end(plan, &entries);
     BSON_APPEND_ARRAY_BEGIN(plan, "updates", &updates);
     uint32_t n = 0;
-    for (size_t i = 0; i < w.n && rc == 0; i++)
-        if (w.m[i].n_push)
-            rc = emit_update(in, &w.m[i], &updates, &n, err);
+    bson_t rule_errors = BSON_INITIALIZER;
+    for (size_t i = 0; i < w.n; i++) {
+        struct mstate *s = &w.m[i];
+        struct sd_error e = {""};
+        if (!s->n_push || emit_update(in, s, &updates, &n, &e) == 0)
+            continue;
+        /* A rule failing for one message: this message is not written and the
+         * entries naming it stay pending (the caller's bound); the rest of the
+         * batch goes on. */
+        bson_iter_t id;
+        char hex[25] = "";
+        if (bson_iter_init_find(&id, s->doc, "_id") && BSON_ITER_HOLDS_OID(&id))
+            bson_oid_to_string(bson_iter_oid(&id), hex);
+        BSON_APPEND_UTF8(&rule_errors, hex[0] ? hex : s->key, e.message);
+    }
     bson_append_array_end(plan, &updates);
+    if (!bson_empty(&rule_errors))
+        BSON_APPEND_DOCUMENT(plan, "rule_errors", &rule_errors);
+    bson_destroy(&rule_errors);
     for (size_t i = 0; i < w.n; i++) {
         bson_destroy(w.m[i].push);
         bson_destroy(w.m[i].ids);

@@ -12,7 +12,7 @@
 
 struct ms_counts {
     int64_t entries, claimed, acknowledged, deferred, events, applied, duplicates, ignored,
-        history_only, unknown, rejected, unmatched, waiting, conflicts, messages_updated, retries_due, resent, resend_recovered,
+        history_only, unknown, rejected, rule_failed, unmatched, waiting, conflicts, messages_updated, retries_due, resent, resend_recovered,
         resend_uncertain, resend_failed, retry_exhausted, polled, poll_failed, trimmed,
         batches;
 };
@@ -22,7 +22,7 @@ struct ms_tick {
     mongoc_collection_t *msgs;
     int64_t wall_ms;
     struct msgstatus_keys keys;
-    char stream[256], rejected[256], unmatched[256];
+    char stream[256], rejected[256], unmatched[256], tries[256];
     char consumer[128];
     struct ms_counts c;
 };
@@ -30,7 +30,8 @@ struct ms_tick {
 /* Reads the messages the plan's events name and runs decide + apply on them:
  * shared by the stream batches and the reconcile sweep's synthetic entries.
  * not_landed receives {"<message id hex>": true} for messages whose update
- * did not land (a concurrent change): their entries stay pending. */
+ * did not land (a concurrent change): their entries stay pending. Messages for
+ * which a rule failed are in plan.rule_errors (msgstatus_decide), unwritten. */
 int ms_decide_and_write(struct ms_tick *t, const bson_t *const *parsed, size_t n, bson_t *plan,
                         bson_t *not_landed, struct sd_error *err);
 

@@ -806,6 +806,7 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         pool->n = n_go;
         pool->now_ms = now_ms;
         t_sent = clock_monotonic_ms();
+        int64_t send_wall = clock_now_ms(); /* no send below started earlier */
         send_all(pool);
         t_sent = clock_monotonic_ms() - t_sent;
         for (size_t i = 0, j = 0; i < n_sends; i++)
@@ -843,7 +844,7 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
                     struct provider_status lst;
                     struct sd_error lerr;
                     bool found = false;
-                    since.send_started_at = clock_now_ms();
+                    since.send_started_at = send_wall;
                     outbox_message_find_sent(ctx, &since, &found, s->message_id,
                                              sizeof s->message_id, &lst, &lerr);
                 }

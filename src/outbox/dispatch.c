@@ -191,7 +191,8 @@ int outbox_message_find_sent(struct outbox_ctx *ctx, const struct outbox_message
     struct twilio tw = twilio_of(ctx);
     struct twilio_message out;
     message_id[0] = '\0';
-    if (twilio_find_message(&tw, &msg->sms, msg->send_started_at, &out, found, st, err))
+    if (twilio_find_message(&tw, &msg->sms, msg->send_started_at, msg->known_sids,
+                            msg->n_known_sids, &out, found, st, err))
         return -1;
     if (*found)
         snprintf(message_id, size, "%s", out.sid);

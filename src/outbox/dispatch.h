@@ -28,6 +28,10 @@ struct outbox_message {
     struct mail mail;          /* VIA_EMAIL */
     struct twilio_sms sms;     /* VIA_SMS */
     int64_t send_started_at;   /* VIA_SMS: from the entry, 0 when absent */
+    /* VIA_SMS: SIDs that are known not to be the send looked for (a re-sent
+     * message's earlier attempts); borrowed, set by the caller after prepare. */
+    const char *const *known_sids;
+    size_t n_known_sids;
     bson_t *channel;           /* owned; NULL unless loaded */
 };
 
@@ -41,8 +45,11 @@ int outbox_message_send(struct outbox_ctx *ctx, const struct outbox_message *msg
                         char *message_id, size_t size, struct provider_status *st,
                         struct sd_error *err);
 
-/* SMS whose last send may have reached Twilio: is it there? Returns 0 and
- * *found; message_id receives its SID. -1 when Twilio could not be asked. */
+/* SMS whose last send may have reached Twilio: is it there? A message with
+ * the same recipient, sender and whole body, created since the send started
+ * (msg->send_started_at), that is none of msg->known_sids
+ * (twilio_find_message). Returns 0 and *found; message_id receives its SID.
+ * -1 when Twilio could not be asked. */
 int outbox_message_find_sent(struct outbox_ctx *ctx, const struct outbox_message *msg,
                              bool *found, char *message_id, size_t size,
                              struct provider_status *st, struct sd_error *err);

@@ -177,16 +177,31 @@ int twilio_fetch_message(const struct twilio *t, const char *account_sid, const 
     return rc;
 }
 
+static bool excluded(const char *sid, const char *const *exclude, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (exclude[i] && !strcmp(exclude[i], sid))
+            return true;
+    return false;
+}
+
 int twilio_find_message(const struct twilio *t, const struct twilio_sms *sms, int64_t since_ms,
-                        struct twilio_message *out, bool *found, struct provider_status *st,
-                        struct sd_error *err)
+                        const char *const *exclude, size_t n_exclude, struct twilio_message *out,
+                        bool *found, struct provider_status *st, struct sd_error *err)
 {
     const char *sid = account_of(t, sms->account_sid);
     *found = false;
     memset(out, 0, sizeof *out);
+    provider_status_init(st);
+    /* A Messaging Service send's `from` is the number Twilio picked from the
+     * service's pool, never the MG… SID: list by To alone and match the
+     * service on each message. No DateSent filter: it is by UTC date and on
+     * date_sent, which a message still queued does not have yet. */
+    bool service = strncmp(sms->from, "MG", 2) == 0;
     char *q = NULL;
     size_t len = 0;
-    if (http_form_add(&q, &len, "To", sms->to) || http_form_add(&q, &len, "From", sms->from) ||
+    if (http_form_add(&q, &len, "To", sms->to) ||
+        (!service && http_form_add(&q, &len, "From", sms->from)) ||
         http_form_add(&q, &len, "PageSize", "50")) {
         free(q);
         return sd_error_set(err, "out of memory");
@@ -205,26 +220,31 @@ int twilio_find_message(const struct twilio *t, const struct twilio_sms *sms, in
     free(url);
     if (rc)
         return rc;
+    /* date_created has whole seconds: the window opens at the second the send
+     * started, less TWILIO_CLOCK_SKEW_MS for our clock being ahead of Twilio's. */
+    int64_t from_ms = since_ms / 1000 * 1000 - TWILIO_CLOCK_SKEW_MS;
+    size_t body_len = strlen(sms->body);
     bson_t list;
     bson_iter_t it;
-    const int64_t skew = 5 * 60 * 1000;
     if (json_child(doc, "messages", &list) && bson_iter_init(&it, &list)) {
         /* Twilio lists newest first: the first match is the latest send. */
         while (bson_iter_next(&it) && !*found) {
-            if (!BSON_ITER_HOLDS_DOCUMENT(&it))
-                continue;
-            const uint8_t *data;
-            uint32_t dlen;
             bson_t m;
-            bson_iter_document(&it, &dlen, &data);
-            if (!bson_init_static(&m, data, dlen))
+            bson_iter_t b;
+            uint32_t blen = 0;
+            if (!bson_iter_child(&it, &m) || !bson_iter_init_find(&b, &m, "body") ||
+                !BSON_ITER_HOLDS_UTF8(&b))
                 continue;
-            char body[1700];
-            json_str(&m, "body", body, sizeof body);
+            /* the whole body, byte for byte (up to 1,600 characters: 6,400
+             * bytes of UTF-8), as Twilio stores what it was sent */
+            const char *body = bson_iter_utf8(&b, &blen);
             struct twilio_message cand;
             read_message(&m, &cand);
-            if (strcmp(body, sms->body) == 0 &&
-                (cand.date_created_ms == 0 || cand.date_created_ms >= since_ms - skew)) {
+            char msid[64];
+            json_str(&m, "messaging_service_sid", msid, sizeof msid);
+            if (blen == body_len && memcmp(body, sms->body, body_len) == 0 &&
+                cand.date_created_ms >= from_ms && !excluded(cand.sid, exclude, n_exclude) &&
+                (!service || strcmp(msid, sms->from) == 0)) {
                 *out = cand;
                 *found = true;
             }

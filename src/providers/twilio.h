@@ -8,8 +8,9 @@
  * (reference/providers.md §3).
  *
  * Sends are not retried by the HTTP layer on 5xx or timeouts: the message may
- * exist (providers.md §4). twilio_find_message looks a send up by To, From and
- * Body so a caller can check before sending again.
+ * exist (providers.md §4). twilio_find_message looks a send up by To, sender
+ * (number or Messaging Service), Body and time so a caller can check before
+ * sending again.
  *
  * All results land in caller-owned structs (fixed-size fields, truncated if
  * longer); errors follow providers/provider.h: -1, err names the call and the
@@ -84,12 +85,24 @@ int twilio_fetch_message(const struct twilio *t, const char *account_sid, const 
                          struct twilio_message *out, struct provider_status *st,
                          struct sd_error *err);
 
-/* Lists the most recent messages To→From (one page of 50) and reports the
- * newest whose Body is identical and which was created at or after since_ms
- * (minus 5 minutes of clock skew). *found false is a definite "not there". */
+/* Our clock may be ahead of Twilio's by this much: a send that started at
+ * since_ms may carry a date_created this much earlier. NTP keeps hosts within
+ * milliseconds; a wider margin would take an identical message sent just
+ * before for this one. */
+#define TWILIO_CLOCK_SKEW_MS 2000
+
+/* "Did this send reach Twilio?" Lists the most recent messages to sms->to
+ * (one page of 50, newest first) — from sms->from, or, when that is a
+ * Messaging Service SID (MG…), those whose messaging_service_sid is it — and
+ * reports the newest whose body is byte-identical to sms->body, created no
+ * earlier than the second since_ms falls in (less TWILIO_CLOCK_SKEW_MS), and
+ * whose SID is not one of exclude[0..n_exclude) (the SIDs already known for
+ * the message, e.g. the failed original of a re-send). since_ms is when the
+ * send being looked for started (its marker, written before the request).
+ * *found false is a definite "not there". */
 int twilio_find_message(const struct twilio *t, const struct twilio_sms *sms, int64_t since_ms,
-                        struct twilio_message *out, bool *found, struct provider_status *st,
-                        struct sd_error *err);
+                        const char *const *exclude, size_t n_exclude, struct twilio_message *out,
+                        bool *found, struct provider_status *st, struct sd_error *err);
 
 /* GET /2010-04-01/Accounts/{sid}.json; sid NULL: the main account. */
 int twilio_fetch_account(const struct twilio *t, const char *sid, struct twilio_account *out,

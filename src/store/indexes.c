@@ -29,9 +29,11 @@ static const struct index_spec indexes[] = {
     {COLL_MESSAGE, "supportd_conversation_direction", "{\"conversation_id\": 1, \"direction\": 1}", false},
     /* message-status: webhook events matched by provider id */
     {COLL_MESSAGE, "supportd_provider_message_id", "{\"provider_message_id\": 1}", false},
-    /* message-status: retries due and stuck messages */
+    /* message-status: retries due */
     {COLL_MESSAGE, "supportd_retry_due", "{\"status\": 1, \"next_retry_at\": 1}", false},
-    {COLL_MESSAGE, "supportd_status_updated", "{\"status\": 1, \"updated_at\": 1}", false},
+    /* message-status: what reconcile can poll, least recently polled first */
+    {COLL_MESSAGE, "supportd_reconcile",
+     "{\"provider\": 1, \"status\": 1, \"supportd_polled_at\": 1, \"updated_at\": 1}", false},
     /* outbox: once-only delivery rests on this unique key */
     {COLL_NOTIFICATION, "supportd_key", "{\"key\": 1}", true},
     {COLL_NOTIFICATION, "supportd_pending", "{\"status\": 1, \"next_attempt_at\": 1}", false},

@@ -215,6 +215,32 @@ int stream_finish(struct rds *r, const char *key, const char *group,
     return rc;
 }
 
+int stream_count_try(struct rds *r, const char *tries_prefix, const char *id, long long ttl_ms,
+                     long long *tries, struct sd_error *err)
+{
+    char key[512];
+    snprintf(key, sizeof key, "%s%s", tries_prefix, id);
+    *tries = 0;
+    if (rds_pipeline_append(r, err, "INCR %s", key) ||
+        rds_pipeline_append(r, err, "PEXPIRE %s %lld", key, ttl_ms))
+        return -1;
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        struct sd_error e;
+        redisReply *rep = rds_pipeline_read(r, &e);
+        if (!rep) {
+            if (rc == 0 && err)
+                *err = e;
+            rc = -1;
+            continue;
+        }
+        if (i == 0 && rep->type == REDIS_REPLY_INTEGER)
+            *tries = rep->integer;
+        freeReplyObject(rep);
+    }
+    return rc;
+}
+
 /* XINFO GROUPS answers, per group, a flat [name, v, consumers, v, pending, v,
  * last-delivered-id, v, …] map. */
 static const redisReply *field_of(const redisReply *g, const char *name)

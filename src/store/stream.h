@@ -61,6 +61,12 @@ int stream_finish(struct rds *r, const char *key, const char *group,
                   const struct stream_done *items, size_t n, long side_maxlen,
                   struct sd_error *err);
 
+/* One more failed try of an entry that stays pending: INCR <tries_prefix><id>,
+ * the key kept for ttl_ms (a count outlives a crash and a claim-back, not the
+ * entry's life). *tries receives the count, this try included. */
+int stream_count_try(struct rds *r, const char *tries_prefix, const char *id, long long ttl_ms,
+                     long long *tries, struct sd_error *err);
+
 /* Trims key up to what every consumer group has acknowledged: XTRIM MINID at
  * the smallest of, over all groups, the oldest pending id and the last
  * delivered id. A stream with no group is left alone. *trimmed = entries

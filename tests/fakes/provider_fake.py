@@ -9,7 +9,8 @@ Provider endpoints (real paths, auth checks, status codes, payload shapes as
 in reference/providers.md):
   Twilio (HTTP Basic <account sid>:<auth token>)
     POST /2010-04-01/Accounts/{sid}/Messages.json        201 message | 400 21211/21602/21604
-    GET  /2010-04-01/Accounts/{sid}/Messages.json        list (To, From, PageSize filters)
+    GET  /2010-04-01/Accounts/{sid}/Messages.json        list, newest first (To, From,
+                                                         DateSent[<>], PageSize filters)
     GET  /2010-04-01/Accounts/{sid}/Messages/{SM}.json   message | 404 20404
     GET  /2010-04-01/Accounts/{sid}.json                 account {sid, status, type, ...}
     GET  /2010-04-01/Accounts/{sid}/Balance.json         {account_sid, balance: "12.34", currency}
@@ -43,7 +44,16 @@ Control API (never recorded):
   POST /_fake/state                   set: twilio_sid, twilio_token, sendgrid_key,
                                       subaccounts [sid], account_status, account_type,
                                       balance ("12.34" or null for 404), numbers [..],
-                                      domains [..], scopes [..], validations {id: {...}}
+                                      domains [..], scopes [..], validations {id: {...}},
+                                      messaging_services {"MG…": ["+1…" sender pool]}
+
+Twilio behaviours modelled (reference/providers.md §3, the Message resource):
+  - a send with MessagingServiceSid (no From) gets `from` = a sender of the
+    service's pool and `messaging_service_sid` = the service, status "accepted";
+    the list's From filter matches that number, never the MG… SID;
+  - Body over 1600 characters: 400, error 21617;
+  - the list's DateSent filters compare `date_sent` (null until the message
+    leaves Twilio) by UTC date (YYYY-MM-DD), as Twilio documents.
 """
 
 from __future__ import annotations
@@ -74,6 +84,7 @@ DEFAULT_STATE = {
     "domains": [],
     "scopes": ["mail.send", "user.profile.read"],
     "validations": {},
+    "messaging_services": {},
 }
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -118,6 +129,20 @@ def twilio_error(code: int, message: str, status: int) -> dict:
 
 def sendgrid_errors(message: str, field: str | None = None) -> dict:
     return {"errors": [{"message": message, "field": field, "help": None}]}
+
+
+def date_sent_matches(msg: dict, q: dict) -> bool:
+    """Twilio's DateSent, DateSent< and DateSent> list filters: UTC dates
+    (YYYY-MM-DD, a time part is ignored), on and before / on and after,
+    compared with `date_sent` (a message not sent yet has none)."""
+    wanted = [(k, q[k][:10]) for k in ("DateSent", "DateSent<", "DateSent>") if q.get(k)]
+    if not wanted:
+        return True
+    if not msg.get("date_sent"):
+        return False
+    day = email.utils.parsedate_to_datetime(msg["date_sent"]).strftime("%Y-%m-%d")
+    return all(day == d if k == "DateSent" else day <= d if k == "DateSent<" else day >= d
+               for k, d in wanted)
 
 
 def rfc2822(t: float) -> str:
@@ -326,7 +351,11 @@ class Handler(BaseHTTPRequestHandler):
             with self.fake.lock:
                 msgs = [x for x in reversed(self.fake.messages) if x["account_sid"] == sid
                         and ("To" not in q or x["to"] == q["To"])
-                        and ("From" not in q or x["from"] == q["From"])]
+                        and ("From" not in q or x["from"] == q["From"])
+                        and date_sent_matches(x, q)]
+            # newest first by date_created (stable: later insertions first on a tie)
+            msgs.sort(key=lambda x: email.utils.parsedate_to_datetime(x["date_created"]),
+                      reverse=True)
             size = int(q.get("PageSize", "50"))
             return reply(200, {"messages": msgs[:size], "page": 0, "page_size": size,
                                "next_page_uri": None})
@@ -353,9 +382,21 @@ class Handler(BaseHTTPRequestHandler):
             return reply(400, twilio_error(21603, "A 'From' phone number is required.", 400))
         if not body:
             return reply(400, twilio_error(21602, "Message body is required.", 400))
+        if len(body) > 1600:
+            return reply(400, twilio_error(21617, "The concatenated message body exceeds the "
+                                                  "1600 character limit.", 400))
+        status = "queued"
+        if mgs:
+            pool = self.fake.state["messaging_services"].get(mgs)
+            if pool is None:
+                return reply(400, twilio_error(21701, "The Messaging Service Sid " + mgs +
+                                                      " is invalid.", 400))
+            # Twilio picks a sender of the service's pool (unless From names one)
+            frm = frm or (pool[0] if pool else None)
+            status = "accepted"
         now = time.time()
         msg = {"sid": "SM" + secrets.token_hex(16), "account_sid": sid, "to": to,
-               "from": frm, "messaging_service_sid": mgs, "body": body, "status": "queued",
+               "from": frm, "messaging_service_sid": mgs, "body": body, "status": status,
                "direction": "outbound-api", "num_segments": "1", "price": None,
                "price_unit": "USD", "error_code": None, "error_message": None,
                "date_created": rfc2822(now), "date_updated": rfc2822(now), "date_sent": None,

@@ -43,7 +43,7 @@ def tick_end(cp) -> dict:
     assert ends, cp.stderr[-3000:]
     c = ends[-1]["counts"]
     assert c["entries"] == (c["acknowledged"] + c["rejected"] + c["unmatched"] + c["waiting"]
-                            + c["deferred"]), c
+                            + c["deferred"] + c["rule_failed"]), c
     assert c["events"] == (c["applied"] + c["duplicates"] + c["ignored"] + c["history_only"]
                            + c["unknown"]), c
     return ends[-1]
@@ -650,3 +650,282 @@ def test_many_messages_in_one_batch_are_found_by_helper_threads(world):
     assert counts["applied"] == 150 and counts["unknown"] == 0
     assert counts["db_commands"] >= 150
     assert all(world.get(m)["status"] == "delivered" for m in msgs)
+
+
+# --------------------------------------------------- a rule that fails ----
+
+BAD_PHONE = "+15559990000"
+
+
+def rules_failing_for(tmp_path, phone: str):
+    """A copy of rules/ whose retry.lua raises for one phone number (a rule bug
+    that hits one message only)."""
+    import shutil
+    from pathlib import Path
+    rules = tmp_path / "rules"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "rules", rules,
+                    ignore=shutil.ignore_patterns("fixtures"))
+    lua = rules / "retry.lua"
+    src = lua.read_text()
+    hook = "function M.decide(message, err, attempts)\n"
+    assert hook in src
+    lua.write_text(src.replace(hook, hook + f'  if message.to == "{phone}" then '
+                               f'error("no policy for {phone}") end\n'))
+    return rules
+
+
+def test_rule_error_for_one_message_skips_its_entry_then_parks_it(world, tmp_path):
+    """retry.lua raising for one message: the rest of the batch is applied and
+    acknowledged; the failing entry stays pending, is tried again when claimed
+    back, and after MSGSTATUS_MAX_RULE_FAILURES tries lands in
+    status-events:rejected with the error, so it never blocks the stream."""
+    rules = rules_failing_for(tmp_path, BAD_PHONE)
+    good = [world.message("twilio", status="sent") for _ in range(3)]
+    bad = world.message("twilio", status="sent", to=BAD_PHONE)
+    retried = world.message("twilio", status="sent")
+    world.twilio(good[0]["provider_message_id"], "delivered")
+    bad_entry = world.twilio(bad["provider_message_id"], "undelivered", error_code=30003)
+    world.twilio(good[1]["provider_message_id"], "delivered")
+    world.twilio(retried["provider_message_id"], "undelivered", error_code=30003)
+    world.twilio(good[2]["provider_message_id"], "read")
+    run = dict(QM_SUPPORT_RULES_DIR=str(rules), QM_SUPPORT_LEASE_TTL=1)
+    cp = world.once(**run)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert [world.get(m)["status"] for m in good] == ["delivered", "delivered", "read"]
+    got = world.get(retried)
+    assert got["status"] == "undelivered" and got["next_retry_at"] and got["final"] is False
+    assert world.get(bad)["status"] == "sent"  # nothing half-applied
+    pending = world.sd.redis.xpending_range(world.stream, "supportd", "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [bad_entry]
+    counts = tick_end(cp)["counts"]
+    assert counts["acknowledged"] == 4 and counts["rule_failed"] == 1, counts
+    logged = [e for e in parse_log_lines(cp.stderr)[0] if e.get("event") == "status_event.rule_failed"]
+    assert len(logged) == 1 and logged[0]["entry"] == bad_entry and logged[0]["tries"] == 1
+    assert logged[0]["message"] == str(bad["_id"]) and "no policy for" in logged[0]["reason"]
+    # tried again each time it is claimed back, a bounded number of times
+    tries = 1
+    while world.pending():
+        time.sleep(1.2)  # idle for the lease TTL: claimed back
+        cp = world.once(**run)
+        assert cp.returncode == 0, cp.stderr[-3000:]
+        tries += 1
+        assert tries <= 10, "the failing entry is never parked"
+        assert tick_end(cp)["counts"]["reclaimed"] == 1
+    assert tries == 5  # MSGSTATUS_MAX_RULE_FAILURES
+    rejected = world.side("rejected")
+    assert [r["origin_id"] for r in rejected] == [bad_entry]
+    assert "no policy for" in rejected[0]["reason"] and "5 tries" in rejected[0]["reason"]
+    assert rejected[0]["body"].startswith("AccountSid=")
+    assert world.get(bad)["status"] == "sent"
+    counts = tick_end(cp)["counts"]
+    assert counts["rejected"] == 1 and counts["trimmed"] >= 1
+    left = [i for i, _ in world.sd.redis.xrange(world.stream)]
+    assert bad_entry not in left and len(left) <= 1  # trimmed past it (up to the last read)
+
+
+# ------------------------------------- "did the re-send arrive?" look-up ----
+
+def rfc2822(dt: datetime) -> str:
+    from email.utils import format_datetime
+    return format_datetime(dt.astimezone(timezone.utc), usegmt=True).replace("GMT", "+0000")
+
+
+def fail_then_uncertain_resend(world, m, *, accept=True):
+    """m fails (retryable), then its re-send's answer is a 500: Twilio created
+    the message (accept) or not. Returns the time of the next tick."""
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    world.p.fake.fault(match="/Messages.json", method="POST", status=500, accept=accept)
+    cp = world.once("--now", iso(now_ms() + 2 * 60 * 1000))
+    assert cp.returncode == 0, cp.stderr
+    assert world.get(m)["supportd_resend"]["uncertain"] is True
+    return iso(now_ms() + 20 * 60 * 1000)
+
+
+def twilio_posts(world) -> int:
+    return len([r for r in world.p.fake.requests("/Messages.json") if r["method"] == "POST"])
+
+
+@pytest.mark.parametrize("body", ["Здравствуйте, Лена! " * 75, "您的工单已更新。" * 200],
+                         ids=["cyrillic-1500", "cjk-1600"])
+def test_resend_lookup_compares_the_whole_long_body(world, body):
+    """A 1,500-character Cyrillic or 1,600-character CJK SMS (3,000 and 4,800
+    bytes of UTF-8) is found by the look-up, not sent twice."""
+    assert len(body) <= 1600 and len(body.encode()) > 1700
+    m = world.message("twilio", status="sent", body=body)
+    later = fail_then_uncertain_resend(world, m)
+    assert len(world.p.fake.sent()["twilio"]) == 1
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1, "sent twice"
+    assert world.get(m)["provider_message_id"] == sent[0]["sid"]
+    assert tick_end(cp)["counts"]["resend_recovered"] == 1
+
+
+def test_resend_lookup_ignores_an_identical_message_sent_before_it(world):
+    """The same text to the same number a minute before the re-send started
+    (another message of the conversation): not this re-send, which Twilio
+    never got (500, not created). It is sent, and its own SID recorded."""
+    m = world.message("twilio", status="sent")
+    earlier = "SM" + uuid.uuid4().hex
+    world.p.fake.message(sid=earlier, account_sid=world.p.twilio_sid, to=m["to"],
+                         **{"from": m["from"]}, body=m["body"], status="delivered",
+                         date_created=rfc2822(datetime.now(timezone.utc) - timedelta(minutes=1)))
+    later = fail_then_uncertain_resend(world, m, accept=False)
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    new = [s for s in sent if s["sid"] != earlier]
+    assert len(new) == 1, "the re-send was taken for the earlier message and never sent"
+    got = world.get(m)
+    assert got["provider_message_id"] == new[0]["sid"] and got["attempts"] == 2
+
+
+def test_resend_lookup_never_takes_the_failed_original(world):
+    """The original send (same To, From, Body, created just now, failed) is
+    not the re-send: taking its SID would leave the message queued forever."""
+    original = "SM" + uuid.uuid4().hex
+    m = world.message("twilio", status="sent", pmid=original)
+    world.p.fake.message(sid=original, account_sid=world.p.twilio_sid, to=m["to"],
+                         **{"from": m["from"]}, body=m["body"], status="failed",
+                         error_code=30008)
+    later = fail_then_uncertain_resend(world, m, accept=False)
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    got = world.get(m)
+    assert got["provider_message_id"] != original, "the failed original was taken as the re-send"
+    new = [s for s in world.p.fake.sent()["twilio"] if s["sid"] != original]
+    assert len(new) == 1 and got["provider_message_id"] == new[0]["sid"]
+
+
+def test_resend_lookup_finds_a_messaging_service_send(world):
+    """Sent through a Messaging Service (from = MG…): Twilio's `from` is the
+    number it picked, so the look-up filters by To and matches
+    messaging_service_sid on the result."""
+    service = "MG" + uuid.uuid4().hex
+    world.p.fake.state(messaging_services={service: ["+15557651111"]})
+    m = world.message("twilio", status="sent", **{"from": service})
+    later = fail_then_uncertain_resend(world, m)
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1 and sent[0]["messaging_service_sid"] == service
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1, "sent twice"
+    assert world.get(m)["provider_message_id"] == sent[0]["sid"]
+    lookups = [r for r in world.p.fake.requests("/Messages.json") if r["method"] == "GET"]
+    assert lookups and all("From=MG" not in r["query"] for r in lookups)
+
+
+# ----------------------------------------- the re-send's "started" marker ----
+
+def test_kill_9_while_twilio_accepts_the_resend_then_found_not_sent_again(world):
+    """supportd dies between Twilio's acceptance of a re-send and recording it,
+    and its Redis claim is gone (expired, or Redis lost its data): the marker
+    written before the send makes the next tick look the message up, record
+    its SID and send nothing."""
+    m = world.message("twilio", status="sent")
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    later = iso(now_ms() + 2 * 60 * 1000)
+    # Twilio takes the request and creates the message 3 s later; supportd is
+    # killed while it waits for the answer
+    world.p.fake.fault(match="/Messages.json", method="POST", delay_ms=3000, status=201,
+                       accept=True)
+    d = world.start("doomed", "--now", later, QM_SUPPORT_LEASE_TTL=1,
+                    QM_SUPPORT_HTTP_TIMEOUT_MS=20000)
+    wait_until(lambda: twilio_posts(world) == 1, 30, what="the re-send at Twilio")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    wait_until(lambda: len(world.p.fake.sent()["twilio"]) == 1, 10, what="Twilio's acceptance")
+    wait_until(lambda: world.sd.lease("message-status") is None, 10, what="the lease to expire")
+    claims = list(world.sd.redis.scan_iter(match=world.sd.key("outbox:claim:resend:*")))
+    assert claims
+    world.sd.redis.delete(*claims)
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1 and twilio_posts(world) == 1, "re-sent blind after the crash"
+    got = world.get(m)
+    assert got["provider_message_id"] == sent[0]["sid"] and got["attempts"] == 2
+    assert "supportd_resend" not in got
+    assert tick_end(cp)["counts"]["resend_recovered"] == 1
+
+
+def test_resend_marker_that_does_not_land_means_no_send(world, tmp_path):
+    """The "re-send started" marker is written before Twilio is called; when
+    that write does not land (the platform changed the message meanwhile),
+    nothing is sent this tick; the next tick sends it once."""
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    m = world.message("twilio", status="sent")
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    later = iso(now_ms() + 2 * 60 * 1000)
+    (seams / "message_status_before_resend_mark.arm").touch()
+    d = world.start("marker", "--now", later, QM_SUPPORT_TEST_SEAMS=str(seams))
+    wait_until(lambda: (seams / "message_status_before_resend_mark.reached").exists(), 20,
+               what="the seam")
+    world.db[MESSAGES].update_one({"_id": m["_id"]}, {"$set": {
+        "updated_at": datetime.now(timezone.utc), "tags": ["vip"]}})
+    (seams / "message_status_before_resend_mark.go").touch()
+    assert d.wait_exit(30) == 0, d.stderr()[-3000:]
+    assert twilio_posts(world) == 0, "sent without its marker"
+    got = world.get(m)
+    assert got["tags"] == ["vip"] and got["attempts"] == 1 and "supportd_resend" not in got
+    cp = world.once("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1 and world.get(m)["provider_message_id"] == sent[0]["sid"]
+
+
+# ------------------------------------------------------ reconcile starves ----
+
+def test_reconcile_reaches_twilio_messages_behind_many_unpollable_ones(world):
+    """510 stale SendGrid messages (never polled: SendGrid cannot be asked) and
+    510 stale Twilio ones polled a minute ago, all older than 5 stale Twilio
+    messages: those 5 are polled, and each poll is remembered
+    (supportd_polled_at), so the next tick does not ask again."""
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=20)
+    polled = datetime.now(timezone.utc) - timedelta(minutes=1)
+    t = datetime.now(timezone.utc) - timedelta(hours=13)
+
+    def doc(provider, updated_at, **kw):
+        channel = "sms" if provider == "twilio" else "email"
+        d = {"_id": ObjectId(), "conversation_id": world.conv, "room_id": world.room,
+             "direction": "outbound", "channel": channel, "provider": provider,
+             "provider_message_id": ("SM" + uuid.uuid4().hex) if provider == "twilio"
+             else uuid.uuid4().hex[:22],
+             "to": "+15551230000" if channel == "sms" else "lena@example.org",
+             "from": "+15557650000" if channel == "sms" else "support@example.com",
+             "body": "Hello", "status": "sent",
+             "status_history": [{"status": "sent", "at": updated_at, "source": "send"}],
+             "error": None, "attempts": 1, "next_retry_at": None, "final": False,
+             "sent_at": updated_at, "created_at": updated_at, "updated_at": updated_at}
+        d.update(kw)
+        return d
+    world.db[MESSAGES].insert_many([doc("sendgrid", long_ago) for _ in range(510)]
+                                   + [doc("twilio", long_ago, supportd_polled_at=polled)
+                                      for _ in range(510)])
+    due = [world.message("twilio", status="sent", updated_at=t) for _ in range(5)]
+    for m in due:
+        world.p.fake.message(sid=m["provider_message_id"], account_sid=world.p.twilio_sid,
+                             status="delivered")
+    # Twilio says "sent", which the webhook brought already: no news
+    sid = "SM" + uuid.uuid4().hex
+    due.append(world.message("twilio", status="sent", pmid=sid, updated_at=t, status_history=[
+        {"status": "sent", "at": t, "source": "webhook", "event_id": f"twilio:{sid}:sent"}]))
+    world.p.fake.message(sid=sid, account_sid=world.p.twilio_sid, status="sent")
+    cp = world.once()
+    assert cp.returncode == 0, cp.stderr
+    assert tick_end(cp)["counts"]["polled"] == 6
+    assert [world.get(m)["status"] for m in due] == ["delivered"] * 5 + ["sent"]
+    polls = {r["path"].rsplit("/", 1)[1] for r in world.p.fake.requests("/Messages/")}
+    assert polls == {f"{m['provider_message_id']}.json" for m in due}
+    still = world.get(due[-1])
+    assert still["supportd_polled_at"] and still["updated_at"] == due[-1]["updated_at"].replace(
+        microsecond=due[-1]["updated_at"].microsecond // 1000 * 1000)
+    cp = world.once()
+    assert cp.returncode == 0, cp.stderr
+    assert tick_end(cp)["counts"]["polled"] == 0  # polled a moment ago: not asked again

@@ -191,18 +191,28 @@ static void test_twilio_send(void **state)
     assert_int_equal(twilio_fetch_message(&tw, NULL, m.sid, &f, &st, &err), 0);
     assert_string_equal(f.sid, m.sid);
     bool found = false;
-    assert_int_equal(twilio_find_message(&tw, &sms_ok, clock_now_ms() - 1000, &f, &found, &st,
-                                         &err),
+    assert_int_equal(twilio_find_message(&tw, &sms_ok, clock_now_ms() - 1000, NULL, 0, &f,
+                                         &found, &st, &err),
                      0);
     assert_true(found);
     assert_string_equal(f.sid, m.sid);
     struct twilio_sms other = sms_ok;
     other.body = "something else";
-    assert_int_equal(twilio_find_message(&tw, &other, 0, &f, &found, &st, &err), 0);
+    assert_int_equal(twilio_find_message(&tw, &other, 0, NULL, 0, &f, &found, &st, &err), 0);
     assert_false(found);
-    /* Created long before `since`: not this send. */
-    assert_int_equal(twilio_find_message(&tw, &sms_ok, clock_now_ms() + 3600 * 1000, &f, &found,
-                                         &st, &err),
+    /* Created before `since` (a minute, or more than the clock skew): not this send. */
+    assert_int_equal(twilio_find_message(&tw, &sms_ok, clock_now_ms() + 3600 * 1000, NULL, 0,
+                                         &f, &found, &st, &err),
+                     0);
+    assert_false(found);
+    assert_int_equal(twilio_find_message(&tw, &sms_ok, clock_now_ms() + 60 * 1000, NULL, 0, &f,
+                                         &found, &st, &err),
+                     0);
+    assert_false(found);
+    /* A SID known not to be the one looked for (a re-send's failed original). */
+    const char *known[] = {"SM00000000000000000000000000000001", m.sid};
+    assert_int_equal(twilio_find_message(&tw, &sms_ok, clock_now_ms() - 1000, known, 2, &f,
+                                         &found, &st, &err),
                      0);
     assert_false(found);
     assert_int_equal(twilio_fetch_message(&tw, NULL, "SM00000000000000000000000000000000", &f,
@@ -336,9 +346,47 @@ static void test_twilio_send_500_but_accepted(void **state)
     assert_int_equal(twilio_send_sms(&tw, &sms_ok, &m, &st, &err), -1);
     assert_true(st.maybe_accepted);
     bool found = false;
-    assert_int_equal(twilio_find_message(&tw, &sms_ok, before, &m, &found, &st, &err), 0);
+    assert_int_equal(twilio_find_message(&tw, &sms_ok, before, NULL, 0, &m, &found, &st, &err), 0);
     assert_true(found);
     assert_true(strncmp(m.sid, "SM", 2) == 0);
+    http_client_destroy(c);
+}
+
+/* The look-up compares the whole body (1,600 characters of Cyrillic are 3,200
+ * bytes) and finds a Messaging Service's send by the service, not by From. */
+static void test_twilio_find_long_body_and_messaging_service(void **state)
+{
+    (void)state;
+    reset();
+    set_state("{\"messaging_services\": {\"MG0123456789abcdef0123456789abcdef\": "
+              "[\"+15557650001\"]}}");
+    struct http_client *c = client(2000, 3);
+    struct twilio tw = {c, base, SID, TOKEN};
+    char body[1600 * 2 + 1] = "";
+    for (int i = 0; i < 1600; i++)
+        strcat(body, "Ж"); /* Ж: two bytes of UTF-8 */
+    struct twilio_sms sms = sms_ok;
+    sms.body = body;
+    sms.from = "MG0123456789abcdef0123456789abcdef";
+    struct twilio_message m, f;
+    struct provider_status st;
+    struct sd_error err;
+    int64_t before = clock_now_ms();
+    assert_int_equal(twilio_send_sms(&tw, &sms, &m, &st, &err), 0);
+    assert_string_equal(m.from, "+15557650001");
+    bool found = false;
+    assert_int_equal(twilio_find_message(&tw, &sms, before, NULL, 0, &f, &found, &st, &err), 0);
+    assert_true(found);
+    assert_string_equal(f.sid, m.sid);
+    /* the same text one character shorter is another message */
+    body[strlen(body) - 2] = '\0';
+    assert_int_equal(twilio_find_message(&tw, &sms, before, NULL, 0, &f, &found, &st, &err), 0);
+    assert_false(found);
+    /* nor is the same text through another service */
+    body[strlen(body)] = '\xd0'; /* the last Ж whole again */
+    sms.from = "MGffffffffffffffffffffffffffffffff";
+    assert_int_equal(twilio_find_message(&tw, &sms, before, NULL, 0, &f, &found, &st, &err), 0);
+    assert_false(found);
     http_client_destroy(c);
 }
 
@@ -643,6 +691,7 @@ int main(void)
         cmocka_unit_test(test_twilio_account_balance_number),
         cmocka_unit_test(test_twilio_send_500_not_retried),
         cmocka_unit_test(test_twilio_send_500_but_accepted),
+        cmocka_unit_test(test_twilio_find_long_body_and_messaging_service),
         cmocka_unit_test(test_twilio_429_then_201),
         cmocka_unit_test(test_twilio_send_malformed_answer),
         cmocka_unit_test(test_sendgrid_send),

@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,12 +23,18 @@
 
 static struct rules *rules;
 
-static int setup(void **state)
+static const char *rules_dir(void)
 {
-    (void)state;
     const char *dir = getenv("SUPPORTD_RULES_DIR");
     if (!dir || !*dir)
         dir = access("rules/retry.lua", R_OK) == 0 ? "rules" : "../rules";
+    return dir;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    const char *dir = rules_dir();
     struct sd_error err;
     rules = rules_load(dir, NULL, &err);
     if (!rules)
@@ -373,6 +380,118 @@ static void test_missing_history_is_written_whole(void **state)
     free_all(m, 1);
 }
 
+/* ---- a rule that fails for one message ------------------------------------------ */
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc(*len + 1);
+    assert_int_equal(fread(buf, 1, *len, f), *len);
+    buf[*len] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* The shipped rules, with retry.lua's decide raising for one phone number. */
+static struct rules *rules_failing_for(const char *phone, char *tmp)
+{
+    const char *hook = "function M.decide(message, err, attempts)\n";
+    DIR *d = opendir(rules_dir());
+    assert_non_null(d);
+    assert_non_null(mkdtemp(tmp));
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (n < 5 || strcmp(de->d_name + n - 4, ".lua"))
+            continue;
+        char from[512], to[512];
+        snprintf(from, sizeof from, "%s/%s", rules_dir(), de->d_name);
+        snprintf(to, sizeof to, "%s/%s", tmp, de->d_name);
+        size_t len;
+        char *src = slurp(from, &len);
+        FILE *f = fopen(to, "wb");
+        assert_non_null(f);
+        char *at = strcmp(de->d_name, "retry.lua") ? NULL : strstr(src, hook);
+        if (at) {
+            at += strlen(hook);
+            fwrite(src, 1, (size_t)(at - src), f);
+            fprintf(f, "  if message.to == \"%s\" then error(\"no policy for %s\") end\n", phone,
+                    phone);
+            fwrite(at, 1, len - (size_t)(at - src), f);
+        } else {
+            assert_true(strcmp(de->d_name, "retry.lua"));
+            fwrite(src, 1, len, f);
+        }
+        fclose(f);
+        free(src);
+    }
+    closedir(d);
+    struct sd_error err;
+    struct rules *r = rules_load(tmp, NULL, &err);
+    if (!r)
+        fail_msg("rules_load(%s): %s", tmp, err.message);
+    return r;
+}
+
+static void remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            unlink(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+static void test_rule_error_for_one_message_leaves_the_rest_whole(void **state)
+{
+    (void)state;
+    char tmp[] = "/tmp/test_msgstatus_rules_XXXXXX";
+    struct rules *shipped = rules;
+    rules = rules_failing_for("+15559990000", tmp);
+    bson_t *m[] = {message("SMok", "sent", NULL, 1), message("SMbad", "sent", NULL, 1),
+                   message("SMd", "sent", NULL, 1)};
+    BSON_APPEND_UTF8(m[0], "to", "+15551230000");
+    BSON_APPEND_UTF8(m[1], "to", "+15559990000");
+    BSON_APPEND_UTF8(m[2], "to", "+15559990000");
+    bson_t *e[] = {event("SMbad", "undelivered", "30003", NOW),
+                   event("SMok", "undelivered", "30003", NOW),
+                   event("SMd", "delivered", NULL, NOW)}; /* no rule asked: written */
+    bson_t plan = BSON_INITIALIZER;
+    decide(e, 3, m, 3, &plan);
+    /* every document of the plan is closed: it can be read back whole */
+    char *json = bson_as_canonical_extended_json(&plan, NULL);
+    assert_non_null(json);
+    bson_free(json);
+    assert_string_equal(str_at(&plan, "updates.0.key"), "twilio:SMok");
+    assert_string_equal(str_at(&plan, "updates.1.key"), "twilio:SMd");
+    assert_false(has(&plan, "updates.2"));
+    bson_iter_t it;
+    char hex[25], path[64];
+    assert_true(bson_iter_init_find(&it, m[1], "_id"));
+    bson_oid_to_string(bson_iter_oid(&it), hex);
+    snprintf(path, sizeof path, "rule_errors.%s", hex);
+    assert_non_null(strstr(str_at(&plan, path), "no policy for +15559990000"));
+    assert_non_null(strstr(str_at(&plan, path), "twilio:SMbad"));
+    assert_true(bson_iter_init(&it, &plan) && bson_iter_find_descendant(&it, "rule_errors", &it));
+    assert_int_equal(bson_count_keys(&plan), 3); /* entries, updates, rule_errors */
+    bson_destroy(&plan);
+    free_all(e, 3);
+    free_all(m, 3);
+    rules_destroy(rules);
+    rules = shipped;
+    remove_dir(tmp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -386,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_retry_verdicts_of_the_shipped_rules),
         cmocka_unit_test(test_delivery_cancels_a_scheduled_retry),
         cmocka_unit_test(test_missing_history_is_written_whole),
+        cmocka_unit_test(test_rule_error_for_one_message_leaves_the_rest_whole),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
