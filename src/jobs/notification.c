@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "jobs/job.h"
 #include "jobs/notification.h"
 #include "jobs/seam.h"
@@ -311,8 +312,7 @@ static int load_counts(struct tick *t, bson_t **docs, size_t n, const bson_t *st
 /* The outbox entries of every action: one insertMany, unique keys. */
 static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *err)
 {
-    /* Counted first: a static bson_t points into itself, so an array of them
-     * must not move (no realloc) once initialised. */
+    /* Counted first: a view must not move once made (bson_views_new). */
     size_t n = 0;
     bson_iter_t it, a, e;
     bson_iter_init(&it, actions);
@@ -323,7 +323,7 @@ static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *
                 n++;
     if (n == 0)
         return 0;
-    bson_t *owned = calloc(n, sizeof *owned);
+    bson_t *owned = bson_views_new(n);
     const bson_t **entries = calloc(n, sizeof *entries);
     size_t k = 0;
     bson_iter_init(&it, actions);
@@ -347,7 +347,7 @@ static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *
         t->duplicates += (int64_t)k - inserted;
     }
     free(entries);
-    free(owned);
+    bson_free(owned);
     return rc;
 }
 

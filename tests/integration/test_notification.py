@@ -18,7 +18,7 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from conftest import wait_until
+from conftest import unaligned_heap, wait_until
 from fakes_fixtures import *  # noqa: F401,F403
 
 UTC = timezone.utc
@@ -503,6 +503,17 @@ def test_a_batch_with_many_mails_enqueues_and_delivers_each_once(world):
     assert {e["key"] for e in world.outbox()} == {
         f"ticket.created:{t}:new:{m['user_id']}" for t in ids for m in (world.anna, world.jonas)}
     assert len(world.mails()) == 120
+
+
+def test_outbox_entries_are_aligned_for_libbson(world):
+    """A batch's outbox entries are handed to libbson as bson_t, which libbson declares
+    128-byte aligned: never from a malloc'ed array (16-byte aligned under glibc's and
+    musl's malloc; shims/bson_align_check.c aborts the process)."""
+    installed(world)
+    for _ in range(5):
+        world.ticket(T0)
+    counts = world.tick(T0 + timedelta(minutes=1), **unaligned_heap())
+    assert counts["notifications"] == 10, counts
 
 
 @pytest.mark.parametrize("flavor", ["ferretdb", "mongodb"])
