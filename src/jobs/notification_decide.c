@@ -418,6 +418,8 @@ static int activity(struct ctx *c, const bson_t *state, struct sd_error *err)
 struct sla_plan {
     int64_t next_due;     /* 0: none */
     int64_t level;        /* new escalation level */
+    const char *level_target; /* the deadline that reached it (when above the old level) */
+    int64_t level_due;
     int64_t reminders;
     bson_t warned, breached; /* arrays being built */
     uint32_t n_warned, n_breached;
@@ -437,13 +439,11 @@ static void push_tag(bson_t *arr, uint32_t *n, const char *tag)
 }
 
 static int sla_event(struct ctx *c, const char *type, const char *target, int64_t due,
-                     int64_t level, const char *trigger, struct sd_error *err)
+                     const char *trigger, struct sd_error *err)
 {
     bson_t event = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&event, "target", target);
     BSON_APPEND_DATE_TIME(&event, "due", due);
-    if (level)
-        BSON_APPEND_INT64(&event, "level", level);
     int rc = emit(c, type, trigger, &event, err);
     bson_destroy(&event);
     return rc;
@@ -452,7 +452,7 @@ static int sla_event(struct ctx *c, const char *type, const char *target, int64_
 /* One target (first_response or resolution): warning, breach, escalation. */
 static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t due,
                   int64_t warn_at, const bson_t *old_warned, const bson_t *old_breached,
-                  const int64_t *steps, int n_steps, int64_t old_level, struct sd_error *err)
+                  const int64_t *steps, int n_steps, struct sd_error *err)
 {
     int64_t now = c->in->now_ms;
     char tag[96];
@@ -470,13 +470,13 @@ static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t d
         add_next(p, due);
         if (!warned && !breached) {
             push_tag(&p->warned, &p->n_warned, tag);
-            return sla_event(c, "ticket.sla_warning", name, due, 0, tag, err);
+            return sla_event(c, "ticket.sla_warning", name, due, tag, err);
         }
         return 0;
     }
     if (!breached) {
         push_tag(&p->breached, &p->n_breached, tag);
-        if (sla_event(c, "ticket.sla_breached", name, due, 0, tag, err))
+        if (sla_event(c, "ticket.sla_breached", name, due, tag, err))
             return -1;
     }
     /* The ladder: levels by business minutes overdue; up only. */
@@ -487,15 +487,12 @@ static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t d
     arg_int(&a, overdue);
     if (call_int(c, "sla", "escalation_level", &a, &level, err))
         return -1;
-    int64_t from = p->level > old_level ? p->level : old_level;
-    for (int64_t l = from + 1; l <= level && l <= MAX_LEVELS; l++) {
-        char trigger[96];
-        snprintf(trigger, sizeof trigger, "%lld:%lld", (long long)l, (long long)due);
-        if (sla_event(c, "ticket.escalated", name, due, l, trigger, err))
-            return -1;
-    }
-    if (level > p->level)
+    /* Mailed once for both deadlines, after both (escalate). */
+    if (level > p->level) {
         p->level = level;
+        p->level_target = name;
+        p->level_due = due;
+    }
     if (level < n_steps) {
         int64_t next;
         if (sla_due(c, due, steps[level], &next, err))
@@ -503,6 +500,26 @@ static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t d
         add_next(p, next > now ? next : now + 60000);
     }
     return 0;
+}
+
+/* One ticket.escalated per recipient for the level reached, however many rungs
+ * it climbed since the last look (downtime, a late first look): the key names
+ * that level, so a later step up the ladder still mails once. */
+static int escalate(struct ctx *c, const struct sla_plan *p, int64_t old_level,
+                    struct sd_error *err)
+{
+    if (p->level <= old_level || !p->level_target)
+        return 0;
+    char trigger[96];
+    snprintf(trigger, sizeof trigger, "%lld:%lld", (long long)p->level, (long long)p->level_due);
+    bson_t event = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&event, "target", p->level_target);
+    BSON_APPEND_DATE_TIME(&event, "due", p->level_due);
+    BSON_APPEND_INT64(&event, "level", p->level);
+    BSON_APPEND_INT64(&event, "previous_level", old_level);
+    int rc = emit(c, "ticket.escalated", trigger, &event, err);
+    bson_destroy(&event);
+    return rc;
 }
 
 static int reminders(struct ctx *c, struct sla_plan *p, const bson_t *state, int64_t customer,
@@ -615,10 +632,12 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
     if (active) {
         if (fr_due)
             rc = target(c, &p, "first_response", fr_due, fr_warn, has_warned ? &old_warned : NULL,
-                        has_breached ? &old_breached : NULL, steps, n_steps, old_level, err);
+                        has_breached ? &old_breached : NULL, steps, n_steps, err);
         if (rc == 0)
             rc = target(c, &p, "resolution", res_due, res_warn, has_warned ? &old_warned : NULL,
-                        has_breached ? &old_breached : NULL, steps, n_steps, old_level, err);
+                        has_breached ? &old_breached : NULL, steps, n_steps, err);
+        if (rc == 0)
+            rc = escalate(c, &p, old_level, err);
         int64_t customer = ms_at(conv, "last_customer_message_at");
         if (rc == 0 && customer && customer > ms_at(conv, "last_agent_message_at"))
             rc = reminders(c, &p, state, customer, err);

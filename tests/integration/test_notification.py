@@ -577,3 +577,53 @@ def test_tick_end_counts_the_rules_cpu(world):
     assert cp.returncode == 0, cp.stderr
     outbox = tick_counts(cp)
     assert outbox["rule_calls"] == 0 and outbox["rules_cpu_us"] == 0 and outbox["render_cpu_us"] == 0
+
+
+def once_each(world):
+    """The outbox key of every mail the SendGrid fake accepted so far, asserting that
+    none was sent twice."""
+    seen = {}
+    for m in world.p.fake.sent()["sendgrid"]:
+        key = m["json"]["custom_args"]["supportd_key"]
+        seen[key] = seen.get(key, 0) + 1
+    assert set(seen.values()) <= {1}, {k: v for k, v in seen.items() if v > 1}
+    return set(seen)
+
+
+# ---- catching up ------------------------------------------------------------------------------
+
+def escalations(world, t):
+    return sorted((e["recipient"]["email"], e["subject"]) for e in world.outbox(t, "ticket.escalated"))
+
+
+def test_a_ticket_first_seen_hours_past_its_deadlines_escalates_once_per_manager(world):
+    """Downtime: an urgent ticket is first looked at ten hours after its first-response
+    deadline. One ticket.escalated per manager, naming the level reached; the level is
+    recorded."""
+    installed(world)
+    second = world.member("Markus", "manager")
+    world.db["conversation-room"].update_one({"_id": world.room_id}, {"$push": {"members": second}})
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"])
+    world.tick(T0 + timedelta(minutes=30 + 600))
+    subject = world.conv(t)["subject"]
+    assert escalations(world, t) == sorted([(world.petra["email"], f"Escalated to level 3: {subject}"),
+                                            (second["email"], f"Escalated to level 3: {subject}")])
+    assert world.mails_to(world.petra).count(f"Escalated to level 3: {subject}") == 1
+    assert world.conv(t)["escalation_level"] == 3
+    world.tick(T0 + timedelta(minutes=30 + 601))
+    assert len(world.outbox(t, "ticket.escalated")) == 2
+
+
+def test_after_a_catch_up_a_later_step_up_the_ladder_mails_once(world):
+    installed(world)
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"])
+    world.tick(T0 + timedelta(minutes=30 + 90))  # 90 minutes overdue: level 2 at once
+    subject = world.conv(t)["subject"]
+    assert escalations(world, t) == [(world.petra["email"], f"Escalated to level 2: {subject}")]
+    assert world.conv(t)["escalation_level"] == 2
+    for m in (30 + 241, 30 + 242):  # 240 minutes overdue: level 3
+        world.tick(T0 + timedelta(minutes=m))
+    assert escalations(world, t) == sorted([(world.petra["email"], f"Escalated to level 2: {subject}"),
+                                            (world.petra["email"], f"Escalated to level 3: {subject}")])
+    assert world.conv(t)["escalation_level"] == 3
+    once_each(world)
