@@ -19,7 +19,7 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from conftest import REPO, unaligned_heap, wait_until
+from conftest import REPO, _ping, services_script, unaligned_heap, wait_until
 from fakes_fixtures import *  # noqa: F401,F403
 
 UTC = timezone.utc
@@ -612,16 +612,23 @@ def urgent_answered_ticket(world, at):
                         first_response_at=at, last_agent_message_at=at)
 
 
-def test_a_lost_redis_is_not_a_fresh_install(world):
-    """Redis restarted empty (or flushed): the next tick is not a first install. A
-    breach due right then reaches the managers; nothing already sent is sent again."""
+@pytest.mark.parametrize("loss", ["flush", "restart"])
+def test_a_lost_redis_is_not_a_fresh_install(world, loss, redis_restart_guard):
+    """Redis flushed, or restarted without persistence (scripts/services restart-redis):
+    the next tick is not a first install. A breach due right then reaches the managers;
+    nothing already sent is sent again."""
     installed(world)
     t = urgent_answered_ticket(world, T0)
     world.tick(T0 + timedelta(minutes=1))
     world.tick(T0 + timedelta(minutes=226))  # the warning
     before = once_each(world)
     assert any(s.startswith("SLA warning") for s in world.mails_to(world.anna))
-    flush_redis(world)
+    if loss == "flush":
+        flush_redis(world)
+    else:
+        services_script("restart-redis")
+        wait_until(lambda: _ping(world.sd.redis), 30, 0.2, "Redis to come back")
+        assert world.sd.redis.dbsize() == 0
     counts = world.tick(T0 + timedelta(minutes=241))
     assert counts["baseline"] is False, counts
     subject = world.conv(t)["subject"]
