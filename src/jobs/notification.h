@@ -10,7 +10,8 @@
  *         customer_at (ms of the last customer message notified, 0 none),
  *         seen_updated_at (ms: the conversation's updated_at then),
  *         reminder_for (ms: last_customer_message_at reminders count for),
- *         reminders (how many were sent for it), at (ms written),
+ *         reminders (how many were sent for it), next_due (the sla.next_due
+ *         the decision planned, null for none), at (ms written),
  *         failure? {attempts, error, at, updated_at, retry_at | parked: true}
  *           while its decision fails (a record with only this is no record) }
  *   conversation.sla  { policy, first_response_due, resolution_due,
@@ -29,8 +30,9 @@
  *
  * The job is collect → decide → apply:
  *   collect  conversations changed since the checkpoint (updated_at), and
- *            those with sla.next_due <= now (index), in batches, with their
- *            rooms, notify-state records, SMS channels and zone offsets;
+ *            those with sla.next_due <= now (index), in batches, less those
+ *            read again unchanged since their decision and not due, with
+ *            their rooms, notify-state records, SMS channels and zone offsets;
  *   decide   notification_decide(): pure, documents and rules in, a plan out;
  *   apply    outbox inserts under keys derived from what triggered each
  *            (exactly once), then the state records, then the SLA fields
@@ -74,8 +76,8 @@ struct notification_input {
  *     escalation_level: <new level> (absent: unchanged),
  *     notifications: [ <outbox entry, SPEC §2, status "pending"> ] }
  * A conversation whose decision failed gets { ..., failed: true, state:
- * {failure}, sla: <as read, next_due = the retry> , notifications: [] }; one
- * waiting for its retry (unchanged since it failed) gets no action.
+ * {failure}, sla: <as read, next_due = the retry; none once parked>,
+ * notifications: [] } (logged: notification.decide_failed / .parked).
  * Returns the number of bad documents met (logged). Pure but for logging. */
 int notification_decide(const struct notification_input *in, bson_t *actions,
                         uint32_t *n_actions);
