@@ -137,6 +137,13 @@ KINDS = ("customer_message", "customer_message", "customer_message", "customer_m
          "assigned", "assigned", "assigned", "resolved", "resolved", "created")
 
 
+def checkpoint(db, at):
+    """The notification job's checkpoint (the newest updated_at a tick read) at `at`."""
+    db["conversation-notify-state"].update_one(
+        {"_id": "checkpoint"}, {"$set": {"changed_since": at, "at": at},
+                                "$unset": {"first_install_at": ""}}, upsert=True)
+
+
 def seed(db, r, total, changed, t_prev, at):
     """`total` conversations as a previous tick (at t_prev) left them — each
     with supportd's notify-state record — of which `changed` have changed
@@ -205,7 +212,7 @@ def seed(db, r, total, changed, t_prev, at):
             chunk_s.append(state)
         flush()
     flush(final=True)
-    r.set(PREFIX + "notification:changed_since", str(int(t_prev.timestamp() * 1000)))
+    checkpoint(db, t_prev)
     return time.monotonic() - t0
 
 
@@ -273,8 +280,11 @@ def decide(binary, env, db, r, fake, total, changed, workdir, one_limit, cpu_per
     for e in db["conversation-notification"].find({}, {"type": 1}):
         types[e["type"]] = types.get(e["type"], 0) + 1
     # the same tick with nothing changed since and nothing left to deliver: process
-    # start, rules, the change query (a scan of the collection on FerretDB)
+    # start, rules, the change query (a scan of the collection on FerretDB). The
+    # checkpoint is the newest updated_at read, so the changes stay in the next
+    # tick's margin (read again, found unchanged): move it as a newer change would.
     db.drop_collection("conversation-notification")
+    checkpoint(db, at + dt.timedelta(minutes=2))
     idle = tick(binary, env, "notification", at + dt.timedelta(seconds=150), workdir, "decide-idle")
     if idle["counts"].get("changed") or idle["counts"].get("due"):
         die(f"the idle tick was not idle: {idle['counts']}")

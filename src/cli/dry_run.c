@@ -185,7 +185,12 @@ static void print_text(const bson_t *plan)
                     bson_iter_find_descendant(&nd, "sla.next_due", &nd) &&
                     BSON_ITER_HOLDS_DATE_TIME(&nd))
                     clock_format_iso(bson_iter_date_time(&nd), due, sizeof due);
-                if (!strcmp(str(&action, "kind"), "notify"))
+                if (!strcmp(str(&action, "kind"), "notify") && *str(&action, "state.failure.error"))
+                    printf("  notify %s: failed (%s), %s%s\n", str(&action, "target"),
+                           str(&action, "state.failure.error"),
+                           strcmp(due, "none") ? "retried from " : "parked",
+                           strcmp(due, "none") ? due : "");
+                else if (!strcmp(str(&action, "kind"), "notify"))
                     printf("  notify %s: status %s, sla next_due %s\n", str(&action, "target"),
                            str(&action, "state.status"), due);
                 else

@@ -40,4 +40,12 @@ static inline bool bson_iter_child(const bson_iter_t *it, bson_t *out)
     return bson_init_static(out, data, len);
 }
 
+/* Room for n read-only views (bson_init_static) in one block, aligned as libbson
+ * declares bson_t (128 bytes; malloc promises 16). A view must not move once
+ * made: it points into itself. Zeroed; free with bson_free. */
+static inline bson_t *bson_views_new(size_t n)
+{
+    return (bson_t *)bson_aligned_alloc0(BSON_ALIGNOF(bson_t), (n ? n : 1) * sizeof(bson_t));
+}
+
 #endif

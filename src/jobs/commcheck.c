@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "core/clock.h"
 #include "jobs/commcheck.h"
 #include "jobs/job.h"
@@ -123,6 +124,27 @@ static int read_hash(struct tick *t, const char *name, bson_t *out, struct sd_er
 
 /* ---- notifications left in alerts ---------------------------------------- */
 
+/* The outbox entries an alert carries: how many, and (with views) a read-only
+ * view of each into views[] and its address into entries[]. */
+static size_t notifications_of(const bson_t *alert, bson_t *views, const bson_t **entries)
+{
+    bson_iter_t it, e;
+    size_t k = 0;
+    if (bson_iter_init_find(&it, alert, "supportd_notifications") && BSON_ITER_HOLDS_ARRAY(&it) &&
+        bson_iter_recurse(&it, &e)) {
+        while (bson_iter_next(&e)) {
+            if (!BSON_ITER_HOLDS_DOCUMENT(&e))
+                continue;
+            if (views) {
+                bson_iter_child(&e, &views[k]);
+                entries[k] = &views[k];
+            }
+            k++;
+        }
+    }
+    return k;
+}
+
 /* Inserts the outbox entries carried by alerts flagged supportd_notify_pending,
  * then clears the flags. */
 static int finish_pending(struct tick *t, struct sd_error *err)
@@ -140,35 +162,13 @@ static int finish_pending(struct tick *t, struct sd_error *err)
             store_docs_free(docs, n);
             return rc;
         }
-        size_t cap = 16, m = 0;
-        const bson_t **entries = malloc(cap * sizeof *entries);
-        bson_t *views = malloc(cap * sizeof *views);
-        for (size_t i = 0; i < n; i++) {
-            bson_iter_t it, e;
-            if (!bson_iter_init_find(&it, docs[i], "supportd_notifications") ||
-                !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &e))
-                continue;
-            while (bson_iter_next(&e)) {
-                if (!BSON_ITER_HOLDS_DOCUMENT(&e))
-                    continue;
-                if (m == cap) {
-                    cap *= 2;
-                    entries = realloc(entries, cap * sizeof *entries);
-                    bson_t *nv = malloc(cap * sizeof *nv);
-                    memcpy(nv, views, m * sizeof *views);
-                    free(views);
-                    views = nv;
-                    for (size_t j = 0; j < m; j++)
-                        entries[j] = &views[j];
-                }
-                uint32_t len;
-                const uint8_t *data;
-                bson_iter_document(&e, &len, &data);
-                bson_init_static(&views[m], data, len);
-                entries[m] = &views[m];
-                m++;
-            }
-        }
+        size_t m = 0, cap = 0;
+        for (size_t i = 0; i < n; i++)
+            cap += notifications_of(docs[i], NULL, NULL);
+        const bson_t **entries = calloc(cap + 1, sizeof *entries);
+        bson_t *views = bson_views_new(cap);
+        for (size_t i = 0; i < n; i++)
+            m += notifications_of(docs[i], views + m, entries + m);
         int inserted = 0;
         if (m && outbox_enqueue(t->env->mongo, t->env->db, entries, m, clock_now_ms(), &inserted,
                                 err))
@@ -178,7 +178,7 @@ static int finish_pending(struct tick *t, struct sd_error *err)
             t->duplicates += (int64_t)m - inserted;
         }
         free(entries);
-        free(views);
+        bson_free(views);
         if (rc == 0) {
             bson_t ids_filter = BSON_INITIALIZER, in, ids, update = BSON_INITIALIZER, unset;
             BSON_APPEND_DOCUMENT_BEGIN(&ids_filter, "_id", &in);

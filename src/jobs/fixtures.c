@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "core/clock.h"
 #include "store/mongo.h"
 
@@ -155,7 +156,7 @@ struct fixtures *fixtures_load(const char *dir, struct sd_error *err)
         bson_iter_recurse(&it, &arr);
         while (bson_iter_next(&arr))
             n++;
-        f->view_storage[c] = calloc(n + 1, sizeof(bson_t));
+        f->view_storage[c] = bson_views_new(n);
         f->views[c] = calloc(n + 1, sizeof(bson_t *));
         bson_iter_recurse(&it, &arr);
         size_t i = 0;
@@ -214,7 +215,7 @@ void fixtures_destroy(struct fixtures *f)
         bson_destroy(f->meta);
     for (size_t c = 0; c < N_COLLECTIONS; c++) {
         free(f->views[c]);
-        free(f->view_storage[c]);
+        bson_free(f->view_storage[c]);
         if (f->docs[c])
             bson_destroy(f->docs[c]);
     }

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "jobs/job.h"
 #include "jobs/notification.h"
 #include "jobs/seam.h"
@@ -36,29 +37,43 @@ struct room_entry {
     bson_t *doc;
 };
 
+/* What the checkpoint says this tick reads. */
+enum sweep_mode {
+    SWEEP_CHANGES, /* changed since the checkpoint, or due */
+    SWEEP_FIRST,   /* a first install: every conversation, recorded, nobody mailed */
+    SWEEP_ALL,     /* no checkpoint, but the database was served: every conversation */
+};
+
 struct tick {
     struct job_env *env;
     mongoc_collection_t *convs;
-    int64_t since;        /* changed since (skew applied); -1 on a fresh install */
+    enum sweep_mode mode;
+    int64_t high;         /* the checkpoint: greatest updated_at read so far; -1 none */
+    int64_t high_read;    /* greatest updated_at read this tick; -1 none */
+    bool legacy;          /* the checkpoint came from Redis (earlier builds) */
     struct room_entry *rooms;
     size_t n_rooms;
     bool baseline;
-    int64_t changed, due, enqueued, duplicates, states, sla_written, sla_conflicts, bad,
-        batches;
+    int64_t changed, due, unchanged, enqueued, duplicates, states, sla_written, sla_conflicts, bad,
+        batches, failed, parked;
 };
 
 static void counts_to(struct tick *t)
 {
     bson_t *c = t->env->counts;
     BSON_APPEND_BOOL(c, "baseline", t->baseline);
+    BSON_APPEND_BOOL(c, "full_sweep", t->mode == SWEEP_ALL);
     BSON_APPEND_INT64(c, "changed", t->changed);
     BSON_APPEND_INT64(c, "due", t->due);
+    BSON_APPEND_INT64(c, "unchanged", t->unchanged);
     BSON_APPEND_INT64(c, "notifications", t->enqueued);
     BSON_APPEND_INT64(c, "duplicate_notifications", t->duplicates);
     BSON_APPEND_INT64(c, "states", t->states);
     BSON_APPEND_INT64(c, "sla_written", t->sla_written);
     BSON_APPEND_INT64(c, "sla_conflicts", t->sla_conflicts);
     BSON_APPEND_INT64(c, "bad_documents", t->bad);
+    BSON_APPEND_INT64(c, "failed", t->failed);
+    BSON_APPEND_INT64(c, "parked", t->parked);
     BSON_APPEND_INT64(c, "batches", t->batches);
 }
 
@@ -311,8 +326,7 @@ static int load_counts(struct tick *t, bson_t **docs, size_t n, const bson_t *st
 /* The outbox entries of every action: one insertMany, unique keys. */
 static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *err)
 {
-    /* Counted first: a static bson_t points into itself, so an array of them
-     * must not move (no realloc) once initialised. */
+    /* Counted first: a view must not move once made (bson_views_new). */
     size_t n = 0;
     bson_iter_t it, a, e;
     bson_iter_init(&it, actions);
@@ -323,7 +337,7 @@ static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *
                 n++;
     if (n == 0)
         return 0;
-    bson_t *owned = calloc(n, sizeof *owned);
+    bson_t *owned = bson_views_new(n);
     const bson_t **entries = calloc(n, sizeof *entries);
     size_t k = 0;
     bson_iter_init(&it, actions);
@@ -347,7 +361,7 @@ static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *
         t->duplicates += (int64_t)k - inserted;
     }
     free(entries);
-    free(owned);
+    bson_free(owned);
     return rc;
 }
 
@@ -385,10 +399,21 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
         bson_iter_t f;
         bson_iter_init_find(&f, &action, "conversation_id");
         const bson_oid_t *oid = bson_iter_oid(&f);
+        if (bson_iter_init_find(&f, &action, "failed")) {
+            bson_iter_t p;
+            t->failed++;
+            if (bson_iter_init(&p, &action) && bson_iter_find_descendant(&p, "state.failure.parked", &p))
+                t->parked++;
+        }
         if (sub_doc(&action, "state", &state)) {
-            bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER;
+            bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, unset;
             BSON_APPEND_OID(&filter, "_id", oid);
             BSON_APPEND_DOCUMENT(&update, "$set", &state);
+            if (bson_iter_init_find(&f, &action, "clear_failure")) {
+                BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
+                BSON_APPEND_UTF8(&unset, "failure", "");
+                bson_append_document_end(&update, &unset);
+            }
             if (store_bulk_update_doc(sb, &filter, &update, true, err))
                 rc = sd_error_prefix(err, "building the state write");
             n_states++;
@@ -453,14 +478,72 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
     return rc;
 }
 
-/* collect the rest of a batch, decide, apply. */
-static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err)
+/* The date (ms) at path, 0 when absent, null or not a date. */
+static int64_t date_at(const bson_t *doc, const char *path)
+{
+    bson_iter_t it;
+    return bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
+                   BSON_ITER_HOLDS_DATE_TIME(&it)
+               ? bson_iter_date_time(&it)
+               : 0;
+}
+
+/* Read again only because the change query's margin still covers it: not
+ * changed since its last decision, whose sla.next_due the conversation still
+ * carries (so every write of that decision landed), and not due. One whose
+ * decision failed waits likewise for its retry, or, parked, for a change. */
+static bool unchanged(const bson_t *doc, const bson_t *states, int64_t now)
+{
+    bson_iter_t it;
+    char hex[25], path[64];
+    if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_OID(&it))
+        return false;
+    bson_oid_to_string(bson_iter_oid(&it), hex);
+    int64_t updated = date_at(doc, "updated_at"), next_due = date_at(doc, "sla.next_due");
+    snprintf(path, sizeof path, "%s.failure", hex);
+    if (bson_iter_init(&it, states) && bson_iter_find_descendant(&it, path, &it)) {
+        snprintf(path, sizeof path, "%s.failure.updated_at", hex);
+        if (!updated || date_at(states, path) != updated)
+            return false;
+        snprintf(path, sizeof path, "%s.failure.parked", hex);
+        if (bson_iter_init(&it, states) && bson_iter_find_descendant(&it, path, &it) &&
+            bson_iter_as_bool(&it))
+            return next_due == 0;
+        snprintf(path, sizeof path, "%s.failure.retry_at", hex);
+        return next_due == date_at(states, path) && next_due > now;
+    }
+    snprintf(path, sizeof path, "%s.seen_updated_at", hex);
+    if (!updated || date_at(states, path) != updated)
+        return false;
+    snprintf(path, sizeof path, "%s.next_due", hex);
+    if (!bson_iter_init(&it, states) || !bson_iter_find_descendant(&it, path, &it))
+        return false; /* a record from before it said */
+    return date_at(states, path) == next_due && (next_due == 0 || next_due > now);
+}
+
+/* collect the rest of a batch (the conversations that need a decision, with
+ * what deciding them needs), decide, apply. */
+static int process(struct tick *t, bson_t **all, size_t n_all, struct sd_error *err)
 {
     bson_t rooms = BSON_INITIALIZER, states = BSON_INITIALIZER, channels = BSON_INITIALIZER,
            zones = BSON_INITIALIZER, counts = BSON_INITIALIZER, actions = BSON_INITIALIZER;
-    int rc = load_rooms(t, docs, n, &rooms, err);
-    if (rc == 0)
-        rc = load_states(t, docs, n, &states, err);
+    bson_t **docs = calloc(n_all + 1, sizeof *docs);
+    size_t n = 0;
+    int rc = docs ? load_states(t, all, n_all, &states, err) : sd_error_set(err, "out of memory");
+    for (size_t i = 0; rc == 0 && i < n_all; i++) {
+        int64_t updated = date_at(all[i], "updated_at");
+        if (unchanged(all[i], &states, t->env->now_ms)) {
+            t->unchanged++;
+            continue;
+        }
+        if (t->mode != SWEEP_CHANGES || (updated && updated >= t->high - CHANGED_SKEW_MS))
+            t->changed++;
+        else
+            t->due++;
+        docs[n++] = all[i];
+    }
+    if (rc == 0 && n)
+        rc = load_rooms(t, docs, n, &rooms, err);
     if (rc == 0 && !bson_empty(&rooms))
         rc = load_channels(t, docs, n, &channels, err);
     if (rc == 0 && !t->baseline)
@@ -477,7 +560,7 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
                               bson_iter_key(&it));
         }
     }
-    if (rc == 0) {
+    if (rc == 0 && n) {
         uint32_t n_actions = 0;
         struct notification_input in = {.conversations = (const bson_t *const *)docs,
                                         .n_conversations = n,
@@ -502,6 +585,7 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
     bson_destroy(&zones);
     bson_destroy(&counts);
     bson_destroy(&actions);
+    free(docs);
     t->batches++;
     return rc;
 }
@@ -511,16 +595,13 @@ static int process_batch(void *arg, bson_t **docs, size_t n, struct sd_error *er
     return process(arg, docs, n, err);
 }
 
-/* changed since the checkpoint, or found through its deadline only */
-static void count_read(void *arg, const bson_t *doc)
+/* The greatest updated_at read: the next checkpoint. */
+static void note_read(void *arg, const bson_t *doc)
 {
     struct tick *t = arg;
-    bson_iter_t u;
-    if (t->baseline || (bson_iter_init_find(&u, doc, "updated_at") &&
-                        BSON_ITER_HOLDS_DATE_TIME(&u) && bson_iter_date_time(&u) >= t->since))
-        t->changed++;
-    else
-        t->due++;
+    int64_t updated = date_at(doc, "updated_at");
+    if (updated > t->high_read)
+        t->high_read = updated;
 }
 
 static bool stop_requested(void *arg) { return job_should_stop(((struct tick *)arg)->env); }
@@ -528,21 +609,22 @@ static bool stop_requested(void *arg) { return job_should_stop(((struct tick *)a
 /* The conversations to look at, in one query through one cursor, BATCH at a
  * time (each decided, written and finished before the next is read):
  * changed since the checkpoint, or with a deadline due — every conversation
- * on a fresh install. One query, not one per kind or per page: MongoDB serves
- * the $or's branches from supportd_updated_at and supportd_sla_next_due and
- * returns each conversation once; FerretDB 1.24 pushes no range down and
- * decodes the whole collection for every query, so each query costs a scan
- * there (README, notification job). *complete: read to its end. */
+ * when there is no checkpoint. One query, not one per kind or per page:
+ * MongoDB serves the $or's branches from supportd_updated_at and
+ * supportd_sla_next_due and returns each conversation once; FerretDB 1.24
+ * pushes no range down and decodes the whole collection for every query, so
+ * each query costs a scan there (README, notification job). *complete: read
+ * to its end. */
 static int sweep(struct tick *t, bool *complete, struct sd_error *err)
 {
     bson_t filter = BSON_INITIALIZER;
-    if (!t->baseline)
-        store_append_either(&filter, "updated_at", "$gte", t->since, "sla.next_due", "$lte",
-                            t->env->now_ms);
+    if (t->mode == SWEEP_CHANGES)
+        store_append_either(&filter, "updated_at", "$gte", t->high - CHANGED_SKEW_MS,
+                            "sla.next_due", "$lte", t->env->now_ms);
     struct store_batches b = {.size = BATCH,
                               .max_batches = MAX_BATCHES,
                               .each = process_batch,
-                              .seen = count_read,
+                              .seen = note_read,
                               .stop = stop_requested,
                               .arg = t};
     int rc = store_sweep(t->convs, &filter, &b, complete, err);
@@ -550,36 +632,152 @@ static int sweep(struct tick *t, bool *complete, struct sd_error *err)
     return rc;
 }
 
+/* ---- the checkpoint --------------------------------------------------------
+ *
+ * In conversation-notify-state beside the records it goes with (_id
+ * "checkpoint"), not in Redis: Redis may lose it (restart without
+ * persistence, eviction, flush), and a lost checkpoint must not look like a
+ * first install, which records the present and mails nobody. */
+
+static mongoc_collection_t *states_coll(const struct tick *t)
+{
+    return mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_NOTIFY_STATE);
+}
+
+/* The checkpoint of earlier builds, in Redis only: read when
+ * MongoDB has none, deleted once MongoDB has it. *ms -1: none. */
+static int legacy_checkpoint(struct tick *t, bool del, int64_t *ms, struct sd_error *err)
+{
+    char key[300];
+    snprintf(key, sizeof key, "%snotification:changed_since", t->env->cfg->redis_prefix);
+    redisReply *rep = rds_command(t->env->redis, err, del ? "DEL %s" : "GET %s", key);
+    if (!rep)
+        return -1;
+    if (ms)
+        *ms = rep->type == REDIS_REPLY_STRING ? strtoll(rep->str, NULL, 10) : -1;
+    freeReplyObject(rep);
+    return 0;
+}
+
+/* Which conversations this tick reads (t->mode, t->high). Without a
+ * checkpoint, supportd's own records tell a database served before (read
+ * everything, mail what is due) from a first install, which is marked as
+ * begun before it reads anything, so that one stopped half-way is finished
+ * as a first install. */
+static int checkpoint_read(struct tick *t, struct sd_error *err)
+{
+    mongoc_collection_t *coll = states_coll(t);
+    bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&filter, "_id", NOTIFY_CHECKPOINT_ID);
+    BSON_APPEND_INT64(&opts, "limit", 1);
+    bson_t **found = NULL;
+    size_t nf = 0;
+    int rc = store_find_all(coll, &filter, &opts, &found, &nf, err);
+    t->high = -1;
+    if (rc == 0 && nf) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, found[0], "changed_since") && BSON_ITER_HOLDS_DATE_TIME(&it)) {
+            t->mode = SWEEP_CHANGES;
+            t->high = bson_iter_date_time(&it);
+        } else {
+            t->mode = SWEEP_FIRST;
+        }
+    } else if (rc == 0) {
+        int64_t legacy = -1;
+        rc = legacy_checkpoint(t, false, &legacy, err);
+        if (rc == 0 && legacy >= 0) {
+            t->mode = SWEEP_CHANGES;
+            t->high = legacy;
+            t->legacy = true;
+        } else if (rc == 0) {
+            bson_t any = BSON_INITIALIZER;
+            store_docs_free(found, nf);
+            found = NULL;
+            nf = 0;
+            rc = store_find_all(coll, &any, &opts, &found, &nf, err);
+            bson_destroy(&any);
+            t->mode = nf ? SWEEP_ALL : SWEEP_FIRST;
+        }
+        if (rc == 0 && t->mode == SWEEP_FIRST) {
+            bson_t update = BSON_INITIALIZER, set, uopts = BSON_INITIALIZER;
+            BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+            BSON_APPEND_DATE_TIME(&set, "first_install_at", t->env->now_ms);
+            bson_append_document_end(&update, &set);
+            BSON_APPEND_BOOL(&uopts, "upsert", true);
+            bson_error_t berr;
+            if (!mongoc_collection_update_one(coll, &filter, &update, &uopts, NULL, &berr))
+                rc = sd_error_set(err, "marking the first install in %s: %s", COLL_NOTIFY_STATE,
+                                  store_errmsg(&berr));
+            bson_destroy(&update);
+            bson_destroy(&uopts);
+        } else if (rc == 0 && t->mode == SWEEP_ALL) {
+            log_msg(LOG_WARN, t->env->log, "notification.checkpoint_missing", NULL,
+                    "no checkpoint, but notify-state records exist: reading every conversation, "
+                    "mailing what is due");
+        }
+    }
+    /* One from a clock that ran ahead (or an earlier build's --now) starts no
+     * later than now. */
+    if (t->high > t->env->now_ms)
+        t->high = t->env->now_ms;
+    store_docs_free(found, nf);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    mongoc_collection_destroy(coll);
+    if (rc)
+        sd_error_prefix(err, "reading the checkpoint");
+    return rc;
+}
+
+/* After a complete sweep: the greatest updated_at read so far. Derived from
+ * the platform's writes, not from the local clock, so a clock running ahead
+ * or `once --now <future>` cannot move it past changes not yet made; but
+ * never past the tick's now either, so that an updated_at in the future does
+ * not hold it there. Lower is only slower (more read again), never a change
+ * missed. 0 when nothing was ever read: the next tick reads everything. */
+static int checkpoint_write(struct tick *t, struct sd_error *err)
+{
+    int64_t high = t->high_read > t->high ? t->high_read : t->high;
+    if (high > t->env->now_ms)
+        high = t->env->now_ms;
+    if (high < 0)
+        high = 0;
+    mongoc_collection_t *coll = states_coll(t);
+    bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, doc, opts = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&filter, "_id", NOTIFY_CHECKPOINT_ID);
+    BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &doc);
+    BSON_APPEND_DATE_TIME(&doc, "changed_since", high);
+    BSON_APPEND_DATE_TIME(&doc, "at", t->env->now_ms);
+    bson_append_document_end(&update, &doc);
+    BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &doc);
+    BSON_APPEND_UTF8(&doc, "first_install_at", "");
+    bson_append_document_end(&update, &doc);
+    BSON_APPEND_BOOL(&opts, "upsert", true);
+    bson_error_t berr;
+    int rc = 0;
+    if (!mongoc_collection_update_one(coll, &filter, &update, &opts, NULL, &berr))
+        rc = sd_error_set(err, "writing the checkpoint to %s: %s", COLL_NOTIFY_STATE,
+                          store_errmsg(&berr));
+    bson_destroy(&filter);
+    bson_destroy(&update);
+    bson_destroy(&opts);
+    mongoc_collection_destroy(coll);
+    if (rc == 0 && t->legacy)
+        rc = legacy_checkpoint(t, true, NULL, err);
+    return rc;
+}
+
 int job_notification(struct job_env *env, struct sd_error *err)
 {
-    struct tick t = {.env = env};
+    struct tick t = {.env = env, .high_read = -1};
     t.convs = mongoc_client_get_collection(env->mongo, env->db, COLL_CONVERSATION);
-    char key[300];
-    snprintf(key, sizeof key, "%snotification:changed_since", env->cfg->redis_prefix);
-    int rc = 0;
-    int64_t since = -1;
-    redisReply *rep = rds_command(env->redis, err, "GET %s", key);
-    if (!rep) {
-        rc = -1;
-    } else {
-        if (rep->type == REDIS_REPLY_STRING)
-            since = strtoll(rep->str, NULL, 10);
-        freeReplyObject(rep);
-    }
-    t.baseline = rc == 0 && since < 0;
-    t.since = t.baseline ? -1 : since - CHANGED_SKEW_MS;
+    int rc = checkpoint_read(&t, err);
+    t.baseline = rc == 0 && t.mode == SWEEP_FIRST;
     bool complete = false;
     if (rc == 0)
         rc = sweep(&t, &complete, err);
-    if (rc == 0 && complete) {
-        /* The tick's now, not the wall clock: what --now ran against is what
-         * the next tick's change query starts from. */
-        rep = rds_command(env->redis, err, "SET %s %lld", key, (long long)env->now_ms);
-        if (!rep)
-            rc = -1;
-        else
-            freeReplyObject(rep);
-    }
+    if (rc == 0 && complete)
+        rc = checkpoint_write(&t, err);
     counts_to(&t);
     /* The job delivers what it enqueued, and what any job left pending. */
     if (rc == 0 && !job_should_stop(env))

@@ -10,18 +10,29 @@
  *         customer_at (ms of the last customer message notified, 0 none),
  *         seen_updated_at (ms: the conversation's updated_at then),
  *         reminder_for (ms: last_customer_message_at reminders count for),
- *         reminders (how many were sent for it), at (ms written) }
+ *         reminders (how many were sent for it), next_due (the sla.next_due
+ *         the decision planned, null for none), at (ms written),
+ *         failure? {attempts, error, at, updated_at, retry_at | parked: true}
+ *           while its decision fails (a record with only this is no record) }
  *   conversation.sla  { policy, first_response_due, resolution_due,
  *       next_due, warned: ["<target>:<due ms>"], breached: [...],
- *       paused_at?, paused_minutes } and conversation.escalation_level.
- *   Redis notification:changed_since  "<ms>": where the next tick's change
- *       query starts (minus a skew margin). Absent = a fresh install: the
- *       first tick records the present of every conversation, mails nobody.
+ *       paused_at?, paused_minutes } and conversation.escalation_level;
+ *       a failed decision sets next_due to its retry.
+ *   the checkpoint, in the same collection: { _id: "checkpoint",
+ *       changed_since (date: the greatest updated_at read, not past the
+ *       tick's now; the change query starts 60 s before it), at,
+ *       first_install_at (while a first install's first sweep is unfinished) }.
+ *       No checkpoint and no record = a first install: the first sweep
+ *       records the present of every conversation and mails nobody. No
+ *       checkpoint but records = a database served before (earlier builds kept
+ *       the checkpoint only in Redis): every conversation is read, what is
+ *       due is mailed.
  *
  * The job is collect → decide → apply:
  *   collect  conversations changed since the checkpoint (updated_at), and
- *            those with sla.next_due <= now (index), in batches, with their
- *            rooms, notify-state records, SMS channels and zone offsets;
+ *            those with sla.next_due <= now (index), in batches, less those
+ *            read again unchanged since their decision and not due, with
+ *            their rooms, notify-state records, SMS channels and zone offsets;
  *   decide   notification_decide(): pure, documents and rules in, a plan out;
  *   apply    outbox inserts under keys derived from what triggered each
  *            (exactly once), then the state records, then the SLA fields
@@ -40,6 +51,8 @@
 #include "rules/engine.h"
 
 #define COLL_NOTIFY_STATE "conversation-notify-state"
+#define NOTIFY_CHECKPOINT_ID "checkpoint" /* the job's checkpoint, in COLL_NOTIFY_STATE */
+#define NOTIFY_MAX_ATTEMPTS 10 /* failed decisions in a row before a conversation is parked */
 
 struct notification_input {
     const bson_t *const *conversations; /* as read */
@@ -58,10 +71,13 @@ struct notification_input {
 /* Appends one action per conversation to `actions` (keys continue from
  * *n_actions):
  *   { kind: "notify", target: <id hex>, conversation_id, read_updated_at?,
- *     state: <the notify-state record to write>,
- *     sla: <the sla document to write> (absent: leave it), sla_unset: bool,
+ *     state: <the notify-state record fields to set>, clear_failure?: true,
+ *     sla: <the sla document to write> (absent: leave it),
  *     escalation_level: <new level> (absent: unchanged),
  *     notifications: [ <outbox entry, SPEC §2, status "pending"> ] }
+ * A conversation whose decision failed gets { ..., failed: true, state:
+ * {failure}, sla: <as read, next_due = the retry; none once parked>,
+ * notifications: [] } (logged: notification.decide_failed / .parked).
  * Returns the number of bad documents met (logged). Pure but for logging. */
 int notification_decide(const struct notification_input *in, bson_t *actions,
                         uint32_t *n_actions);

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/tz.h"
 #include "jobs/notification.h"
 #include "jobs/sla_calendar.h"
@@ -418,6 +419,8 @@ static int activity(struct ctx *c, const bson_t *state, struct sd_error *err)
 struct sla_plan {
     int64_t next_due;     /* 0: none */
     int64_t level;        /* new escalation level */
+    const char *level_target; /* the deadline that reached it (when above the old level) */
+    int64_t level_due;
     int64_t reminders;
     bson_t warned, breached; /* arrays being built */
     uint32_t n_warned, n_breached;
@@ -437,13 +440,11 @@ static void push_tag(bson_t *arr, uint32_t *n, const char *tag)
 }
 
 static int sla_event(struct ctx *c, const char *type, const char *target, int64_t due,
-                     int64_t level, const char *trigger, struct sd_error *err)
+                     const char *trigger, struct sd_error *err)
 {
     bson_t event = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&event, "target", target);
     BSON_APPEND_DATE_TIME(&event, "due", due);
-    if (level)
-        BSON_APPEND_INT64(&event, "level", level);
     int rc = emit(c, type, trigger, &event, err);
     bson_destroy(&event);
     return rc;
@@ -452,7 +453,7 @@ static int sla_event(struct ctx *c, const char *type, const char *target, int64_
 /* One target (first_response or resolution): warning, breach, escalation. */
 static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t due,
                   int64_t warn_at, const bson_t *old_warned, const bson_t *old_breached,
-                  const int64_t *steps, int n_steps, int64_t old_level, struct sd_error *err)
+                  const int64_t *steps, int n_steps, struct sd_error *err)
 {
     int64_t now = c->in->now_ms;
     char tag[96];
@@ -470,13 +471,13 @@ static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t d
         add_next(p, due);
         if (!warned && !breached) {
             push_tag(&p->warned, &p->n_warned, tag);
-            return sla_event(c, "ticket.sla_warning", name, due, 0, tag, err);
+            return sla_event(c, "ticket.sla_warning", name, due, tag, err);
         }
         return 0;
     }
     if (!breached) {
         push_tag(&p->breached, &p->n_breached, tag);
-        if (sla_event(c, "ticket.sla_breached", name, due, 0, tag, err))
+        if (sla_event(c, "ticket.sla_breached", name, due, tag, err))
             return -1;
     }
     /* The ladder: levels by business minutes overdue; up only. */
@@ -487,15 +488,12 @@ static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t d
     arg_int(&a, overdue);
     if (call_int(c, "sla", "escalation_level", &a, &level, err))
         return -1;
-    int64_t from = p->level > old_level ? p->level : old_level;
-    for (int64_t l = from + 1; l <= level && l <= MAX_LEVELS; l++) {
-        char trigger[96];
-        snprintf(trigger, sizeof trigger, "%lld:%lld", (long long)l, (long long)due);
-        if (sla_event(c, "ticket.escalated", name, due, l, trigger, err))
-            return -1;
-    }
-    if (level > p->level)
+    /* Mailed once for both deadlines, after both (escalate). */
+    if (level > p->level) {
         p->level = level;
+        p->level_target = name;
+        p->level_due = due;
+    }
     if (level < n_steps) {
         int64_t next;
         if (sla_due(c, due, steps[level], &next, err))
@@ -503,6 +501,26 @@ static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t d
         add_next(p, next > now ? next : now + 60000);
     }
     return 0;
+}
+
+/* One ticket.escalated per recipient for the level reached, however many rungs
+ * it climbed since the last look (downtime, a late first look): the key names
+ * that level, so a later step up the ladder still mails once. */
+static int escalate(struct ctx *c, const struct sla_plan *p, int64_t old_level,
+                    struct sd_error *err)
+{
+    if (p->level <= old_level || !p->level_target)
+        return 0;
+    char trigger[96];
+    snprintf(trigger, sizeof trigger, "%lld:%lld", (long long)p->level, (long long)p->level_due);
+    bson_t event = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&event, "target", p->level_target);
+    BSON_APPEND_DATE_TIME(&event, "due", p->level_due);
+    BSON_APPEND_INT64(&event, "level", p->level);
+    BSON_APPEND_INT64(&event, "previous_level", old_level);
+    int rc = emit(c, "ticket.escalated", trigger, &event, err);
+    bson_destroy(&event);
+    return rc;
 }
 
 static int reminders(struct ctx *c, struct sla_plan *p, const bson_t *state, int64_t customer,
@@ -615,10 +633,12 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
     if (active) {
         if (fr_due)
             rc = target(c, &p, "first_response", fr_due, fr_warn, has_warned ? &old_warned : NULL,
-                        has_breached ? &old_breached : NULL, steps, n_steps, old_level, err);
+                        has_breached ? &old_breached : NULL, steps, n_steps, err);
         if (rc == 0)
             rc = target(c, &p, "resolution", res_due, res_warn, has_warned ? &old_warned : NULL,
-                        has_breached ? &old_breached : NULL, steps, n_steps, old_level, err);
+                        has_breached ? &old_breached : NULL, steps, n_steps, err);
+        if (rc == 0)
+            rc = escalate(c, &p, old_level, err);
         int64_t customer = ms_at(conv, "last_customer_message_at");
         if (rc == 0 && customer && customer > ms_at(conv, "last_agent_message_at"))
             rc = reminders(c, &p, state, customer, err);
@@ -660,6 +680,12 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
         bson_append_document_end(action, &doc);
         if (p.level > old_level)
             BSON_APPEND_INT64(action, "escalation_level", p.level);
+        /* What the record says was planned: a conversation read again,
+         * unchanged, whose sla still says this, needs no new decision. */
+        if (p.next_due)
+            BSON_APPEND_DATE_TIME(new_state, "next_due", p.next_due);
+        else
+            BSON_APPEND_NULL(new_state, "next_due");
     }
     bson_destroy(&p.warned);
     bson_destroy(&p.breached);
@@ -698,7 +724,11 @@ static int decide_one(const struct notification_input *in, const bson_t *conv, b
     if (room_hex[0] && sub_doc(in->channels, room_hex, &channel))
         c.channel = &channel;
     c.have_zone = room_hex[0] && sub_doc(in->zones, room_hex, &c.zone);
-    const bson_t *state = sub_doc(in->states, c.id, &state_doc) ? &state_doc : NULL;
+    /* A record holding only a failure (a new ticket whose decision failed) is
+     * no record: the ticket is still news. */
+    const bson_t *state = sub_doc(in->states, c.id, &state_doc) && utf8_at(&state_doc, "status")
+                              ? &state_doc
+                              : NULL;
     const char *status = utf8_at(conv, "status");
     if (!c.room) {
         warn_doc(in, c.id, "room not found: ", room_hex[0] ? room_hex : "(no room_id)");
@@ -736,6 +766,10 @@ static int decide_one(const struct notification_input *in, const bson_t *conv, b
     bson_append_array_end(&action, &list);
     BSON_APPEND_DATE_TIME(&new_state, "at", in->now_ms);
     BSON_APPEND_DOCUMENT(&action, "state", &new_state);
+    char failure[48];
+    snprintf(failure, sizeof failure, "%s.failure", c.id);
+    if (find(in->states, failure, &it))
+        BSON_APPEND_BOOL(&action, "clear_failure", true);
     bson_concat(&action, &sla_part);
     bson_destroy(&sla_part);
     bson_destroy(&new_state);
@@ -746,6 +780,88 @@ static int decide_one(const struct notification_input *in, const bson_t *conv, b
         return -1;
     }
     return 1;
+}
+
+/* Minutes from a failure to the retry: the next tick, then 1, 3, 7, 15, 31,
+ * then hourly. */
+static int64_t retry_after_minutes(int64_t attempts)
+{
+    return attempts >= 7 ? 60 : (INT64_C(1) << (attempts - 1)) - 1;
+}
+
+/* The action for a conversation whose decision failed: its record keeps the
+ * failure (attempts, error), and its sla.next_due is set to the retry, so
+ * that the next ticks' sweep finds it through its index whether or not the
+ * platform changes it; after NOTIFY_MAX_ATTEMPTS failures in a row it is
+ * parked: next_due removed, looked at again only when it changes. */
+static void failed_one(const struct notification_input *in, const bson_t *conv,
+                       const struct sd_error *err, bson_t *action)
+{
+    bson_iter_t it;
+    char hex[25] = "?";
+    const bson_oid_t *oid = NULL;
+    if (bson_iter_init_find(&it, conv, "_id") && BSON_ITER_HOLDS_OID(&it)) {
+        oid = bson_iter_oid(&it);
+        bson_oid_to_string(oid, hex);
+    }
+    char path[48];
+    snprintf(path, sizeof path, "%s.failure.attempts", hex);
+    int64_t attempts = int_at(in->states, path, 0) + 1;
+    bool parked = attempts >= NOTIFY_MAX_ATTEMPTS;
+    int64_t retry_at = in->now_ms + retry_after_minutes(attempts) * 60000;
+
+    bson_t f = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&f, "conversation_id", hex);
+    BSON_APPEND_INT64(&f, "attempts", attempts);
+    if (parked) {
+        log_msg(LOG_ERROR, in->log, "notification.parked", &f,
+                "%s; failed %lld times in a row: parked until the conversation changes",
+                err->message, (long long)attempts);
+    } else {
+        char when[32];
+        clock_format_iso(retry_at, when, sizeof when);
+        log_msg(LOG_ERROR, in->log, "notification.decide_failed", &f,
+                "%s; attempt %lld of %d, retried from %s", err->message, (long long)attempts,
+                NOTIFY_MAX_ATTEMPTS, when);
+    }
+    bson_destroy(&f);
+    if (!oid)
+        return; /* not reached: decide_one fails only with an _id */
+
+    bson_t state, failure, list;
+    BSON_APPEND_UTF8(action, "kind", "notify");
+    BSON_APPEND_UTF8(action, "target", hex);
+    BSON_APPEND_OID(action, "conversation_id", oid);
+    if (bson_iter_init_find(&it, conv, "updated_at") && BSON_ITER_HOLDS_DATE_TIME(&it))
+        BSON_APPEND_DATE_TIME(action, "read_updated_at", bson_iter_date_time(&it));
+    BSON_APPEND_BOOL(action, "failed", true);
+    BSON_APPEND_ARRAY_BEGIN(action, "notifications", &list);
+    bson_append_array_end(action, &list);
+    BSON_APPEND_DOCUMENT_BEGIN(action, "state", &state);
+    BSON_APPEND_DOCUMENT_BEGIN(&state, "failure", &failure);
+    BSON_APPEND_INT64(&failure, "attempts", attempts);
+    BSON_APPEND_UTF8(&failure, "error", err->message);
+    BSON_APPEND_DATE_TIME(&failure, "at", in->now_ms);
+    if (bson_iter_init_find(&it, conv, "updated_at") && BSON_ITER_HOLDS_DATE_TIME(&it))
+        BSON_APPEND_DATE_TIME(&failure, "updated_at", bson_iter_date_time(&it));
+    if (parked)
+        BSON_APPEND_BOOL(&failure, "parked", true);
+    else
+        BSON_APPEND_DATE_TIME(&failure, "retry_at", retry_at);
+    bson_append_document_end(&state, &failure);
+    bson_append_document_end(action, &state);
+    /* The sla as it was, but for next_due. */
+    bson_t old, sla;
+    bool has_old = find(conv, "sla", &it) && BSON_ITER_HOLDS_DOCUMENT(&it) &&
+                   sub_doc(conv, "sla", &old);
+    if (has_old || !parked) {
+        BSON_APPEND_DOCUMENT_BEGIN(action, "sla", &sla);
+        if (has_old)
+            bson_copy_to_excluding_noinit(&old, &sla, "next_due", NULL);
+        if (!parked)
+            BSON_APPEND_DATE_TIME(&sla, "next_due", retry_at);
+        bson_append_document_end(action, &sla);
+    }
 }
 
 int notification_decide(const struct notification_input *in, bson_t *actions,
@@ -763,15 +879,14 @@ int notification_decide(const struct notification_input *in, bson_t *actions,
             snprintf(idx, sizeof idx, "%u", (*n_actions)++);
             bson_append_iter(actions, idx, -1, &it);
         } else if (rc < 0) {
-            bson_t f = BSON_INITIALIZER;
-            bson_iter_t id;
-            char hex[25] = "?";
-            if (bson_iter_init_find(&id, in->conversations[i], "_id") && BSON_ITER_HOLDS_OID(&id))
-                bson_oid_to_string(bson_iter_oid(&id), hex);
-            BSON_APPEND_UTF8(&f, "conversation_id", hex);
-            log_msg(LOG_ERROR, in->log, "notification.decide_failed", &f,
-                    "%s; left for the next tick", err.message);
-            bson_destroy(&f);
+            bson_t action = BSON_INITIALIZER;
+            failed_one(in, in->conversations[i], &err, &action);
+            if (!bson_empty(&action)) {
+                char idx[12];
+                snprintf(idx, sizeof idx, "%u", (*n_actions)++);
+                BSON_APPEND_DOCUMENT(actions, idx, &action);
+            }
+            bson_destroy(&action);
             bad++;
         }
         bson_destroy(&scratch);

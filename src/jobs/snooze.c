@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "core/clock.h"
 #include "jobs/job.h"
 #include "jobs/seam.h"
@@ -177,6 +178,28 @@ static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error 
     return 0;
 }
 
+/* The outbox entries a marked ticket carries: how many, and (with views) a
+ * read-only view of each into views[] and its address into entries[]. */
+static size_t notifications_of(const bson_t *doc, bson_t *views, const bson_t **entries)
+{
+    bson_iter_t it, nl, e;
+    size_t k = 0;
+    if (bson_iter_init(&it, doc) &&
+        bson_iter_find_descendant(&it, "supportd_unsnooze.notifications", &nl) &&
+        BSON_ITER_HOLDS_ARRAY(&nl) && bson_iter_recurse(&nl, &e)) {
+        while (bson_iter_next(&e)) {
+            if (!BSON_ITER_HOLDS_DOCUMENT(&e))
+                continue;
+            if (views) {
+                bson_iter_child(&e, &views[k]);
+                entries[k] = &views[k];
+            }
+            k++;
+        }
+    }
+    return k;
+}
+
 /* Queues and notifies every marked ticket, then removes the markers. */
 static int finish_marked(struct tick *t, struct sd_error *err)
 {
@@ -200,9 +223,11 @@ static int finish_marked(struct tick *t, struct sd_error *err)
         /* Queue first: one pipeline for the batch. */
         struct sd_error rerr;
         int appended = 0;
-        const bson_t **entries = calloc(n * 8 + 1, sizeof *entries);
-        bson_t *owned = calloc(n * 8 + 1, sizeof *owned);
-        size_t n_entries = 0;
+        size_t n_entries = 0, cap = 0;
+        for (size_t i = 0; i < n; i++)
+            cap += notifications_of(docs[i], NULL, NULL);
+        const bson_t **entries = calloc(cap + 1, sizeof *entries);
+        bson_t *owned = bson_views_new(cap);
         for (size_t i = 0; i < n && rc == 0; i++) {
             bson_iter_t it, q;
             const char *key = NULL, *member = NULL;
@@ -228,21 +253,7 @@ static int finish_marked(struct tick *t, struct sd_error *err)
                 else
                     appended++;
             }
-            bson_iter_t nl, e;
-            if (bson_iter_init(&it, docs[i]) &&
-                bson_iter_find_descendant(&it, "supportd_unsnooze.notifications", &nl) &&
-                BSON_ITER_HOLDS_ARRAY(&nl) && bson_iter_recurse(&nl, &e)) {
-                while (bson_iter_next(&e) && n_entries < n * 8) {
-                    uint32_t len;
-                    const uint8_t *data;
-                    if (!BSON_ITER_HOLDS_DOCUMENT(&e))
-                        continue;
-                    bson_iter_document(&e, &len, &data);
-                    bson_init_static(&owned[n_entries], data, len);
-                    entries[n_entries] = &owned[n_entries];
-                    n_entries++;
-                }
-            }
+            n_entries += notifications_of(docs[i], owned + n_entries, entries + n_entries);
         }
         for (int i = 0; i < appended; i++) {
             redisReply *rep = rds_pipeline_read(t->env->redis, &rerr);
@@ -265,7 +276,7 @@ static int finish_marked(struct tick *t, struct sd_error *err)
             }
         }
         free(entries);
-        free(owned);
+        bson_free(owned);
         if (rc == 0) {
             /* Markers go only once queue and outbox hold their effects. */
             bson_t ids_filter = BSON_INITIALIZER, in, ids, update = BSON_INITIALIZER, unset;

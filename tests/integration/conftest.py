@@ -5,7 +5,8 @@ Environment:
                        AddressSanitizer build of `zig build -Dsanitize=true`)
   SUPPORTD_LD_PRELOAD  added to the child's environment as LD_PRELOAD (the test
                        build uses AddressSanitizer through the system libasan);
-                       when neither is set, gcc's libasan for the default binary
+                       when neither is set, gcc's libasan for the default binary,
+                       then the libbson alignment check (shims/bson_align_check.c)
   ASAN_OPTIONS         passed through when set
 Services come from <repo>/.services.env (written by `scripts/services up`), or
 from MONGO_DB_URL / REDIS_HOST / REDIS_PORT already in the environment.
@@ -51,15 +52,53 @@ _asan_runtime: list[str] = []
 def supportd_preload() -> str | None:
     """LD_PRELOAD for the binary under test: SUPPORTD_LD_PRELOAD; when SUPPORTD_BIN is
     not set either, the default binary is the sanitized build, which needs gcc's libasan
-    loaded first."""
+    loaded first. Then, for any binary, the libbson alignment check (a static binary
+    ignores LD_PRELOAD)."""
     if os.environ.get("SUPPORTD_LD_PRELOAD"):
-        return os.environ["SUPPORTD_LD_PRELOAD"]
-    if os.environ.get("SUPPORTD_BIN"):
-        return None
-    if not _asan_runtime:
-        _asan_runtime.append(subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
-                                            text=True, check=True).stdout.strip())
-    return _asan_runtime[0]
+        base = os.environ["SUPPORTD_LD_PRELOAD"]
+    elif os.environ.get("SUPPORTD_BIN"):
+        base = ""
+    else:
+        if not _asan_runtime:
+            _asan_runtime.append(subprocess.run(["gcc", "-print-file-name=libasan.so"],
+                                                capture_output=True, text=True,
+                                                check=True).stdout.strip())
+        base = _asan_runtime[0]
+    return " ".join(p for p in (base, bson_align_check()) if p)
+
+
+def unaligned_heap() -> dict:
+    """Environment overrides under which ASan's heap gives blocks only 16-byte alignment, as
+    glibc's and musl's malloc do: ASan's redzones grow with the block, which puts larger
+    blocks on 128-byte boundaries by accident, where the alignment check below cannot see a
+    bson_t array that is misaligned under any other allocator."""
+    opts = [o for o in os.environ.get("ASAN_OPTIONS", "").split(":") if o]
+    return {"ASAN_OPTIONS": ":".join(opts + ["max_redzone=16"])}
+
+
+_shim_built: list[str] = []
+BSON_ALIGN_SHIM = REPO / "tests" / "integration" / "shims" / "bson_align_check.c"
+
+
+def bson_align_check() -> str:
+    """The libbson alignment check (shims/bson_align_check.c), built with gcc on first use:
+    preloaded after libasan, it aborts the process when supportd's code hands libbson a
+    bson_t that is not aligned as libbson declares (which UBSan cannot see)."""
+    out = REPO / "zig-out" / "test-shims" / "libbson_align_check.so"
+    if _shim_built:
+        return _shim_built[0]
+    if not out.is_file() or out.stat().st_mtime < BSON_ALIGN_SHIM.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cflags = subprocess.run(["pkg-config", "--cflags", "libbson-1.0"], capture_output=True,
+                                text=True, check=True).stdout.split()
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror", *cflags, "-o", str(tmp),
+                        str(BSON_ALIGN_SHIM), "-ldl"], check=True)
+        tmp.replace(out)
+    _shim_built.append(str(out))
+    return str(out)
+
+
 SERVICES_ENV = REPO / ".services.env"
 SERVICE_VARS = ("MONGO_DB_URL", "REDIS_HOST", "REDIS_PORT", "SMTP_URL", "MAILPIT_API_URL",
                 "POSTGRES_URL", "SECURE_TLS_DIR", "SECURE_MONGO_PORT", "SECURE_MONGO_USER",
@@ -77,6 +116,7 @@ SANITIZER_MARKERS = (
     "ERROR: LeakSanitizer",
     "runtime error:",  # UBSan
     "AddressSanitizer:DEADLYSIGNAL",
+    "bson_align_check:",  # shims/bson_align_check.c
 )
 ASAN_NOT_FIRST = "ASan runtime does not come first"
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from bson import ObjectId
 
 from commcheck_helpers import ALERTS, CHANNELS, RejectingSMTP, CertAuthority, World
-from conftest import wait_until
+from conftest import unaligned_heap, wait_until
 from fakes_fixtures import *  # noqa: F401,F403  (provider_fake, providers)
 
 HOOK_OK = 405  # an unsigned probe commonly gets 403/405: still an answer
@@ -424,3 +425,30 @@ def test_stalest_channels_first_within_the_cap(world):
     assert left_out in second and len(second) == 3
     refreshed = [k for k in first if second[k] != first[k]]
     assert refreshed == [str(ids[0])], (first, second)
+
+
+def test_alert_notifications_are_aligned_for_libbson(world):
+    """An alert's channel.alert entries are handed to libbson as bson_t, which libbson
+    declares 128-byte aligned: never from a malloc'ed array (16-byte aligned under
+    glibc's and musl's malloc; shims/bson_align_check.c aborts the process)."""
+    cid, _ = healthy_twilio(world)
+    world.fake.state(account_status="suspended")
+    world.tick(**unaligned_heap())
+    assert world.open_alert(cid, "twilio.account")
+    assert world.notifications(), "the alert's notifications"
+
+
+def test_an_alert_to_many_managers_enqueues_each_once(world):
+    """More channel.alert entries in one round than the first allocation holds: the
+    entries, grown in memory, still read as what the alert carried (a regression: the
+    copied views pointed into the freed array)."""
+    managers = [{"user_id": ObjectId(), "name": f"M{i}", "role": "manager",
+                 "email": f"m{i}-{world.tag}@acme.example"} for i in range(40)]
+    world.db["conversation-room"].update_one({"_id": world.room},
+                                             {"$push": {"members": {"$each": managers}}})
+    cid, _ = healthy_twilio(world)
+    world.fake.state(account_status="suspended")
+    world.tick()
+    assert world.open_alert(cid, "twilio.account")
+    to = sorted(n["recipient"]["email"] for n in world.notifications())
+    assert to == sorted([world.manager["email"]] + [m["email"] for m in managers])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, supportd_bin, supportd_preload
+from conftest import REPO, supportd_bin, supportd_preload, unaligned_heap
 
 FIXTURES = REPO / "tests" / "fixtures"
 BIN = supportd_bin()
@@ -175,3 +175,12 @@ def test_message_status_keys_from_the_environment_win():
     twilio_lines = [l for l in cp.stdout.splitlines() if l.startswith("  entry 1") and "(twilio)" in l]
     assert twilio_lines and all("rejected: bad signature" in l for l in twilio_lines)
     assert "(sendgrid): done" in cp.stdout
+
+
+def test_fixture_documents_are_aligned_for_libbson():
+    """Each fixture document is handed to the decisions as a bson_t, which libbson
+    declares 128-byte aligned: never from a malloc'ed array (16-byte aligned under
+    glibc's and musl's malloc; shims/bson_align_check.c aborts the process)."""
+    cp = run("dry-run", "--fixtures", str(FIXTURES / "demo"), **unaligned_heap())
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert cp.stdout.startswith("{")

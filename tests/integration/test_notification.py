@@ -7,6 +7,7 @@ simulated with updated_at set to the instant they happen.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from conftest import wait_until
+from conftest import REPO, _ping, services_script, unaligned_heap, wait_until
 from fakes_fixtures import *  # noqa: F401,F403
 
 UTC = timezone.utc
@@ -275,7 +276,7 @@ def test_a_change_seen_in_two_ticks_sends_once(world):
     # inside the skew margin the next tick reads it again; and with the state
     # record gone it decides the same mail again: the key makes it a no-op
     counts = world.tick(T0 + timedelta(seconds=40))
-    assert counts["changed"] >= 1 and counts["notifications"] == 0
+    assert counts["unchanged"] >= 1 and counts["notifications"] == 0  # read, nothing new
     world.db[NOTIFY_STATE].delete_one({"_id": t})
     world.db[NOTIFY_STATE].insert_one({"_id": t, "status": "open", "assignee": "",
                                        "customer_at": T0 - timedelta(hours=1),
@@ -421,9 +422,12 @@ def test_warning_then_breach_then_escalation_one_mail_each(world):
     assert sorted(to_petra) == sorted([f"SLA breached: {world.conv(t)['subject']}",
                                        f"Escalated to level 1: {world.conv(t)['subject']}"])
     assert world.conv(t)["escalation_level"] == 1
-    for m in (301, 302):  # 60 minutes overdue: level 2
-        counts = world.tick(T0 + timedelta(minutes=m))
-        assert counts["changed"] == 0  # found through sla.next_due
+    # the platform goes on: the checkpoint (the newest updated_at read) moves past t
+    world.ticket(T0 + timedelta(minutes=290))
+    world.tick(T0 + timedelta(minutes=291))
+    counts = world.tick(T0 + timedelta(minutes=301))  # 60 minutes overdue: level 2
+    assert counts["due"] == 1  # found through sla.next_due
+    world.tick(T0 + timedelta(minutes=302))
     assert world.conv(t)["escalation_level"] == 2
     assert len(world.mails_to(world.petra)) == 3
     assert sum(s.startswith("SLA warning") for s in world.mails_to(world.anna)) == 1
@@ -505,6 +509,17 @@ def test_a_batch_with_many_mails_enqueues_and_delivers_each_once(world):
     assert len(world.mails()) == 120
 
 
+def test_outbox_entries_are_aligned_for_libbson(world):
+    """A batch's outbox entries are handed to libbson as bson_t, which libbson declares
+    128-byte aligned: never from a malloc'ed array (16-byte aligned under glibc's and
+    musl's malloc; shims/bson_align_check.c aborts the process)."""
+    installed(world)
+    for _ in range(5):
+        world.ticket(T0)
+    counts = world.tick(T0 + timedelta(minutes=1), **unaligned_heap())
+    assert counts["notifications"] == 10, counts
+
+
 @pytest.mark.parametrize("flavor", ["ferretdb", "mongodb"])
 def test_both_query_shapes_read_the_same_rooms_states_and_messages(world, flavor):
     """FerretDB's shape (an equality find per conversation, room and message
@@ -566,3 +581,263 @@ def test_tick_end_counts_the_rules_cpu(world):
     assert cp.returncode == 0, cp.stderr
     outbox = tick_counts(cp)
     assert outbox["rule_calls"] == 0 and outbox["rules_cpu_us"] == 0 and outbox["render_cpu_us"] == 0
+
+
+# ---- the checkpoint: lost, or ahead of the platform -------------------------------------
+
+CHECKPOINT = {"_id": "checkpoint"}
+
+
+def flush_redis(world):
+    """What a Redis restarted without persistence, or flushed, leaves of this test's keys."""
+    keys = list(world.sd.redis.scan_iter(match=world.sd.prefix + "*"))
+    if keys:
+        world.sd.redis.delete(*keys)
+
+
+def once_each(world):
+    """The outbox key of every mail the SendGrid fake accepted so far, asserting that
+    none was sent twice."""
+    seen = {}
+    for m in world.p.fake.sent()["sendgrid"]:
+        key = m["json"]["custom_args"]["supportd_key"]
+        seen[key] = seen.get(key, 0) + 1
+    assert set(seen.values()) <= {1}, {k: v for k, v in seen.items() if v > 1}
+    return set(seen)
+
+
+def urgent_answered_ticket(world, at):
+    """Urgent, answered at once: one deadline left, resolution at `at` + 240 minutes."""
+    return world.ticket(at, priority="urgent", assignee_id=world.anna["user_id"],
+                        first_response_at=at, last_agent_message_at=at)
+
+
+@pytest.mark.parametrize("loss", ["flush", "restart"])
+def test_a_lost_redis_is_not_a_fresh_install(world, loss, redis_restart_guard):
+    """Redis flushed, or restarted without persistence (scripts/services restart-redis):
+    the next tick is not a first install. A breach due right then reaches the managers;
+    nothing already sent is sent again."""
+    installed(world)
+    t = urgent_answered_ticket(world, T0)
+    world.tick(T0 + timedelta(minutes=1))
+    world.tick(T0 + timedelta(minutes=226))  # the warning
+    before = once_each(world)
+    assert any(s.startswith("SLA warning") for s in world.mails_to(world.anna))
+    if loss == "flush":
+        flush_redis(world)
+    else:
+        services_script("restart-redis")
+        wait_until(lambda: _ping(world.sd.redis), 30, 0.2, "Redis to come back")
+        assert world.sd.redis.dbsize() == 0
+    counts = world.tick(T0 + timedelta(minutes=241))
+    assert counts["baseline"] is False, counts
+    subject = world.conv(t)["subject"]
+    assert f"SLA breached: {subject}" in world.mails_to(world.petra)
+    assert f"Escalated to level 1: {subject}" in world.mails_to(world.petra)
+    after = once_each(world)
+    assert before < after
+    assert world.conv(t)["escalation_level"] == 1
+
+
+def test_a_database_served_before_without_any_checkpoint_mails_what_is_due(world):
+    """No checkpoint anywhere (Redis lost by a version that kept it only there), but
+    supportd's records show the database was served: every conversation is looked at,
+    what is due is mailed, what was mailed is not mailed again, and a ticket without a
+    record is news."""
+    installed(world)
+    t = urgent_answered_ticket(world, T0)
+    world.tick(T0 + timedelta(minutes=1))
+    world.tick(T0 + timedelta(minutes=226))
+    before = once_each(world)
+    flush_redis(world)
+    world.db[NOTIFY_STATE].delete_one(CHECKPOINT)
+    new = world.ticket(T0 + timedelta(minutes=230), subject=f"late news {world.tag}")
+    counts = world.tick(T0 + timedelta(minutes=241))
+    assert counts["baseline"] is False, counts
+    assert f"SLA breached: {world.conv(t)['subject']}" in world.mails_to(world.petra)
+    assert f"New ticket: late news {world.tag}" in world.mails_to(world.jonas)
+    assert before < once_each(world)
+    assert new
+
+
+def test_an_earlier_builds_checkpoint_in_redis_is_taken_over(world):
+    """An earlier build kept the checkpoint only in Redis (its tick's now): taken over once
+    (the change query starts from it, not a full sweep), then kept in MongoDB only."""
+    installed(world)
+    old = world.ticket(T0 - timedelta(hours=2))
+    t = world.ticket(T0 - timedelta(hours=2))
+    world.tick(T0)
+    world.db[NOTIFY_STATE].delete_one(CHECKPOINT)
+    key = world.sd.key("notification:changed_since")
+    world.sd.redis.set(key, str(ms(T0)))
+    world.change(t, T0 + timedelta(minutes=2), assignee_id=world.jonas["user_id"])
+    counts = world.tick(T0 + timedelta(minutes=3))
+    assert counts["baseline"] is False and counts["full_sweep"] is False, counts
+    assert counts["changed"] == 1, counts  # t; not `old`
+    assert world.mails_to(world.jonas).count(f"Assigned to you: {world.conv(t)['subject']}") == 1
+    assert world.sd.redis.get(key) is None
+    assert world.db[NOTIFY_STATE].find_one(CHECKPOINT)["changed_since"] == T0 + timedelta(minutes=2)
+    assert old
+
+
+def test_an_interrupted_first_install_still_mails_nobody(world, tmp_path):
+    """The first install's first tick stopped half-way (SIGTERM between batches) leaves
+    records for some conversations; the next tick finishes the first install: still
+    nobody is mailed about what was there before."""
+    docs = [{"_id": ObjectId(), "room_id": world.room_id, "subject": f"old {i}", "channel": "email",
+             "status": "open", "priority": "normal", "assignee_id": world.anna["user_id"],
+             "contact": {"name": "Lena", "email": f"lena-{world.tag}@example.org"},
+             "created_at": T0 - timedelta(days=1), "updated_at": T0 - timedelta(days=1),
+             "last_customer_message_at": T0 - timedelta(days=1), "escalation_level": 0}
+            for i in range(502)]
+    world.db["conversation-conversation"].insert_many(docs)
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    (seams / "notification_after_enqueue.arm").touch()
+    d = world.start(T0, "interrupted", QM_SUPPORT_TEST_SEAMS=str(seams))
+    wait_until(lambda: (seams / "notification_after_enqueue.reached").exists(), 30, what="seam")
+    d.proc.send_signal(signal.SIGTERM)
+    (seams / "notification_after_enqueue.arm").unlink()
+    (seams / "notification_after_enqueue.go").touch()
+    d.wait_exit(60)
+    recorded = world.db[NOTIFY_STATE].count_documents({"status": {"$exists": True}})
+    assert 0 < recorded < 502, recorded
+    counts = world.tick(T0 + timedelta(minutes=1))
+    assert counts["baseline"] is True, counts
+    assert world.outbox() == [] and world.mails() == []
+    assert world.db[NOTIFY_STATE].count_documents({"status": {"$exists": True}}) == 502
+    # and the install is finished: news is news again
+    world.ticket(T0 + timedelta(minutes=2), subject=f"news {world.tag}")
+    counts = world.tick(T0 + timedelta(minutes=3))
+    assert counts["baseline"] is False
+    assert world.mails_to(world.anna) == [f"New ticket: news {world.tag}"]
+
+
+def test_a_tick_with_a_future_now_does_not_skip_later_changes(world):
+    """`once notification --now <future>` (or a clock running ahead) leaves the
+    checkpoint where the platform's writes are, not at its own now: a change made after
+    it, at the platform's present, is still seen by the next tick."""
+    installed(world)
+    t = world.ticket(T0 - timedelta(hours=1), status="pending")
+    world.tick(T0)
+    world.tick(T0 + timedelta(days=1))
+    world.change(t, T0 + timedelta(minutes=5), assignee_id=world.jonas["user_id"])
+    counts = world.tick(T0 + timedelta(minutes=6))
+    assert counts["changed"] >= 1, counts
+    assigned = f"Assigned to you: {world.conv(t)['subject']}"
+    assert world.mails_to(world.jonas).count(assigned) == 1
+
+
+# ---- a decision that fails ------------------------------------------------------------------
+
+def failing_rules(tmp_path):
+    """The shipped rules, but sla.lua's policy raises for a subject starting with "boom"."""
+    rules = tmp_path / "failing-rules"
+    shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("fixtures"))
+    path = rules / "sla.lua"
+    text = path.read_text()
+    head = "function M.policy(conversation, room)\n"
+    assert head in text
+    path.write_text(text.replace(head, head + '  if tostring(conversation.subject):sub(1, 4) == "boom" '
+                                       'then error("no policy for this one") end\n'))
+    return str(rules)
+
+
+def test_a_conversation_whose_decision_fails_is_retried_next_tick(world, tmp_path):
+    rules = failing_rules(tmp_path)
+    installed(world)
+    bad = world.ticket(T0, subject=f"boom {world.tag}")
+    good = world.ticket(T0)
+    counts = world.tick(T0 + timedelta(minutes=1), QM_SUPPORT_RULES_DIR=rules)
+    assert counts["bad_documents"] == 1, counts
+    assert world.outbox(bad) == [] and len(world.outbox(good, "ticket.created")) == 2
+    world.tick(T0 + timedelta(minutes=2), QM_SUPPORT_RULES_DIR=rules)
+    # the platform goes on (so the change query has moved past `bad`); the rule is fixed
+    world.change(good, T0 + timedelta(minutes=3), priority="high")
+    world.tick(T0 + timedelta(minutes=4))
+    assert {e["recipient"]["email"] for e in world.outbox(bad, "ticket.created")} == {
+        world.anna["email"], world.jonas["email"]}
+    record = world.db[NOTIFY_STATE].find_one({"_id": bad})
+    assert "failure" not in record and record["status"] == "open", record
+    world.tick(T0 + timedelta(minutes=5))
+    assert len(world.outbox(bad)) == 2 and len(world.mails_to(world.anna)) == 2
+
+
+def test_a_conversation_that_keeps_failing_is_parked_with_its_error(world, tmp_path, sd):
+    rules = failing_rules(tmp_path)
+    installed(world)
+    bad = world.ticket(T0, subject=f"boom {world.tag}")
+    at = T0
+    attempts = []
+    for k in range(12):  # an hour apart: every retry is due
+        at += timedelta(hours=1)
+        cp = sd.cli("once", "notification", "--now", iso(at), timeout=90,
+                    **world.env(QM_SUPPORT_RULES_DIR=rules))
+        assert cp.returncode == 0, cp.stderr
+        failure = world.db[NOTIFY_STATE].find_one({"_id": bad})["failure"]
+        attempts.append(failure["attempts"])
+        if k == 9:
+            assert "notification.parked" in cp.stderr and str(bad) in cp.stderr
+    assert attempts == list(range(1, 11)) + [10, 10], attempts
+    assert failure["parked"] is True and "no policy for this one" in failure["error"], failure
+    assert tick_counts(cp)["due"] == 0  # parked: no longer looked at
+    assert world.outbox(bad) == []
+    # the platform changes it (or an operator touches it): looked at again, and decided
+    world.change(bad, at + timedelta(minutes=1), subject=f"fixed {world.tag}")
+    world.tick(at + timedelta(minutes=2), QM_SUPPORT_RULES_DIR=rules)
+    assert len(world.outbox(bad, "ticket.created")) == 2
+    assert "failure" not in world.db[NOTIFY_STATE].find_one({"_id": bad})
+
+
+# ---- catching up ------------------------------------------------------------------------------
+
+def escalations(world, t):
+    return sorted((e["recipient"]["email"], e["subject"]) for e in world.outbox(t, "ticket.escalated"))
+
+
+def test_a_ticket_first_seen_hours_past_its_deadlines_escalates_once_per_manager(world):
+    """Downtime: an urgent ticket is first looked at ten hours after its first-response
+    deadline. One ticket.escalated per manager, naming the level reached; the level is
+    recorded."""
+    installed(world)
+    second = world.member("Markus", "manager")
+    world.db["conversation-room"].update_one({"_id": world.room_id}, {"$push": {"members": second}})
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"])
+    world.tick(T0 + timedelta(minutes=30 + 600))
+    subject = world.conv(t)["subject"]
+    assert escalations(world, t) == sorted([(world.petra["email"], f"Escalated to level 3: {subject}"),
+                                            (second["email"], f"Escalated to level 3: {subject}")])
+    assert world.mails_to(world.petra).count(f"Escalated to level 3: {subject}") == 1
+    assert world.conv(t)["escalation_level"] == 3
+    world.tick(T0 + timedelta(minutes=30 + 601))
+    assert len(world.outbox(t, "ticket.escalated")) == 2
+
+
+def test_after_a_catch_up_a_later_step_up_the_ladder_mails_once(world):
+    installed(world)
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"])
+    world.tick(T0 + timedelta(minutes=30 + 90))  # 90 minutes overdue: level 2 at once
+    subject = world.conv(t)["subject"]
+    assert escalations(world, t) == [(world.petra["email"], f"Escalated to level 2: {subject}")]
+    assert world.conv(t)["escalation_level"] == 2
+    for m in (30 + 241, 30 + 242):  # 240 minutes overdue: level 3
+        world.tick(T0 + timedelta(minutes=m))
+    assert escalations(world, t) == sorted([(world.petra["email"], f"Escalated to level 2: {subject}"),
+                                            (world.petra["email"], f"Escalated to level 3: {subject}")])
+    assert world.conv(t)["escalation_level"] == 3
+    once_each(world)
+
+
+def test_a_quiet_system_reads_its_newest_changes_again_but_decides_nothing(world):
+    """The checkpoint is the newest updated_at read, so the change query's margin keeps
+    the last changes in every tick's read until a newer one comes: read, found unchanged
+    since their decision and not due, and left (no rules, no writes)."""
+    installed(world)
+    for _ in range(3):
+        world.ticket(T0)
+    counts = world.tick(T0 + timedelta(minutes=1))
+    assert counts["changed"] == 3 and counts["notifications"] == 6, counts
+    for m in (5, 10):
+        counts = world.tick(T0 + timedelta(minutes=m))
+        assert (counts["unchanged"], counts["changed"], counts["due"]) == (3, 0, 0), counts
+        assert counts["states"] == 0 and counts["rule_calls"] == 0, counts

@@ -19,7 +19,7 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from conftest import REPO, services_script, wait_until
+from conftest import REPO, services_script, unaligned_heap, wait_until
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 NOW_ISO = "2026-03-02T09:00:00Z"
@@ -408,3 +408,27 @@ def test_counters_add_up(world, tmp_path):
     failed = [json.loads(l) for l in cp.stderr.splitlines() if "snooze.decide_failed" in l]
     assert failed and failed[0]["conversation_id"] == str(broken)
     assert "queue.score" in failed[0]["msg"] and "no score for this one" in failed[0]["msg"]
+
+
+def test_outbox_entries_of_woken_tickets_are_aligned_for_libbson(world):
+    """The outbox entries a wake-up carries are handed to libbson as bson_t, which
+    libbson declares 128-byte aligned: never from a malloc'ed array (16-byte aligned
+    under glibc's and musl's malloc; shims/bson_align_check.c aborts the process)."""
+    woken = [world.ticket(NOW - timedelta(minutes=5)) for _ in range(3)]
+    cp = world.once(**unaligned_heap())
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert len(world.outbox()) == 2 * len(woken)
+
+
+def test_a_ticket_waking_to_many_agents_notifies_each(world):
+    """An unassigned ticket goes to every agent of its room, however many (a regression:
+    a batch kept at most 8 entries per woken ticket and dropped the rest)."""
+    agents = [{"user_id": ObjectId(), "name": f"A{i}", "role": "agent",
+               "email": f"a{i}-{world.tag}@acme.example"} for i in range(12)]
+    world.db["conversation-room"].update_one({"_id": world.room_id},
+                                             {"$push": {"members": {"$each": agents}}})
+    t = world.ticket(NOW - timedelta(minutes=5))
+    cp = world.once()
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    to = sorted(e["recipient"]["email"] for e in world.outbox(t))
+    assert to == sorted([world.anna["email"], world.jonas["email"]] + [a["email"] for a in agents])
