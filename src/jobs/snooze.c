@@ -38,6 +38,7 @@ struct tick {
     struct job_env *env;
     mongoc_collection_t *convs;
     int64_t wall_ms;
+    int64_t max_updated;        /* greatest updated_at read by the sweep (-1: none) */
     /* read = due + replied + malformed + not_due + failed;
      * due + replied + malformed = woken + conflicts (README: counters). */
     int64_t read, due, replied, malformed, not_due, failed;
@@ -364,6 +365,12 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
 static int process_batch(void *arg, bson_t **docs, size_t n, struct sd_error *err)
 {
     struct tick *t = arg;
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, docs[i], "updated_at") && BSON_ITER_HOLDS_DATE_TIME(&it) &&
+            bson_iter_date_time(&it) > t->max_updated)
+            t->max_updated = bson_iter_date_time(&it);
+    }
     int rc = process(t, docs, n, err);
     return rc ? rc : finish_marked(t, err);
 }
@@ -423,7 +430,7 @@ static int64_t read_checkpoint(struct tick *t, char *key, size_t size)
 
 int job_snooze(struct job_env *env, struct sd_error *err)
 {
-    struct tick t = {.env = env, .wall_ms = clock_now_ms()};
+    struct tick t = {.env = env, .wall_ms = clock_now_ms(), .max_updated = -1};
     t.convs = mongoc_client_get_collection(env->mongo, env->db, COLL_CONVERSATION);
     char key[300];
     int64_t checkpoint = read_checkpoint(&t, key, sizeof key);
@@ -433,10 +440,15 @@ int job_snooze(struct job_env *env, struct sd_error *err)
     if (rc == 0)
         rc = sweep(&t, checkpoint < 0 ? -1 : checkpoint - CHANGED_SKEW_MS, &complete, err);
     /* The checkpoint moves only past a sweep read to its end: the changed
-     * tickets it did not reach are looked at again next tick. */
-    if (rc == 0 && complete && !job_should_stop(env)) {
+     * tickets it did not reach are looked at again next tick. It moves to
+     * the greatest updated_at read (SPEC §3: from what was read, not from the
+     * local clock alone — a clock running fast would otherwise skip the
+     * replies written meanwhile until their snooze ends), never past our
+     * clock, never back. Nothing read, nothing learned: it stays. */
+    int64_t next = t.max_updated < t.wall_ms ? t.max_updated : t.wall_ms;
+    if (rc == 0 && complete && !job_should_stop(env) && next >= 0 && next > checkpoint) {
         char value[64];
-        snprintf(value, sizeof value, "%lld %s", (long long)t.wall_ms, rules_version(env->rules));
+        snprintf(value, sizeof value, "%lld %s", (long long)next, rules_version(env->rules));
         redisReply *rep = rds_command(env->redis, err, "SET %s %s", key, value);
         if (!rep)
             rc = -1;

@@ -201,6 +201,33 @@ def test_customer_reply_wakes_early_unless_rules_say_no(world, tmp_path):
     assert world.conv(quiet)["status"] == "snoozed"
 
 
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def test_a_fast_clock_never_moves_the_checkpoint_past_what_was_read(world):
+    """Issue 20 (SPEC §3, clocks): the changed-tickets checkpoint derives from
+    the updated_at values read, not from the local clock. An instance whose
+    clock runs an hour fast once wrote "now + 1 h" and every reply written in
+    that hour was skipped until its snooze ended."""
+    from conftest import supportd_preload
+    preload = supportd_preload()
+    if not preload or not FAKETIME_LIB.exists():
+        pytest.skip("needs LD_PRELOAD (not the static binary) and libfaketime")
+    later = world.ticket(NOW + timedelta(days=2), snooze_at=NOW - timedelta(hours=3),
+                         last_customer=NOW - timedelta(hours=4), assignee=world.anna)
+    fast = world.once(LD_PRELOAD=f"{preload}:{FAKETIME_LIB}", FAKETIME="+1h",
+                      FAKETIME_DONT_FAKE_MONOTONIC="1", FAKETIME_NO_CACHE="1")
+    assert fast.returncode == 0, fast.stderr
+    assert world.conv(later)["status"] == "snoozed"
+    stored = int(world.sd.redis.get(world.sd.key("snooze:changed_since")).split()[0])
+    real_now = int(time.time() * 1000)
+    assert stored <= real_now, f"checkpoint {stored - real_now} ms in the future"
+    customer_writes(world, later)  # by the platform, on a correct clock
+    cp = world.once()
+    assert cp.returncode == 0, cp.stderr
+    assert world.conv(later)["status"] == "open", "the reply was skipped"
+
+
 def test_tick_twice_changes_and_sends_nothing_twice(world):
     ids = [world.ticket(NOW - timedelta(minutes=i + 1), assignee=world.anna) for i in range(5)]
     first = world.once()
