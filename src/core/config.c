@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
 #include <mongoc/mongoc.h>
@@ -256,6 +257,10 @@ static void register_url_password(const char *url)
     if (colon) {
         char *pw = strndup(colon + 1, (size_t)(at - colon - 1));
         log_add_secret(pw);
+        /* and as libcurl and the server see it: percent-decoded */
+        char *plain = curl_easy_unescape(NULL, pw, 0, NULL);
+        log_add_secret(plain);
+        curl_free(plain);
         free(pw);
     }
 }

@@ -795,6 +795,21 @@ static void test_mongo_password_percent_encoded(void **state)
     assert_redacts(url, "mongodb://app:[redacted]@db.internal:27017/support");
 }
 
+/* Issue 22: an SMTP_URL password is a secret in both spellings, as written
+ * and as decoded (the README says so; only the written one was registered). */
+static void test_smtp_url_password_both_spellings(void **state)
+{
+    (void)state;
+    struct config cfg;
+    load_ok(ENV({"SMTP_URL", "smtps://bot:m%40il%2Fpw-9@mail.example.com:465"},
+                {"QM_SUPPORT_EMAIL_PROVIDER", "smtp"}),
+            &cfg);
+    config_free(&cfg);
+    assert_redacts("login m@il/pw-9 failed", "login [redacted] failed");
+    assert_redacts("url m%40il%2Fpw-9", "url [redacted]");
+    log_clear_secrets();
+}
+
 int main(void)
 {
     mongoc_init();
@@ -810,6 +825,7 @@ int main(void)
         cmocka_unit_test_teardown(test_redis_port_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url_password_with_delimiters, clear_secrets),
+        cmocka_unit_test_teardown(test_smtp_url_password_both_spellings, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url_error_hides_password, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url_excludes_split_variables, clear_secrets),
