@@ -101,6 +101,7 @@ const core_sources = [_][]const u8{
     "src/http/server.c",
     "src/http/webhook.c",
     "src/http/probes.c",
+    "src/http/checker.c",
     "src/http/exposition.c",
 };
 
