@@ -261,7 +261,7 @@ static int safe_insert(lua_State *L)
     case 3: {
         pos = luaL_checkinteger(L, 2);
         luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
-        if (e - pos > MAX_SHIFT)
+        if (e > pos && (lua_Unsigned)e - (lua_Unsigned)pos > MAX_SHIFT)
             return luaL_error(L, "table.insert: more than %I elements to move",
                               (lua_Integer)MAX_SHIFT);
         for (lua_Integer i = e; i > pos; i--) {
@@ -285,7 +285,7 @@ static int safe_remove(lua_State *L)
     if (pos != size)
         luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2,
                       "position out of bounds");
-    if (size - pos > MAX_SHIFT)
+    if (size > pos && (lua_Unsigned)size - (lua_Unsigned)pos > MAX_SHIFT)
         return luaL_error(L, "table.remove: more than %I elements to move",
                           (lua_Integer)MAX_SHIFT);
     lua_geti(L, 1, pos);
