@@ -210,6 +210,17 @@ static void view_source(const struct source *s, struct checker_source *out, bool
         out->metrics = strdup(s->metrics->str);
 }
 
+/* A check that hangs never ends, so record() cannot say so: the first look
+ * that finds a source silent past the bound logs it (once). Under c->mu;
+ * returns whether to log. */
+static bool newly_silent(struct source *s)
+{
+    if (s->reported_bad || !s->ok_mono || fresh(s->ok_mono))
+        return false;
+    s->reported_bad = true;
+    return true;
+}
+
 void checker_view(struct checker *c, struct checker_view *v, bool with_metrics)
 {
     memset(v, 0, sizeof *v);
@@ -220,7 +231,14 @@ void checker_view(struct checker *c, struct checker_view *v, bool with_metrics)
     view_source(&c->redis, &v->redis, with_metrics);
     v->health_ok = c->health_ok && fresh(c->health_mono);
     memcpy(v->health, c->health, sizeof v->health);
+    bool silent[2] = {newly_silent(&c->mongo), newly_silent(&c->redis)};
     pthread_mutex_unlock(&c->mu);
+    const struct checker_source *views[2] = {&v->mongo, &v->redis};
+    for (int i = 0; i < 2; i++)
+        if (silent[i])
+            log_msg(LOG_WARN, NULL, "http.dependency_down", NULL,
+                    "readiness: %s has not answered for %lld s (its check is still waiting)",
+                    i == 0 ? "mongodb" : "redis", (long long)views[i]->silent_s);
 }
 
 void checker_view_free(struct checker_view *v)
