@@ -101,6 +101,7 @@ const core_sources = [_][]const u8{
     "src/http/server.c",
     "src/http/webhook.c",
     "src/http/probes.c",
+    "src/http/checker.c",
     "src/http/exposition.c",
 };
 
@@ -120,6 +121,9 @@ pub fn build(b: *std.Build) void {
     var flags: std.ArrayList([]const u8) = .empty;
     flags.appendSlice(b.allocator, &c_flags) catch @panic("OOM");
     if (sanitize) flags.appendSlice(b.allocator, &.{ "-fsanitize=address" }) catch @panic("OOM");
+    // Test seams (src/core/seam.h) in development builds only: the release
+    // binary carries no test hook.
+    if (!static) flags.appendSlice(b.allocator, &.{ "-DSD_TEST_SEAMS" }) catch @panic("OOM");
 
     // The sanitized build needs gcc's libasan preloaded to start at all: it gets folders of
     // its own, so the plain binary in bin/ is never replaced by one that cannot run alone.

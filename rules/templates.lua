@@ -92,10 +92,12 @@ local function value(ctx, expr)
   return tostring(v)
 end
 
+-- One pass over the template: an inserted value is never read again, so a
+-- customer's subject "{{room.members.1.email}}" stays text.
 function M.fill(template, ctx, html)
-  local out = template:gsub("{{{%s*(.-)%s*}}}", function(e) return value(ctx, e) end)
-  return (out:gsub("{{%s*(.-)%s*}}", function(e)
+  return (template:gsub("{{({?)%s*(.-)%s*(}?)}}", function(open, e, close)
     local v = value(ctx, e)
+    if open == "{" and close == "}" then return v end
     return html and M.escape(v) or v
   end))
 end
@@ -128,6 +130,11 @@ M.tests = {
     expect_match = { html = "Fish &amp; &lt;chips&gt;", text = "Hello Anna" } },
   { name = "dates format in UTC", fn = "render", args = { "ticket.sla_warning", sample },
     expect_match = { subject = "2026%-03%-02 16:30 UTC" } },
+  { name = "inserted text is not read again", fn = "fill",
+    args = { "{{{conversation.subject}}}|{{conversation.subject}}|{{{ room.name }}}",
+             { conversation = { subject = "{{room.secret}} & {{{room.secret}}}" },
+               room = { name = "<b>", secret = "staff@acme.example" } }, true },
+    expect = "{{room.secret}} & {{{room.secret}}}|{{room.secret}} &amp; {{{room.secret}}}|<b>" },
 }
 for type in pairs(T) do
   M.tests[#M.tests + 1] = { name = "renders " .. type, fn = "render", args = { type, sample },

@@ -2,6 +2,8 @@
 #include <stdlib.h>
 
 #include "cli/cli.h"
+#include <mongoc/mongoc.h>
+
 #include "core/log.h"
 
 struct rules_live *cli_load_rules(const struct config *cfg)
@@ -13,6 +15,32 @@ struct rules_live *cli_load_rules(const struct config *cfg)
         fprintf(stderr, "supportd: QM_SUPPORT_RULES_DIR: rules in %s are invalid: %s\n",
                 cfg->rules_dir, err.message);
     return live;
+}
+
+/* Verification is always on for everything supportd connects to, except
+ * where MONGO_DB_URL turns it off with mongoc's own options: accepted (a
+ * test cluster with a self-signed certificate needs it), but never silently. */
+static void warn_unverified_tls(const struct config *cfg)
+{
+    if (!cfg->mongo_url)
+        return;
+    mongoc_uri_t *uri = mongoc_uri_new_with_error(cfg->mongo_url, NULL);
+    if (!uri)
+        return;
+    static const char *const off[] = {MONGOC_URI_TLSINSECURE, MONGOC_URI_TLSALLOWINVALIDCERTIFICATES,
+                                      MONGOC_URI_TLSALLOWINVALIDHOSTNAMES};
+    for (size_t i = 0; i < sizeof off / sizeof *off; i++)
+        if (mongoc_uri_get_option_as_bool(uri, off[i], false)) {
+            bson_t f = BSON_INITIALIZER;
+            BSON_APPEND_UTF8(&f, "option", off[i]);
+            log_msg(LOG_WARN, NULL, "config.tls_unverified", &f,
+                    "MONGO_DB_URL sets %s=true: the database server's certificate is not "
+                    "verified, so anyone in the path can read and change the data; remove it "
+                    "and name the CA with tlsCAFile",
+                    off[i]);
+            bson_destroy(&f);
+        }
+    mongoc_uri_destroy(uri);
 }
 
 int cli_load_config(struct config *cfg)
@@ -27,5 +55,6 @@ int cli_load_config(struct config *cfg)
     }
     log_init(cfg->log_level, cfg->log_json);
     log_route_mongoc();
+    warn_unverified_tls(cfg);
     return EXIT_OK;
 }

@@ -142,13 +142,31 @@ int preview_check_dir(const char *out_dir, struct sd_error *err)
     return 0;
 }
 
+/* The files hold customer data: readable by the owner only (0600), created
+ * fresh inside the folder as opened: a file of that name is removed first,
+ * and a symbolic link put there is never followed (O_NOFOLLOW), nor an
+ * existing file written into (O_EXCL). */
 static FILE *open_out(const char *dir, const char *name, char *path, size_t cap,
                       struct sd_error *err)
 {
     snprintf(path, cap, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        sd_error_set(err, "--preview: %s: %s", dir, strerror(errno));
+        return NULL;
+    }
+    if (unlinkat(dfd, name, 0) != 0 && errno != ENOENT) {
+        sd_error_set(err, "--preview: %s: cannot replace it: %s", path, strerror(errno));
+        close(dfd);
+        return NULL;
+    }
+    int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    close(dfd);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (!f) {
         sd_error_set(err, "--preview: %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
         return NULL;
     }
     /* a BOM: the file is UTF-8 whatever the template's head says, as the

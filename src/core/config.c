@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
 #include <mongoc/mongoc.h>
@@ -244,17 +245,22 @@ static int load_jobs(struct config *cfg, config_getenv_fn fn, void *ud, struct s
     return 0;
 }
 
+/* The password as written: between the first ':' after "://" and the URL's
+ * last '@' (generated passwords hold '/', '?', '#' unescaped; redis_url.c). */
 static void register_url_password(const char *url)
 {
     const char *p = url ? strstr(url, "://") : NULL;
     if (!p)
         return;
     p += 3;
-    size_t auth = strcspn(p, "/?#");
-    const char *at = memchr(p, '@', auth), *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+    const char *at = strrchr(p, '@'), *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
     if (colon) {
         char *pw = strndup(colon + 1, (size_t)(at - colon - 1));
         log_add_secret(pw);
+        /* and as libcurl and the server see it: percent-decoded */
+        char *plain = curl_easy_unescape(NULL, pw, 0, NULL);
+        log_add_secret(plain);
+        curl_free(plain);
         free(pw);
     }
 }

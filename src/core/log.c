@@ -172,11 +172,16 @@ void log_msg(enum log_level level, const struct log_ctx *ctx, const char *event,
 {
     if (level < min_level)
         return;
-    char msg[2048];
+    /* In full and redacted before the cut (error.c says why). */
+    char msg[2048], *full = NULL;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vasprintf(&full, fmt, ap);
     va_end(ap);
+    char *clean_msg = n >= 0 ? log_redact_dup(full) : NULL;
+    snprintf(msg, sizeof msg, "%s", clean_msg ? clean_msg : "(could not format the message)");
+    free(clean_msg);
+    free(full);
 
     char ts[40];
     clock_format_iso(clock_now_ms(), ts, sizeof ts);

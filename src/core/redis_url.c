@@ -9,16 +9,14 @@
 #include <strings.h>
 
 /* The URL as it may be quoted: the password (between the first ':' of the
- * userinfo and its '@') becomes "***". */
+ * userinfo and the last '@' of the URL) becomes "***". Generated passwords
+ * hold '/', '?', '#' and '@' unescaped; a Redis URL has no other place for an
+ * '@', so the last one ends the userinfo whatever stands before it. */
 static void masked(const char *url, char *buf, size_t size)
 {
     const char *auth = strstr(url, "://");
     const char *start = auth ? auth + 3 : url;
-    size_t len = strcspn(start, "/?#");
-    const char *at = NULL;
-    for (const char *p = start; p < start + len; p++)
-        if (*p == '@')
-            at = p; /* the last one: an unescaped '@' in the password stays hidden */
+    const char *at = strrchr(start, '@');
     const char *colon = at ? memchr(start, ':', (size_t)(at - start)) : NULL;
     if (!colon) {
         snprintf(buf, size, "%s", url);
@@ -71,15 +69,14 @@ int redis_url_parse(const char *url, struct redis_url *out, struct sd_error *err
     } else {
         return fail(err, url, "must start with redis:// or rediss:// (TLS)");
     }
-    if (strpbrk(p, "?#"))
+    /* The userinfo ends at the last '@' (see masked): a password may hold
+     * '/', '?' and '#' as generated. */
+    const char *at = strrchr(p, '@');
+    const char *rest = at ? at + 1 : p;
+    if (strpbrk(rest, "?#"))
         return fail(err, url, "query strings and fragments are not supported (set REDIS_TLS_* "
                               "for the TLS options)");
-    size_t auth_len = strcspn(p, "/");
-    const char *path = p + auth_len;
-    const char *at = NULL;
-    for (const char *q = p; q < path; q++)
-        if (*q == '@')
-            at = q;
+    const char *path = rest + strcspn(rest, "/");
     const char *hostport = p;
     if (at) {
         if (memchr(p, '@', (size_t)(at - p)))

@@ -9,6 +9,9 @@
  *   /proc    this process's resident memory, open fds and CPU time.
  * A source that cannot be read is left out and reported by
  * supportd_scrape_source_up{source} 0, so a scrape never fails as a whole.
+ * Redis and MongoDB are read by the checker's threads every 2 s (checker.c),
+ * never on the request's thread: a scrape is answered at once whatever they
+ * do, from what they said at most a few seconds ago.
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -25,7 +28,7 @@ static void head(bson_string_t *out, const char *name, const char *type, const c
     bson_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static bool redis_part(const struct http_ctx *ctx, struct rds *redis, bson_string_t *out)
+bool exposition_read_redis(const struct http_ctx *ctx, struct rds *redis, bson_string_t *out)
 {
     struct job_health h[JOB_COUNT];
     struct sd_error err;
@@ -91,7 +94,7 @@ static bool redis_part(const struct http_ctx *ctx, struct rds *redis, bson_strin
     return true;
 }
 
-static bool mongo_part(const struct http_ctx *ctx, bson_string_t *out)
+bool exposition_read_mongo(const struct http_ctx *ctx, bson_string_t *out)
 {
     static const char *const statuses[] = {"pending", "sent", "failed"};
     mongoc_client_t *client = store_pop(ctx->store);
@@ -236,10 +239,18 @@ static void process_part(bson_string_t *out)
 
 void exposition_metrics(const struct http_ctx *ctx, struct rds *redis, struct http_answer *ans)
 {
+    (void)redis;
     bson_string_t *out = bson_string_new(NULL);
     metrics_render(out);
-    bool redis_ok = redis_part(ctx, redis, out);
-    bool mongo_ok = mongo_part(ctx, out);
+    /* Read by the checker (checker.c), not on this request's thread. */
+    struct checker_view v;
+    checker_view(ctx->checker, &v, true);
+    bool redis_ok = v.redis.metrics != NULL, mongo_ok = v.mongo.metrics != NULL;
+    if (redis_ok)
+        bson_string_append(out, v.redis.metrics);
+    if (mongo_ok)
+        bson_string_append(out, v.mongo.metrics);
+    checker_view_free(&v);
     struct rules *rules = rules_live_acquire(ctx->rules);
     head(out, "supportd_rules_info", "gauge", "The rules set in use: its version (a hash).");
     bson_string_append(out, "supportd_rules_info{version=\"");

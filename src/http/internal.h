@@ -13,7 +13,10 @@
 #include "jobs/message_status.h"
 #include "rules/reload.h"
 #include "store/mongo.h"
+#include "store/health.h"
 #include "store/redis.h"
+
+struct checker;
 
 struct http_ctx {
     const struct config *cfg;
@@ -22,7 +25,44 @@ struct http_ctx {
     struct msgstatus_keys keys;   /* what message-status verifies with */
     int64_t started_ms;           /* process start: /healthz's grace */
     char stream_key[300];         /* <prefix>status-events */
+    struct checker *checker;      /* what the probes and /metrics report */
 };
+
+/* ---- checker.c: MongoDB and Redis as the background checks last saw them */
+
+struct checker_source {
+    bool up;                      /* answered within the staleness bound */
+    bool never;                   /* has not answered since the start */
+    int64_t silent_s;             /* seconds since its last answer */
+    char *metrics;                /* owned: its exposition text, NULL unless up */
+};
+
+struct checker_view {
+    struct checker_source mongo, redis;
+    bool health_ok;               /* health[] was read recently */
+    struct job_health health[JOB_COUNT];
+};
+
+/* Starts the two checking threads (ctx is borrowed for the checker's life). */
+struct checker *checker_start(const struct http_ctx *ctx, const struct rds_options *redis_opts);
+void checker_stop(struct checker *c);
+
+/* Waits (at most timeout_ms) until both sources have been checked once, so
+ * the first probes after the start answer from a real look. */
+void checker_wait_first(struct checker *c, int timeout_ms);
+
+/* A copy of the last state; with_metrics also copies the exposition texts
+ * (free them with checker_view_free). c may be NULL: everything down. */
+void checker_view(struct checker *c, struct checker_view *v, bool with_metrics);
+void checker_view_free(struct checker_view *v);
+
+/* "name: ok" or "name: not answering (…)": what an answer may say; the
+ * failure's details are only logged. */
+void checker_describe(const struct checker_source *s, const char *name, bson_string_t *out);
+
+/* exposition.c: the parts read from Redis and MongoDB, for the checker. */
+bool exposition_read_redis(const struct http_ctx *ctx, struct rds *redis, bson_string_t *out);
+bool exposition_read_mongo(const struct http_ctx *ctx, bson_string_t *out);
 
 struct http_answer {
     int status;

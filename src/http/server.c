@@ -15,6 +15,7 @@
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,9 +56,25 @@ struct request {
     char *target;                 /* as sent: path?query */
     int64_t received_at;
     char *body;
-    size_t len, cap;
+    size_t len, cap;              /* cap bytes are counted in `buffered` */
     bool too_large, started;
+    bool too_busy;                /* the process held HTTP_MAX_BUFFERED already */
 };
+
+/* Request bodies held by all connections together. Each body is capped
+ * (HTTP_MAX_BODY), but so many connections at once could hold hundreds of
+ * MiB; past this total a body is not kept and its request is answered 503
+ * (the providers retry). */
+#define HTTP_MAX_BUFFERED (32u * 1024 * 1024)
+static atomic_size_t buffered;
+
+static void release_body(struct request *r)
+{
+    atomic_fetch_sub(&buffered, r->cap);
+    free(r->body);
+    r->body = NULL;
+    r->len = r->cap = 0;
+}
 
 /* Every Redis connection a pool thread opened, closed at stop. */
 struct rds_list {
@@ -232,7 +249,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     struct request *r = *con_cls;
     if (r) {
         free(r->target);
-        free(r->body);
+        release_body(r);
         free(r);
         *con_cls = NULL;
     }
@@ -297,6 +314,10 @@ static enum MHD_Result run_webhook(struct http_server *s, struct MHD_Connection 
     if (r->too_large) {
         reason = "too_large";
         http_answer_text(&ans, 413, "request body larger than %d bytes\n", HTTP_MAX_BODY);
+    } else if (r->too_busy) {
+        reason = "busy";
+        http_answer_text(&ans, 503, "too many request bodies in flight; retry later\n");
+        ans.retry_after = "5";
     } else {
         struct webhook_request req = {
             .provider = provider,
@@ -364,21 +385,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             size_t n = *upload_size;
             if (!r->too_large && r->len + n > HTTP_MAX_BODY) {
                 r->too_large = true;
-                free(r->body);
-                r->body = NULL;
-                r->len = r->cap = 0;
+                release_body(r);
             }
-            if (!r->too_large) {
-                if (r->len + n + 1 > r->cap) {
-                    size_t cap = r->cap ? r->cap : 4096;
-                    while (cap < r->len + n + 1)
-                        cap *= 2;
+            if (!r->too_large && !r->too_busy && r->len + n + 1 > r->cap) {
+                size_t cap = r->cap ? r->cap : 4096;
+                while (cap < r->len + n + 1)
+                    cap *= 2;
+                size_t more = cap - r->cap;
+                if (atomic_fetch_add(&buffered, more) + more > HTTP_MAX_BUFFERED) {
+                    atomic_fetch_sub(&buffered, more);
+                    r->too_busy = true;
+                    release_body(r);
+                } else {
                     char *nb = realloc(r->body, cap);
-                    if (!nb)
+                    if (!nb) {
+                        atomic_fetch_sub(&buffered, more);
                         return MHD_NO;
+                    }
                     r->body = nb;
                     r->cap = cap;
                 }
+            }
+            if (!r->too_large && !r->too_busy) {
                 memcpy(r->body + r->len, upload_data, n);
                 r->len += n;
                 r->body[r->len] = '\0';
@@ -455,6 +483,9 @@ struct http_server *http_server_start(const struct config *cfg, struct store *st
     metrics_webhook_declare("twilio");
     metrics_webhook_declare("sendgrid");
 
+    s->ctx.checker = checker_start(&s->ctx, &s->redis_opts);
+    checker_wait_first(s->ctx.checker, 3000);
+
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -502,6 +533,7 @@ void http_server_stop(struct http_server *s)
     pthread_mutex_unlock(&s->mu);
     if (s->watchdog_started)
         pthread_join(s->watchdog, NULL);
+    checker_stop(s->ctx.checker);
     for (struct rds_list *n = s->conns, *next; n; n = next) {
         next = n->next;
         rds_destroy(n->r);

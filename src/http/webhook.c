@@ -11,6 +11,7 @@
  * provider, status, reason label, size and a short hash of the body (to find
  * the same request in a provider's console), at most a few lines a second.
  */
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -19,6 +20,11 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "http/internal.h"
+
+/* Twilio's status callbacks carry about 30 parameters. A form with many more
+ * is refused before it is parsed (the signature check parses and sorts it,
+ * twice): at most this many. */
+#define MAX_FORM_PARAMS 100
 
 /* At most this many webhook.rejected lines per second; the rest are counted
  * (/metrics has every one) and summed into the next line. */
@@ -119,6 +125,37 @@ static bool configured(const struct http_ctx *ctx, const char *provider, const c
     return *what == NULL;
 }
 
+/* SET NX of the request's digest, for the webhook tolerance: true when the
+ * key was there. Redis failing: not seen (the XADD below reports it). */
+static bool seen_before(const struct http_ctx *ctx, struct rds *redis,
+                        const struct webhook_request *req, const char *url, const char *sig,
+                        const char *ts)
+{
+    EVP_MD_CTX *sha = EVP_MD_CTX_new();
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    const char *parts[] = {req->provider, url, sig, ts};
+    bool hashed = sha && EVP_DigestInit_ex(sha, EVP_sha256(), NULL);
+    for (size_t i = 0; hashed && i < sizeof parts / sizeof *parts; i++)
+        hashed = EVP_DigestUpdate(sha, parts[i], strlen(parts[i]) + 1);
+    hashed = hashed && EVP_DigestUpdate(sha, req->body, req->len) &&
+             EVP_DigestFinal_ex(sha, md, &md_len) && md_len >= 16;
+    EVP_MD_CTX_free(sha);
+    if (!hashed)
+        return false;
+    char key[400];
+    int n = snprintf(key, sizeof key, "%swebhook:seen:", ctx->cfg->redis_prefix);
+    for (int i = 0; i < 16 && n > 0 && (size_t)n + 3 < sizeof key; i++)
+        n += snprintf(key + n, sizeof key - (size_t)n, "%02x", md[i]);
+    long long ttl = ctx->keys.sendgrid_tolerance_ms > 0 ? ctx->keys.sendgrid_tolerance_ms
+                                                         : 6LL * 3600 * 1000;
+    redisReply *rep = rds_command(redis, NULL, "SET %s 1 NX PX %lld", key, ttl);
+    bool seen = rep && rep->type == REDIS_REPLY_NIL;
+    if (rep)
+        freeReplyObject(rep);
+    return seen;
+}
+
 void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
                     const struct webhook_request *req, struct http_answer *ans,
                     const char **reason)
@@ -140,6 +177,19 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
         http_answer_text(ans, 400, "malformed body: not UTF-8 text\n");
         log_rejected(req, 400, *reason);
         return;
+    }
+    if (!strcmp(req->provider, "twilio")) {
+        size_t params = 1;
+        for (const char *p = memchr(req->body, '&', req->len); p;
+             p = memchr(p + 1, '&', req->len - (size_t)(p + 1 - req->body)))
+            params++;
+        if (params > MAX_FORM_PARAMS) {
+            *reason = "malformed";
+            http_answer_text(ans, 400, "malformed body: more than %d form parameters\n",
+                             MAX_FORM_PARAMS);
+            log_rejected(req, 400, *reason);
+            return;
+        }
     }
     bson_string_t *url = bson_string_new(NULL);
     called_url(ctx, req, url);
@@ -172,6 +222,16 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
         goto out;
     }
 
+    /* A replay (a captured callback sent again, a provider's retry of one we
+     * stored) is dropped here: every copy would be stored, and re-read for
+     * 15 minutes while its message is unknown. Same provider, URL, signature,
+     * timestamp and body within the tolerance = the same request; it is
+     * answered 204 (it is stored already) and counted as "duplicate". */
+    if (seen_before(ctx, redis, req, url->str, sig, ts)) {
+        *reason = "duplicate";
+        ans->status = 204;
+        goto out;
+    }
     /* SPEC §2: exactly these six fields, the body as received. */
     const char *argv[] = {"XADD", ctx->stream_key, "*", "provider", req->provider, "body",
                           req->body, "url", url->str, "signature", sig, "timestamp", ts,

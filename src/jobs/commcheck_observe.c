@@ -7,6 +7,7 @@
 
 #include "core/clock.h"
 #include "jobs/commcheck_internal.h"
+#include "providers/curl_shared.h"
 #include "providers/http.h"
 
 /* ---- what an answer means ---------------------------------------------- */
@@ -110,9 +111,12 @@ static bool obs_transport(struct observation *o, const char *check, const bson_t
 }
 
 /* A date in ms, and the days from now to it (negative when past). */
-static void observe_webhook(struct observation *o, const bson_t *ans, const char *url,
+static void observe_webhook(struct observation *o, const bson_t *ans, const char *raw_url,
                             int64_t now_ms)
 {
+    /* Quoted in the alert, its mail and the log: never its credentials. */
+    char url[512];
+    curl_url_redacted(raw_url, url, sizeof url);
     long status = (long)int_at(ans, "status", 0);
     if (status >= 500) {
         BSON_APPEND_BOOL(&o->result, "ok", false);
@@ -156,7 +160,7 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
     }
     if (strcmp(check, "webhook.endpoint") == 0 && !commcheck_http_url(utf8_at(ch, "webhook_url"))) {
         obs_broken(o);
-        snprintf(o->target, sizeof o->target, "%s", utf8_at(ch, "webhook_url"));
+        curl_url_redacted(utf8_at(ch, "webhook_url"), o->target, sizeof o->target);
         snprintf(o->message, sizeof o->message, "the webhook_url %s is not an http(s) URL",
                  o->target);
         return;
@@ -190,7 +194,8 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
     }
     if (!o->target[0]) {
         const char *colon = strchr(probe_id, ':');
-        snprintf(o->target, sizeof o->target, "%s", colon ? colon + 1 : "");
+        /* a URL (the webhook) is stored and mailed without its password */
+        curl_url_redacted(colon ? colon + 1 : "", o->target, sizeof o->target);
         if (strcmp(check, "twilio.number") == 0 || strcmp(check, "twilio.account") == 0) {
             const char *v = strcmp(check, "twilio.number") == 0 ? utf8_at(ch, "phone_number")
                                                                 : utf8_at(ch, "account_sid");
@@ -292,9 +297,12 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
                        has(app) ? app : utf8_at(ch, "messaging_service_sid"));
             } else if (want && !(wl == ul && strncmp(want, url, wl) == 0)) {
                 obs_broken(o);
+                char shown_url[512], shown_want[512];
+                curl_url_redacted(has(url) ? url : "(no sms_url)", shown_url, sizeof shown_url);
+                curl_url_redacted(want, shown_want, sizeof shown_want);
                 snprintf(o->message, sizeof o->message,
                          "the number %s sends incoming SMS to %s, not to the channel's webhook "
-                         "%s", o->target, has(url) ? url : "(no sms_url)", want);
+                         "%s", o->target, shown_url, shown_want);
             } else {
                 obs_ok(o, "the number is SMS-capable and points at the webhook%s", "");
             }

@@ -1,5 +1,6 @@
 #include "providers/curl_shared.h"
 
+#include <arpa/inet.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,32 +37,84 @@ enum http_failure curl_failure(CURLcode rc, bool too_large)
     }
 }
 
-/* Where the host starts (after the scheme and any userinfo) and its length. */
-static const char *host_span(const char *url, size_t *n)
+/* The host of url as curl's URL parser reads it (userinfo, port and path
+ * apart: a password holding '@' or ':' never ends up in "the host"), or NULL;
+ * the caller frees it with curl_free. */
+static char *parsed_host(const char *url)
 {
-    const char *p = strstr(url, "://");
-    p = p ? p + 3 : url;
-    *n = strcspn(p, "/?#");
-    const char *at = memchr(p, '@', *n); /* userinfo must never reach a message */
-    if (at) {
-        *n -= (size_t)(at + 1 - p);
-        p = at + 1;
-    }
-    return p;
+    CURLU *u = curl_url();
+    char *host = NULL;
+    if (u && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+        host = NULL;
+    curl_url_cleanup(u);
+    return host;
 }
 
 void curl_url_host(const char *url, char *out, size_t size)
 {
-    size_t n;
-    const char *p = host_span(url, &n);
-    snprintf(out, size, "%.*s", (int)n, p);
+    CURLU *u = curl_url();
+    char *host = NULL, *port = NULL;
+    if (u && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+        curl_url_get(u, CURLUPART_PORT, &port, 0); /* only when the URL names one */
+    /* An unparseable URL is never quoted: its credentials may be anywhere. */
+    if (!host)
+        snprintf(out, size, "(an unparseable URL)");
+    else
+        snprintf(out, size, "%s%s%s", host, port ? ":" : "", port ? port : "");
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
 }
 
+void curl_url_redacted(const char *url, char *out, size_t size)
+{
+    if (!url) {
+        snprintf(out, size, "%s", "");
+        return;
+    }
+    CURLU *u = curl_url();
+    char *pw = NULL, *text = NULL;
+    bool parsed = u && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK;
+    if (parsed && curl_url_get(u, CURLUPART_PASSWORD, &pw, 0) == CURLUE_OK) {
+        if (curl_url_set(u, CURLUPART_PASSWORD, "***", 0) != CURLUE_OK ||
+            curl_url_get(u, CURLUPART_URL, &text, 0) != CURLUE_OK)
+            parsed = false;
+    }
+    if (parsed && !text)
+        snprintf(out, size, "%s", url); /* no password in it */
+    else if (parsed)
+        snprintf(out, size, "%s", text);
+    else {
+        /* Not a URL curl reads: hide everything from "://" up to its last
+         * '@' (no "://": not a URL at all, an address or a number). */
+        const char *auth = strstr(url, "://");
+        const char *start = auth ? auth + 3 : url;
+        const char *at = auth ? strrchr(start, '@') : NULL;
+        if (at)
+            snprintf(out, size, "%.*s***%s", (int)(start - url), url, at);
+        else
+            snprintf(out, size, "%s", url);
+    }
+    curl_free(pw);
+    curl_free(text);
+    curl_url_cleanup(u);
+}
+
+/* Exact loopback names and addresses: a prefix match would let
+ * "localhost.mail.example.com" or "127.0.0.1.nip.io" skip STARTTLS. */
 bool curl_url_is_loopback(const char *url)
 {
-    size_t n;
-    const char *h = host_span(url, &n);
-    return (n >= 4 && strncmp(h, "127.", 4) == 0) ||
-           (n >= 9 && strncasecmp(h, "localhost", 9) == 0) ||
-           (n >= 5 && strncmp(h, "[::1]", 5) == 0);
+    char *host = parsed_host(url);
+    bool loop = false;
+    if (host) {
+        struct in_addr a4;
+        if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
+            loop = true;
+        else if (inet_pton(AF_INET, host, &a4) == 1)
+            loop = (ntohl(a4.s_addr) >> 24) == 127;
+    }
+    curl_free(host);
+    return loop;
 }

@@ -18,10 +18,17 @@ int curl_stop_progress(void *stop, curl_off_t dltotal, curl_off_t dlnow, curl_of
 
 enum http_failure curl_failure(CURLcode rc, bool too_large);
 
-/* Host (and port) part of url, for messages: never userinfo, path or query. */
+/* Host (and port, when the URL names one) of url as curl's URL parser reads
+ * it, for messages: never userinfo, path or query; "(an unparseable URL)"
+ * when curl cannot read it (then nothing of it is quoted). */
 void curl_url_host(const char *url, char *out, size_t size);
 
-/* 127.x, localhost or [::1] (such hosts may skip STARTTLS). */
+/* url for quoting in alerts, mails and logs: a password in its userinfo
+ * (https://user:password@host/…, common in webhook URLs) becomes "***". */
+void curl_url_redacted(const char *url, char *out, size_t size);
+
+/* Exactly localhost, an address in 127.0.0.0/8 or [::1] (such hosts may skip
+ * STARTTLS); never a name that merely starts like one. */
 bool curl_url_is_loopback(const char *url);
 
 #endif

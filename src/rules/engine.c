@@ -6,6 +6,7 @@
 #include <lualib.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@
 #define MAX_MOVE 16777216LL /* table.move: elements in one call */
 #define HOOK_EVERY 1000
 #define MAX_FILE_BYTES (1u << 20)
+#define MAX_SHIFT MAX_MOVE  /* table.insert/remove: elements moved in one call */
+#define MAX_RESULT_VALUES 200000 /* a rule result's values, keys included */
 
 const char *const rules_files[] = {"templates", "notify", "sla", "health", "retry", "queue"};
 const int rules_file_count = 6;
@@ -46,6 +49,9 @@ struct rules {
     struct rules_deadline deadline; /* of the call running now */
     bool failed_running;            /* rules_load: a rule failed while running */
     char version[13];
+    /* Where an error outside any lua_pcall lands (see on_panic): set by
+     * rules_call and rules_get around their work; NULL: none. */
+    jmp_buf *recover;
 };
 
 /* The single place rule memory comes from: returning NULL over the cap makes
@@ -156,6 +162,13 @@ static int protected_call(struct rules *r, int nargs, struct sd_error *err)
     return -1;
 }
 
+static int rawget_gc(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    lua_pushliteral(L, "__gc");
+    return lua_rawget(L, idx);
+}
+
 static const char xpcall_lua[] =
     "local pcall, pack, unpack = pcall, table.pack, table.unpack\n"
     "return function(f, h, ...)\n"
@@ -164,9 +177,13 @@ static const char xpcall_lua[] =
     "  return false, h(r[2])\n"
     "end\n";
 
+/* Finalizers run with hooks off (also in lua_close on a reload): no deadline
+ * could stop one. Read raw: lua_getfield would run the metatable's own
+ * __index, which can rawset __gc and answer nil. Lua decides whether a table
+ * is finalized when setmetatable is called, so a __gc added later is inert. */
 static int safe_setmetatable(lua_State *L)
 {
-    if (lua_istable(L, 2) && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+    if (lua_istable(L, 2) && rawget_gc(L, 2) != LUA_TNIL)
         return luaL_error(L, "__gc metamethods are not allowed in rules");
     lua_settop(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1));
@@ -207,6 +224,79 @@ static int safe_move(lua_State *L)
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
     return lua_gettop(L);
+}
+
+/* table.insert and table.remove shift elements one by one in C from #t, and
+ * a __len can claim 2^62 elements: assigning nil allocates nothing, so
+ * neither the memory cap nor the count hook would ever stop them. These are
+ * Lua 5.4's own (ltablib.c), with the shift bounded and the deadline read. */
+static void shift_step(lua_State *L, lua_Integer done)
+{
+    if ((done & 1023) == 0) {
+        struct rules *r = rules_of(L);
+        if (rules_deadline_passed(&r->deadline))
+            rules_deadline_raise(L, &r->deadline);
+    }
+}
+
+static lua_Integer table_len(lua_State *L)
+{
+    if (lua_type(L, 1) != LUA_TTABLE) {
+        /* ltablib's checktab also admits values whose metatable has the
+         * fields; rules get plain tables. */
+        luaL_checktype(L, 1, LUA_TTABLE);
+    }
+    return luaL_len(L, 1);
+}
+
+static int safe_insert(lua_State *L)
+{
+    lua_Integer e = table_len(L);
+    e = (lua_Integer)((lua_Unsigned)e + 1u); /* first empty element */
+    lua_Integer pos;
+    switch (lua_gettop(L)) {
+    case 2:
+        pos = e;
+        break;
+    case 3: {
+        pos = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
+        if (e > pos && (lua_Unsigned)e - (lua_Unsigned)pos > MAX_SHIFT)
+            return luaL_error(L, "table.insert: more than %I elements to move",
+                              (lua_Integer)MAX_SHIFT);
+        for (lua_Integer i = e; i > pos; i--) {
+            shift_step(L, e - i);
+            lua_geti(L, 1, i - 1);
+            lua_seti(L, 1, i);
+        }
+        break;
+    }
+    default:
+        return luaL_error(L, "wrong number of arguments to 'insert'");
+    }
+    lua_seti(L, 1, pos);
+    return 0;
+}
+
+static int safe_remove(lua_State *L)
+{
+    lua_Integer size = table_len(L);
+    lua_Integer pos = luaL_optinteger(L, 2, size);
+    if (pos != size)
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2,
+                      "position out of bounds");
+    if (size > pos && (lua_Unsigned)size - (lua_Unsigned)pos > MAX_SHIFT)
+        return luaL_error(L, "table.remove: more than %I elements to move",
+                          (lua_Integer)MAX_SHIFT);
+    lua_geti(L, 1, pos);
+    for (; pos < size; pos++) {
+        shift_step(L, pos);
+        lua_geti(L, 1, pos + 1);
+        lua_seti(L, 1, pos);
+    }
+    lua_pushnil(L);
+    lua_seti(L, 1, pos);
+    return 1;
 }
 
 /* Replaces lib[name] by a closure of fn over the original. */
@@ -251,6 +341,12 @@ static int open_sandbox_p(lua_State *L)
     lua_pop(L, 1);
     wrap(L, LUA_STRLIBNAME, "rep", safe_rep);
     wrap(L, LUA_TABLIBNAME, "move", safe_move);
+    lua_getglobal(L, LUA_TABLIBNAME);
+    lua_pushcfunction(L, safe_insert);
+    lua_setfield(L, -2, "insert");
+    lua_pushcfunction(L, safe_remove);
+    lua_setfield(L, -2, "remove");
+    lua_pop(L, 1);
     /* os: time, date and clock only. */
     lua_getglobal(L, LUA_OSLIBNAME);
     lua_createtable(L, 0, 3);
@@ -436,6 +532,18 @@ static int init_registry(lua_State *L)
     return 0;
 }
 
+/* An error outside any lua_pcall would make Lua abort the process. Every
+ * entry point runs under lua_pcall, so this is the net under that: the call
+ * in progress fails (rules_call/rules_get set `recover`); with none in
+ * progress there is nowhere to go, and Lua aborts as it would have. */
+static int on_panic(lua_State *L)
+{
+    struct rules *r = rules_of(L);
+    if (r->recover)
+        longjmp(*r->recover, 1);
+    return 0;
+}
+
 struct rules *rules_load(const char *dir, const struct rules_limits *limits, struct sd_error *err)
 {
     return rules_load_checked(dir, limits, NULL, err);
@@ -457,6 +565,7 @@ struct rules *rules_load_checked(const char *dir, const struct rules_limits *lim
         return NULL;
     }
     pthread_mutex_init(&r->mu, NULL);
+    lua_atpanic(r->L, on_panic);
     open_sandbox(r->L);
     lua_pushcfunction(r->L, init_registry);
     if (lua_pcall(r->L, 0, 0, 0) != LUA_OK) {
@@ -496,7 +605,8 @@ void rules_destroy(struct rules *r)
 
 const char *rules_version(const struct rules *r) { return r->version; }
 
-/* Pushes modules[module][field]; returns its Lua type. */
+/* Pushes modules[module][field], read raw: a module table's metatable
+ * never runs outside a protected, budgeted call. Returns its Lua type. */
 static int push_member(lua_State *L, const char *module, const char *field)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, "supportd.modules");
@@ -507,9 +617,51 @@ static int push_member(lua_State *L, const char *module, const char *field)
         lua_pushnil(L);
         return LUA_TNIL;
     }
-    lua_getfield(L, -1, field);
+    lua_pushstring(L, field);
+    lua_rawget(L, -2);
     lua_remove(L, -2);
     return lua_type(L, -1);
+}
+
+/* Converts the value below the top (a rule's result) into ctx->out, under
+ * lua_pcall and the call's deadline, with a cap on its size (marshal.h). */
+struct convert {
+    struct rules *r;
+    bson_t *out;
+    struct sd_error *err;
+    int rc;
+};
+
+static int convert_p(lua_State *L)
+{
+    struct convert *c = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    struct marshal_limits lim = {.max_nodes = MAX_RESULT_VALUES, .deadline = &c->r->deadline};
+    c->rc = marshal_append(L, -1, c->out, "result", &lim, c->err);
+    return 0;
+}
+
+static int convert_result(struct rules *r, bson_t *out, struct sd_error *err)
+{
+    lua_State *L = r->L;
+    struct convert c = {r, out, err, -1};
+    /* The conversion's own few Lua allocations (a long key pushed to look it
+     * up) are not the rule's: the cap does not apply to them. */
+    size_t cap = r->mem_limit;
+    r->mem_limit = (size_t)-1;
+    lua_pushvalue(L, -1);
+    lua_pushcfunction(L, convert_p);
+    lua_insert(L, -2);
+    lua_pushlightuserdata(L, &c);
+    int st = lua_pcall(L, 2, 0, 0);
+    r->mem_limit = cap;
+    if (st != LUA_OK) {
+        sd_error_set(err, "reading the result: %s",
+                     lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_pop(L, 1);
+        return -1;
+    }
+    return c.rc;
 }
 
 static int push_args(lua_State *L)
@@ -550,6 +702,13 @@ int rules_call(struct rules *r, const char *module, const char *fn, const bson_t
     seam_wait("rules_call");
     lua_State *L = r->L;
     int top = lua_gettop(L), rc = 0;
+    jmp_buf recover;
+    r->recover = &recover;
+    if (setjmp(recover)) {
+        rc = sd_error_set(err, "%s.lua: %s: error outside a protected call: %s", module, fn,
+                          lua_tostring(L, -1) ? lua_tostring(L, -1) : "unknown");
+        goto done;
+    }
     if (push_member(L, module, fn) != LUA_TFUNCTION) {
         rc = sd_error_set(err, "%s.lua: no function %s", module, fn);
         goto done;
@@ -576,9 +735,11 @@ int rules_call(struct rules *r, const char *module, const char *fn, const bson_t
             sd_error_prefix(err, "%s.lua", module);
         goto done;
     }
-    if (marshal_append(L, -1, out, "result", err))
+    if (convert_result(r, out, err))
         rc = sd_error_prefix(err, "%s.lua: %s returned", module, fn);
 done:
+    r->recover = NULL;
+    lua_sethook(L, NULL, 0, 0);
     lua_settop(L, top);
     pthread_mutex_unlock(&r->mu);
     stall_leave();
@@ -595,11 +756,19 @@ int rules_get(struct rules *r, const char *module, const char *field, bson_t *ou
               struct sd_error *err)
 {
     pthread_mutex_lock(&r->mu);
-    int top = lua_gettop(r->L);
-    push_member(r->L, module, field);
-    int rc = marshal_append(r->L, -1, out, "result", err);
-    if (rc)
-        sd_error_prefix(err, "%s.lua: %s", module, field);
+    int top = lua_gettop(r->L), rc;
+    jmp_buf recover;
+    r->recover = &recover;
+    if (setjmp(recover)) {
+        rc = sd_error_set(err, "%s.lua: %s: error outside a protected call", module, field);
+    } else {
+        push_member(r->L, module, field);
+        rules_deadline_arm(&r->deadline, r->timeout_ms);
+        rc = convert_result(r, out, err);
+        if (rc)
+            sd_error_prefix(err, "%s.lua: %s", module, field);
+    }
+    r->recover = NULL;
     lua_settop(r->L, top);
     pthread_mutex_unlock(&r->mu);
     return rc;

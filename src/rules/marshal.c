@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/bson_field.h"
+#include "rules/deadline.h"
 
 #define MAX_DEPTH 64
 
@@ -105,125 +106,195 @@ static lua_Integer sequence_length(lua_State *L, int idx)
     return count > 0 && count == max ? count : -1;
 }
 
-static int append_depth(lua_State *L, int idx, bson_t *out, const char *key, int depth,
-                        struct sd_error *err);
+/* One conversion: its limits and what it has used. Only raw access is used
+ * (lua_next, lua_rawget): no metamethod — no rule code — runs while a result
+ * is read, so a result cannot throw or loop here. */
+struct walk {
+    lua_State *L;
+    const struct marshal_limits *lim;
+    size_t nodes;
+    struct sd_error *err;
+};
+
+static int append_depth(struct walk *w, int idx, bson_t *out, const char *key, int depth);
+
+static int too_large(struct walk *w, const char *key)
+{
+    return sd_error_set(w->err, "%s: the value is larger than a BSON document may be (16 MiB)",
+                        key);
+}
+
+/* A value more: within the node cap, and the deadline read every 1,024. */
+static int count_node(struct walk *w, const char *key)
+{
+    w->nodes++;
+    if (w->lim && w->lim->max_nodes && w->nodes > w->lim->max_nodes)
+        return sd_error_set(w->err, "%s: more than %zu values (a table repeated inside itself?)",
+                            key, w->lim->max_nodes);
+    if (w->lim && w->lim->deadline && (w->nodes & 1023) == 0 &&
+        rules_deadline_passed(w->lim->deadline))
+        return sd_error_set(w->err, "%s: reading the result exceeded the time budget of %d ms",
+                            key, w->lim->deadline->limit_ms);
+    return 0;
+}
+
+struct field_key {
+    char *text;
+    bool integer;
+    lua_Integer n;
+};
 
 static int compare_keys(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const struct field_key *)a)->text, ((const struct field_key *)b)->text);
 }
 
-static int append_table(lua_State *L, int idx, bson_t *out, const char *key, int depth,
-                        struct sd_error *err)
+static void free_keys(struct field_key *keys, size_t n)
 {
+    for (size_t i = 0; i < n; i++)
+        free(keys[i].text);
+    free(keys);
+}
+
+static int append_table(struct walk *w, int idx, bson_t *out, const char *key, int depth)
+{
+    lua_State *L = w->L;
     if (depth > MAX_DEPTH)
-        return sd_error_set(err, "table nested deeper than %d levels at \"%s\" (a cycle?)",
+        return sd_error_set(w->err, "table nested deeper than %d levels at \"%s\" (a cycle?)",
                             MAX_DEPTH, key);
     idx = lua_absindex(L, idx);
     if (!lua_checkstack(L, 3))
-        return sd_error_set(err, "%s: out of Lua stack", key);
+        return sd_error_set(w->err, "%s: out of Lua stack", key);
     bson_t child;
     lua_Integer n = sequence_length(L, idx);
     if (n > 0) {
-        bson_append_array_begin(out, key, -1, &child);
-        for (lua_Integer i = 1; i <= n; i++) {
+        if (!bson_append_array_begin(out, key, -1, &child))
+            return too_large(w, key);
+        int rc = 0;
+        for (lua_Integer i = 1; rc == 0 && i <= n; i++) {
             char k[24];
             snprintf(k, sizeof k, "%lld", (long long)(i - 1));
             lua_rawgeti(L, idx, i);
-            int rc = append_depth(L, -1, &child, k, depth + 1, err);
+            rc = append_depth(w, -1, &child, k, depth + 1);
             lua_pop(L, 1);
-            if (rc)
-                return sd_error_prefix(err, "%s", key);
         }
-        bson_append_array_end(out, &child);
-        return 0;
+        /* Closed on every path: a parent left "in child" makes libbson abort
+         * on the next append to it. */
+        if (!bson_append_array_end(out, &child) && rc == 0)
+            rc = too_large(w, key);
+        return rc ? sd_error_prefix(w->err, "%s", key) : 0;
     }
     /* Lua's table order changes from run to run (string hashes are seeded);
      * fields go out sorted so the same rules give the same bytes. */
     size_t n_keys = 0, cap = 16;
-    char **keys = malloc(cap * sizeof *keys);
+    struct field_key *keys = malloc(cap * sizeof *keys);
+    if (!keys)
+        return sd_error_set(w->err, "%s: out of memory", key);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
+        struct field_key fk = {0};
         char numkey[24];
-        const char *k;
         if (lua_type(L, -1) == LUA_TSTRING) {
-            k = lua_tostring(L, -1);
+            fk.text = strdup(lua_tostring(L, -1));
         } else if (lua_isinteger(L, -1)) {
-            snprintf(numkey, sizeof numkey, "%lld", (long long)lua_tointeger(L, -1));
-            k = numkey;
+            fk.integer = true;
+            fk.n = lua_tointeger(L, -1);
+            snprintf(numkey, sizeof numkey, "%lld", (long long)fk.n);
+            fk.text = strdup(numkey);
         } else {
-            sd_error_set(err, "%s: a key of type %s cannot become a field name", key,
+            sd_error_set(w->err, "%s: a key of type %s cannot become a field name", key,
                          luaL_typename(L, -1));
             lua_pop(L, 1);
-            for (size_t i = 0; i < n_keys; i++)
-                free(keys[i]);
-            free(keys);
+            free_keys(keys, n_keys);
             return -1;
         }
-        if (n_keys == cap)
-            keys = realloc(keys, (cap *= 2) * sizeof *keys);
-        keys[n_keys++] = strdup(k);
+        if (n_keys == cap) {
+            struct field_key *more = realloc(keys, (cap *= 2) * sizeof *keys);
+            if (!more) {
+                free(fk.text);
+                lua_pop(L, 1);
+                free_keys(keys, n_keys);
+                return sd_error_set(w->err, "%s: out of memory", key);
+            }
+            keys = more;
+        }
+        keys[n_keys++] = fk;
+        if (count_node(w, key)) {
+            lua_pop(L, 1);
+            free_keys(keys, n_keys);
+            return -1;
+        }
     }
     qsort(keys, n_keys, sizeof *keys, compare_keys);
-    bson_append_document_begin(out, key, -1, &child);
-    int rc = 0;
-    for (size_t i = 0; i < n_keys; i++) {
-        if (rc == 0) {
-            char *end;
-            long long num = strtoll(keys[i], &end, 10);
-            lua_getfield(L, idx, keys[i]);
-            if (lua_isnil(L, -1) && *end == '\0') {
-                lua_pop(L, 1);
-                lua_rawgeti(L, idx, num);
-            }
-            rc = append_depth(L, -1, &child, keys[i], depth + 1, err);
-            lua_pop(L, 1);
-            if (rc)
-                sd_error_prefix(err, "%s", key);
-        }
-        free(keys[i]);
+    if (!bson_append_document_begin(out, key, -1, &child)) {
+        free_keys(keys, n_keys);
+        return too_large(w, key);
     }
-    free(keys);
-    if (rc)
-        return -1;
-    bson_append_document_end(out, &child);
-    return 0;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n_keys; i++) {
+        if (keys[i].integer)
+            lua_rawgeti(L, idx, keys[i].n);
+        else {
+            lua_pushstring(L, keys[i].text);
+            lua_rawget(L, idx);
+        }
+        rc = append_depth(w, -1, &child, keys[i].text, depth + 1);
+        lua_pop(L, 1);
+    }
+    free_keys(keys, n_keys);
+    if (!bson_append_document_end(out, &child) && rc == 0)
+        rc = too_large(w, key);
+    return rc ? sd_error_prefix(w->err, "%s", key) : 0;
 }
 
-static int append_depth(lua_State *L, int idx, bson_t *out, const char *key, int depth,
-                        struct sd_error *err)
+static int append_depth(struct walk *w, int idx, bson_t *out, const char *key, int depth)
 {
+    lua_State *L = w->L;
+    if (count_node(w, key))
+        return -1;
+    bool ok = true;
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
         return 0;
     case LUA_TBOOLEAN:
-        bson_append_bool(out, key, -1, lua_toboolean(L, idx));
-        return 0;
+        ok = bson_append_bool(out, key, -1, lua_toboolean(L, idx));
+        break;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx))
-            bson_append_int64(out, key, -1, lua_tointeger(L, idx));
+            ok = bson_append_int64(out, key, -1, lua_tointeger(L, idx));
         else
-            bson_append_double(out, key, -1, lua_tonumber(L, idx));
-        return 0;
+            ok = bson_append_double(out, key, -1, lua_tonumber(L, idx));
+        break;
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
         if (!bson_utf8_validate(s, len, false))
-            return sd_error_set(err, "%s: string is not valid UTF-8", key);
-        bson_append_utf8(out, key, -1, s, (int)len);
-        return 0;
+            return sd_error_set(w->err, "%s: string is not valid UTF-8", key);
+        if (len > INT32_MAX)
+            return too_large(w, key);
+        ok = bson_append_utf8(out, key, -1, s, (int)len);
+        break;
     }
     case LUA_TTABLE:
-        return append_table(L, idx, out, key, depth, err);
+        return append_table(w, idx, out, key, depth);
     default:
-        return sd_error_set(err, "%s: a %s cannot leave the rules (only tables, strings, "
-                                 "numbers and booleans)",
+        return sd_error_set(w->err, "%s: a %s cannot leave the rules (only tables, strings, "
+                                    "numbers and booleans)",
                             key, luaL_typename(L, idx));
     }
+    return ok ? 0 : too_large(w, key);
 }
 
-int marshal_append(lua_State *L, int idx, bson_t *out, const char *key, struct sd_error *err)
+int marshal_append(lua_State *L, int idx, bson_t *out, const char *key,
+                   const struct marshal_limits *lim, struct sd_error *err)
 {
-    return append_depth(L, idx, out, key, 0, err);
+    struct walk w = {.L = L, .lim = lim, .err = err};
+    /* Into a scratch document first: on an error, out is left as it was. */
+    bson_t *tmp = bson_new();
+    int rc = append_depth(&w, lua_absindex(L, idx), tmp, key, 0);
+    if (rc == 0 && !bson_concat(out, tmp))
+        rc = too_large(&w, key);
+    bson_destroy(tmp);
+    return rc;
 }

@@ -13,6 +13,11 @@
  *   float → double; string → UTF-8 string; boolean → bool; nil → absent.
  *   Functions, userdata and threads are an error naming the key.
  * Nesting deeper than 64 levels is an error (a rule returning a cyclic table).
+ * Lua → BSON reads tables raw (no metamethod runs: a result's metatable can
+ * neither throw nor loop), counts the values it visits against a cap (a table
+ * repeated inside itself is exponential: t = {t, t} forty times is 2^40
+ * values), reads the call's deadline every 1,024 values, and checks every
+ * append (a result over 16 MiB is an error, not a truncated document).
  *
  * Ownership: marshal_push leaves one value on the Lua stack; marshal_to_bson
  * appends to a caller-owned bson_t. Errors follow core/error.h.
@@ -31,7 +36,17 @@ void marshal_push_document(lua_State *L, const bson_t *doc, bool as_array);
 /* Pushes the value the iterator points at. */
 void marshal_push_value(lua_State *L, const bson_iter_t *it);
 
-/* Appends the Lua value at stack index idx to out under key. */
-int marshal_append(lua_State *L, int idx, bson_t *out, const char *key, struct sd_error *err);
+struct rules_deadline;
+
+/* Bounds of one Lua → BSON conversion; zero / NULL: none. */
+struct marshal_limits {
+    size_t max_nodes;                 /* values visited, keys included */
+    struct rules_deadline *deadline;  /* the rule call's, already armed */
+};
+
+/* Appends the Lua value at stack index idx to out under key. On an error out
+ * is unchanged. lim may be NULL. Raises no Lua error and runs no Lua code. */
+int marshal_append(lua_State *L, int idx, bson_t *out, const char *key,
+                   const struct marshal_limits *lim, struct sd_error *err);
 
 #endif

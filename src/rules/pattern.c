@@ -231,6 +231,9 @@ static const char *do_match(struct matcher *m, const char *s, const char *p)
         luaL_error(m->L, "pattern too complex");
     step(m);
     while (s && p != m->pat_end) {
+        /* A step per pattern item, not per call: an optional item that does
+         * not match ("a?" a million times) moves on without a call. */
+        step(m);
         switch (*p) {
         case '(':
             s = p + 1 < m->pat_end && p[1] == ')' ? open_capture(m, s, p + 2, CAP_POSITION)

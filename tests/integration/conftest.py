@@ -47,6 +47,15 @@ def supportd_bin() -> str:
 
 
 _asan_runtime: list[str] = []
+_seams: dict[str, bool] = {}
+
+
+def has_test_seams(binary: str) -> bool:
+    """Whether the binary reads QM_SUPPORT_TEST_SEAMS (development builds do;
+    the static release build has them compiled out)."""
+    if binary not in _seams:
+        _seams[binary] = b"QM_SUPPORT_TEST_SEAMS" in Path(binary).read_bytes()
+    return _seams[binary]
 
 
 def supportd_preload() -> str | None:
@@ -374,6 +383,8 @@ class Supportd:
                 env.pop(k, None)
             else:
                 env[k] = str(v)
+        if env.get("QM_SUPPORT_TEST_SEAMS") and not has_test_seams(self.bin):
+            pytest.skip("the binary under test is a release build: test seams are compiled out")
         return env
 
     def _check_binary(self):

@@ -5,6 +5,8 @@ alert's whole life with exactly three notifications, uniqueness with two
 instances, a hanging provider, webhook certificates, and a broken health.lua."""
 from __future__ import annotations
 
+import json
+
 import time
 
 import pytest
@@ -355,6 +357,26 @@ def test_webhook_certificates_valid_expiring_and_invalid(world, tmp_path):
     assert world.open_alert(ids["soon"], "webhook.endpoint") is None
     a = world.open_alert(ids["down"], "webhook.endpoint")
     assert a and a["details"]["cause"] == "endpoint_unreachable"
+
+
+def test_credentials_in_a_webhook_url_are_never_quoted(world):
+    """Issue 22: a channel's webhook_url with user:password in it is quoted in
+    the alert, its mail and the log with the password masked."""
+    secret = "hook-s3cret-" + world.sd.prefix.strip(":")[-6:]
+    down = world.webhook(500)
+    host = down.url.split("://", 1)[1]
+    cid = world.channel(type="email", provider="smtp", from_email="creds@acme.example",
+                        webhook_url=f"http://hooker:{secret}@{host}")
+    world.tick()
+    world.tick()
+    a = world.open_alert(cid, "webhook.endpoint")
+    assert a, "the unreachable webhook opened no alert"
+    assert "hooker:***@" in a["message"], a["message"]
+    texts = [json.dumps(a, default=str), world.last_stderr,
+             *(json.dumps(n, default=str) for n in world.notifications())]
+    for t in texts:
+        assert secret not in t, f"the webhook password is quoted:\n{t[-2000:]}"
+    assert any("hooker:***@" in json.dumps(n, default=str) for n in world.notifications())
 
 
 # ----------------------------------------------------------- hot reload ----

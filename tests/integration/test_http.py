@@ -5,6 +5,10 @@ binary, with webhooks signed by the providers' own helper libraries."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import os
+import re
+import signal
 import json
 import socket
 import subprocess
@@ -20,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
-from conftest import _ping, parse_log_lines, parse_ts, services_script, wait_until
+from conftest import REPO, _ping, parse_log_lines, parse_ts, services_script, wait_until
 from fakes_fixtures import *  # noqa: F401,F403
 from test_message_status import World
 
@@ -318,9 +322,11 @@ def test_redis_down_gives_503_and_nothing_is_lost_once_it_is_back(world, redis_r
         assert not _ping(world.sd.redis)
         r = h.post_twilio(tw["provider_message_id"], "delivered")
         assert r.status_code == 503 and r.headers.get("Retry-After")
-        r = h.get("/readyz")
-        assert r.status_code == 503 and "redis: unreachable" in r.text
-        assert h.get("/healthz").status_code == 503
+        # The probes answer from the checker's last look (every 2 s).
+        _, r = wait_until(lambda: ((x := h.get("/readyz")).status_code == 503, x)[0] and (True, x),
+                          10, 0.2, "/readyz to turn 503")
+        assert "redis: not answering" in r.text, r.text
+        wait_until(lambda: h.get("/healthz").status_code == 503, 10, 0.2, "/healthz 503")
         m = h.metrics()
         assert sample(m, "supportd_scrape_source_up", source="redis") == 0
         assert sample(m, "supportd_webhooks_rejected", provider="twilio", reason="unavailable") == 1
@@ -341,6 +347,117 @@ def test_redis_down_gives_503_and_nothing_is_lost_once_it_is_back(world, redis_r
 
 
 # ------------------------------------------------------ probes, metrics ----
+
+def _ferretdb_pid() -> int:
+    state = (REPO / ".services" / "state").read_text()
+    return int(re.search(r"^FERRETDB_PID=(\d+)$", state, re.M).group(1))
+
+
+def test_probes_never_wait_for_a_hung_database(world):
+    """Issue 22: /readyz and /metrics asked MongoDB on the pool threads that
+    take the webhooks: with MongoDB hung, a few probes starved everything. Now
+    they answer at once from the checker, and say which dependency is down
+    without naming its address or user."""
+    h = Http(world)
+    tw = world.message("twilio", status="sent")
+    pid = _ferretdb_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            t0 = time.monotonic()
+            probes = [pool.submit(h.get, p, 10) for p in ("/readyz", "/metrics") * 8]
+            hook = pool.submit(h.post_twilio, tw["provider_message_id"], "delivered")
+            assert hook.result(timeout=15).status_code == 204
+            took = time.monotonic() - t0
+            answers = [f.result(timeout=15) for f in probes]
+        assert took < 3, f"the webhook waited {took:.1f}s behind the probes"
+        assert all(a.status_code in (200, 503) for a in answers)
+        _, r = wait_until(lambda: ((x := h.get("/readyz", 5)).status_code == 503, x)[0]
+                          and (True, x), 30, 0.5, "/readyz to say MongoDB is not answering")
+        assert "mongodb: not answering" in r.text and "redis: ok" in r.text, r.text
+        port = world.sd.services["MONGO_DB_URL"].rsplit(":", 1)[1].split("/")[0]
+        assert port not in r.text and "127.0.0.1" not in r.text, r.text
+        m = h.metrics()
+        assert sample(m, "supportd_scrape_source_up", source="mongodb") == 0
+        assert sample(m, "supportd_scrape_source_up", source="redis") == 1
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: h.get("/readyz").status_code == 200, 30, 0.5, "/readyz 200 again")
+    down = h.d.events("http.dependency_down")
+    assert down and "mongodb" in down[0]["msg"], h.d.tail()
+    world.p.outputs.append(h.d.stderr())
+
+
+def test_readyz_never_shows_where_a_dependency_lives(world):
+    """A failing MongoDB is named, its hosts, user and options are not."""
+    secret_host = "db-internal-7q.example.invalid"
+    h = Http(world, MONGO_DB_URL=f"mongodb://opsuser:pw-9x@{secret_host}:27017/x"
+                                 "?replicaSet=rs-hidden&authSource=admin&serverSelectionTimeoutMS=500")
+    _, r = wait_until(lambda: ((x := h.get("/readyz")).status_code == 503, x)[0] and (True, x),
+                      20, 0.5, "/readyz 503")
+    assert "mongodb: not answering" in r.text
+    for word in (secret_host, "opsuser", "rs-hidden", "authSource", "27017", "pw-9x"):
+        assert word not in r.text, r.text
+
+
+def test_twilio_form_with_too_many_parameters_is_refused_unparsed(world):
+    h = Http(world)
+    body = "&".join(f"p{i}=x" for i in range(101))
+    r = requests.post(h.base + TWILIO_PATH, data=body.encode(), timeout=10,
+                      headers={"X-Twilio-Signature": "x",
+                               "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "more than 100 form parameters" in r.text, r.text
+    assert h.stream() == []
+
+
+def test_replayed_webhooks_are_dropped_at_the_door(world):
+    """Issue 22: the same signed request again (a captured callback, a retry of
+    one already stored) is answered 204 and not stored again; counted."""
+    h = Http(world)
+    tw = world.message("twilio", status="sent")
+    target, body, headers = h.twilio_request(tw["provider_message_id"], "delivered")
+    for _ in range(3):
+        r = requests.post(h.base + target, data=body.encode(), headers=headers, timeout=10)
+        assert r.status_code == 204
+    payload, sg_headers = h.sendgrid_request([{"event": "delivered", "sg_event_id": "e1",
+                                               "sg_message_id": "m1.x", "timestamp": 1}])
+    for _ in range(2):
+        with httpx.Client(timeout=10) as c:
+            assert c.post(h.base + SENDGRID_PATH, content=payload.encode(),
+                          headers=sg_headers).status_code == 204
+    assert len(h.stream()) == 2
+    m = h.metrics()
+    assert sample(m, "supportd_webhooks_rejected", provider="twilio", reason="duplicate") == 2
+    assert sample(m, "supportd_webhooks_rejected", provider="sendgrid", reason="duplicate") == 1
+    # Another status of the same message is another request.
+    assert h.post_twilio(tw["provider_message_id"], "read").status_code == 204
+    assert len(h.stream()) == 3
+
+
+def test_request_bodies_in_flight_are_bounded(world):
+    """Issue 22: each body is capped at 1 MiB, and all of them together at
+    32 MiB: past that a request is answered 503 (the providers retry) instead
+    of the process growing with every slow upload."""
+    h = Http(world)
+    held = []
+    try:
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+            s.sendall((f"POST {TWILIO_PATH} HTTP/1.1\r\nHost: x\r\n"
+                       "Content-Type: application/x-www-form-urlencoded\r\n"
+                       "Content-Length: 1000000\r\n\r\n").encode() + b"a" * 990000)
+            held.append(s)
+        time.sleep(1)
+        tw = world.message("twilio", status="sent")
+        r = h.post_twilio(tw["provider_message_id"], "delivered")
+        assert r.status_code == 503 and r.headers.get("Retry-After"), (r.status_code, r.text)
+    finally:
+        for s in held:
+            s.close()
+    r = wait_until(lambda: (x := h.post_twilio(tw["provider_message_id"], "delivered")).status_code == 204 and x,
+                   15, 0.5, "the webhook to be accepted once the uploads are gone")
+    assert h.d.alive()
+
 
 def test_readyz_names_each_dependency(world):
     h = Http(world)

@@ -8,6 +8,8 @@ the output. Each test runs twice: with the binary under test and, for the
 static build, from an empty root."""
 from __future__ import annotations
 
+import json
+
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -110,6 +112,24 @@ def test_wrong_ca_is_refused(sd, secure, world, tmp_path, run):
     assert "certificate verify failed" in cp.stderr, cp.stderr
     assert_no_secret(cp, secure.mongo_password)
     assert db["conversation-conversation"].find_one({"_id": ticket})["status"] == "snoozed"
+
+
+def test_tls_insecure_is_accepted_but_never_silently(sd, secure, world, tmp_path, run):
+    """Issue 22: tlsInsecure (and its two halves) in MONGO_DB_URL work, as mongoc
+    defines them, but each start says in a warning that verification is off."""
+    name, db, ticket = world
+    other = make_ca(tmp_path / "other", "another CA")
+    url = secure.mongo_url(name, ca=other.crt, authSource="admin", **FAST)
+    cp = run.cli("once", "snooze", "--now", NOW_ISO, MONGO_DB_URL=url + "&tlsInsecure=true")
+    assert cp.returncode == 0, cp.stderr
+    warns = [json.loads(l) for l in cp.stderr.splitlines()
+             if l.startswith("{") and '"config.tls_unverified"' in l]
+    assert warns and warns[0]["level"] == "warn" and warns[0]["option"].lower() == "tlsinsecure", \
+        cp.stderr
+    assert "not verified" in warns[0]["msg"]
+    assert_no_secret(cp, secure.mongo_password)
+    cp = run.cli("once", "snooze", "--now", NOW_ISO, MONGO_DB_URL=url)
+    assert cp.returncode != 0 and "config.tls_unverified" not in cp.stderr
 
 
 def test_client_certificate_is_passed_through(sd, secure, world, run):

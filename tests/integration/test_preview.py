@@ -239,6 +239,34 @@ def test_missing_or_unwritable_preview_folder_is_a_usage_error(tmp_path):
     assert cp.returncode == 2 and "--preview needs a value" in cp.stderr
 
 
+def test_preview_files_are_private_and_never_follow_links(tmp_path):
+    """Issue 22: the preview holds customer data: files are 0600 whatever the
+    umask, and a symbolic link planted under a preview file's name is replaced,
+    never written through."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    (out / "index.html").symlink_to(victim)
+    (out / "mail-001.html").symlink_to(victim)
+    old = os.umask(0o022)
+    try:
+        cp = run("dry-run", "--fixtures", str(SHIPPED), "--preview", str(out))
+    finally:
+        os.umask(old)
+    assert cp.returncode == 0, cp.stderr
+    assert victim.read_text() == "untouched"
+    files = list(out.iterdir())
+    assert files and (out / "index.html") in files
+    for f in files:
+        assert not f.is_symlink(), f
+        mode = f.stat().st_mode & 0o777
+        assert mode == 0o600, f"{f.name} has mode {mode:o}"
+    # Re-running into the same folder replaces the files.
+    cp = run("dry-run", "--fixtures", str(SHIPPED), "--preview", str(out))
+    assert cp.returncode == 0, cp.stderr
+
+
 # ---------------------------------------------------------------- Mailpit's UI ----
 
 def mailpit(services, path: str):

@@ -330,6 +330,39 @@ static void test_redis_url_error_hides_password(void **state)
     assert_null(strstr(err.message, "cd@"));
 }
 
+/* Issue 22: generated passwords hold '/', '?' and '#' unescaped. Such a URL
+ * is read with the whole password (the userinfo ends at the last '@'); when it
+ * fails for another reason, its error never shows the password. */
+static void test_redis_url_password_with_delimiters(void **state)
+{
+    (void)state;
+    static const char *const pw[] = {"s3cr/et", "s3cr?et", "s3cr#et", "a/b?c#d"};
+    for (size_t i = 0; i < sizeof pw / sizeof *pw; i++) {
+        char url[128];
+        struct config cfg;
+        snprintf(url, sizeof url, "redis://:%s@cache:6380/1", pw[i]);
+        load_ok(ENV({"REDIS_URL", url}), &cfg);
+        assert_string_equal(cfg.redis_password, pw[i]);
+        assert_string_equal(cfg.redis_host, "cache");
+        assert_int_equal(cfg.redis_port, 6380);
+        assert_int_equal(cfg.redis_db, 1);
+        config_free(&cfg);
+        log_clear_secrets();
+
+        snprintf(url, sizeof url, "redis://ops:%s@cache:99999", pw[i]);
+        struct sd_error err = {{0}};
+        assert_int_equal(config_load(&cfg, fake_getenv, (void *)ENV({"REDIS_URL", url}), &err),
+                         -1);
+        if (strstr(err.message, "s3cr") || strstr(err.message, "b?c"))
+            fail_msg("the password of %s is in the error: %s", url, err.message);
+        assert_non_null(strstr(err.message, "1-65535"));
+        char line[256];
+        snprintf(line, sizeof line, "x %s y", pw[i]);
+        assert_redacts(line, "x [redacted] y");
+        log_clear_secrets();
+    }
+}
+
 static void test_redis_url_excludes_split_variables(void **state)
 {
     (void)state;
@@ -762,6 +795,21 @@ static void test_mongo_password_percent_encoded(void **state)
     assert_redacts(url, "mongodb://app:[redacted]@db.internal:27017/support");
 }
 
+/* Issue 22: an SMTP_URL password is a secret in both spellings, as written
+ * and as decoded (the README says so; only the written one was registered). */
+static void test_smtp_url_password_both_spellings(void **state)
+{
+    (void)state;
+    struct config cfg;
+    load_ok(ENV({"SMTP_URL", "smtps://bot:m%40il%2Fpw-9@mail.example.com:465"},
+                {"QM_SUPPORT_EMAIL_PROVIDER", "smtp"}),
+            &cfg);
+    config_free(&cfg);
+    assert_redacts("login m@il/pw-9 failed", "login [redacted] failed");
+    assert_redacts("url m%40il%2Fpw-9", "url [redacted]");
+    log_clear_secrets();
+}
+
 int main(void)
 {
     mongoc_init();
@@ -776,6 +824,8 @@ int main(void)
         cmocka_unit_test_teardown(test_redis_overrides, clear_secrets),
         cmocka_unit_test_teardown(test_redis_port_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url, clear_secrets),
+        cmocka_unit_test_teardown(test_redis_url_password_with_delimiters, clear_secrets),
+        cmocka_unit_test_teardown(test_smtp_url_password_both_spellings, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url_invalid, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url_error_hides_password, clear_secrets),
         cmocka_unit_test_teardown(test_redis_url_excludes_split_variables, clear_secrets),

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/error.h"
 #include "core/log.h"
 
 static int reset(void **state)
@@ -339,6 +340,41 @@ static void test_msg_json_redacts_escaped_secret(void **state)
     assert_string_equal(pw, "[redacted]");
 }
 
+/* Issue 22: a secret across the length cut used to keep its start in the
+ * message (cut first, then redacted: no longer recognisable). */
+static void log_long_line_with_secret(void *arg)
+{
+    char pad[2100];
+    memset(pad, 'x', sizeof pad - 1);
+    pad[2040] = '\0'; /* the secret starts a few bytes before the 2 KiB cut */
+    log_msg(LOG_ERROR, NULL, "e.long", NULL, "%s%s tail", pad, (const char *)arg);
+}
+
+static void test_secret_across_the_cut_never_leaks(void **state)
+{
+    (void)state;
+    const char *secret = "Zq9-cut-s3cret-value-Zq9";
+    log_add_secret(secret);
+    char *out = capture_stderr(log_long_line_with_secret, (void *)secret);
+    if (strstr(out, "Zq9-cut"))
+        fail_msg("the start of a secret across the cut leaked: ...%s", out + strlen(out) - 80);
+    free(out);
+    char pad[600];
+    memset(pad, 'y', sizeof pad - 1);
+    pad[500] = '\0';
+    struct sd_error err;
+    sd_error_set(&err, "%s%s", pad, secret);
+    if (strstr(err.message, "Zq9-cut"))
+        fail_msg("sd_error_set kept the start of a secret: ...%s", err.message + 480);
+    char big[300];
+    memset(big, 'z', sizeof big - 1);
+    big[250] = '\0';
+    sd_error_set(&err, "inner");
+    sd_error_prefix(&err, "%s%s", big, secret);
+    if (strstr(err.message, "Zq9-cut"))
+        fail_msg("sd_error_prefix kept the start of a secret: %s", err.message);
+}
+
 static void log_each_level(void *arg)
 {
     (void)arg;
@@ -415,6 +451,7 @@ int main(void)
         cmocka_unit_test_teardown(test_msg_json_line, reset),
         cmocka_unit_test_teardown(test_msg_json_minimal_and_escaped, reset),
         cmocka_unit_test_teardown(test_msg_json_redacts_escaped_secret, reset),
+        cmocka_unit_test_teardown(test_secret_across_the_cut_never_leaks, reset),
         cmocka_unit_test_teardown(test_msg_level_filter, reset),
         cmocka_unit_test_teardown(test_msg_text_format, reset),
     };

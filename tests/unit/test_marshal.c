@@ -42,7 +42,7 @@ static int round_trip(lua_State *L, const bson_t *doc, bool as_array, bson_t *ou
     marshal_push_document(L, doc, as_array);
     assert_int_equal(lua_gettop(L), top + 1);
     assert_int_equal(lua_type(L, -1), LUA_TTABLE);
-    int rc = marshal_append(L, -1, out, "result", err);
+    int rc = marshal_append(L, -1, out, "result", NULL, err);
     assert_int_equal(lua_gettop(L), top + 1);
     lua_settop(L, top);
     return rc;
@@ -56,7 +56,7 @@ static int marshal_lua(lua_State *L, const char *code, bson_t *out, struct sd_er
     if (luaL_dostring(L, code) != LUA_OK)
         fail_msg("lua: %s", lua_tostring(L, -1));
     assert_int_equal(lua_gettop(L), top + 1);
-    int rc = marshal_append(L, -1, out, "result", err);
+    int rc = marshal_append(L, -1, out, "result", NULL, err);
     assert_int_equal(lua_gettop(L), top + 1);
     lua_settop(L, top);
     return rc;

@@ -965,6 +965,128 @@ static void test_sandbox_gc_finalizer_cannot_loop(void **state)
     run_isolated(dir, child_load_call_destroy, 5, "__gc finalizer with an endless loop");
 }
 
+/* ---- issue 22: hostile rules --------------------------------------------- */
+
+/* table.remove / table.insert shift from #t in C; a __len of 2^62 made them
+ * loop for ever (nil assignments allocate nothing, the hook never runs). */
+static void test_sandbox_table_remove_huge_len(void **state)
+{
+    const char *dir = *state;
+    edit(dir, "queue",
+         "table.remove(setmetatable({}, {__len = function() return 1 << 62 end}), 1)\n", NULL,
+         NULL, NULL);
+    run_isolated(dir, child_load_fails, 5, "table.remove with a __len of 2^62");
+}
+
+static void test_sandbox_table_insert_huge_len(void **state)
+{
+    const char *dir = *state;
+    edit(dir, "queue",
+         "table.insert(setmetatable({}, {__len = function() return 1 << 62 end}), 1, 1)\n", NULL,
+         NULL, NULL);
+    run_isolated(dir, child_load_fails, 5, "table.insert with a __len of 2^62");
+}
+
+/* The shipped semantics stay: insert in the middle, remove from it. */
+static void test_sandbox_table_insert_remove_still_work(void **state)
+{
+    const char *dir = *state;
+    edit(dir, "queue",
+         "do local t = {1, 2, 4}; table.insert(t, 3, 3); table.insert(t, 5)\n"
+         "  assert(table.concat(t, ',') == '1,2,3,4,5', table.concat(t, ','))\n"
+         "  assert(table.remove(t, 1) == 1 and table.remove(t) == 5)\n"
+         "  assert(table.concat(t, ',') == '2,3,4', table.concat(t, ','))\n"
+         "  assert(not pcall(table.insert, t, 9, 1)) end\n",
+         NULL, NULL, NULL);
+    struct sd_error err = {{0}};
+    struct rules *r = rules_load(dir, NULL, &err);
+    if (!r)
+        fail_msg("%s", err.message);
+    rules_destroy(r);
+}
+
+/* The __gc ban read the metatable with lua_getfield, which runs the
+ * metatable's own __index: that could rawset __gc and answer nil. */
+static void test_sandbox_gc_through_index_cannot_loop(void **state)
+{
+    const char *dir = *state;
+    edit(dir, "queue",
+         "local mt = setmetatable({}, {__index = function(t, k)\n"
+         "  rawset(t, '__gc', function() while true do end end) return nil end})\n"
+         "local keep = {}\n"
+         "for i = 1, 100 do keep[i] = setmetatable({}, mt) end\n"
+         "keep = nil\n"
+         "local junk = {} for i = 1, 100000 do junk[i] = {i} end\n",
+         NULL, NULL, NULL);
+    run_isolated(dir, child_load_call_destroy, 5, "__gc installed through __index");
+}
+
+/* A step per pattern item: "a?" that does not match moved on uncounted. */
+static void test_sandbox_pattern_optional_items(void **state)
+{
+    const char *dir = *state;
+    edit(dir, "queue", "string.find(('b'):rep(5000), ('a?'):rep(1000000) .. 'c')\n", NULL, NULL,
+         NULL);
+    run_isolated(dir, child_load_fails, 5, "a million optional pattern items");
+}
+
+/* Results are read raw, within a cap: a result's metatable never runs (an
+ * __index that throws reached abort(), one that loops hung), and a table
+ * repeated inside itself (2^40 values) fails at once. */
+static const char hostile_results[] =
+    "\nM.throws = function() return setmetatable({[2] = 'x', [5] = 'y'},\n"
+    "  {__index = function() error('boom') end}) end\n"
+    "M.loops = function() return setmetatable({[2] = 'x', [5] = 'y'},\n"
+    "  {__index = function() while true do end end}) end\n"
+    "M.huge = function() local t = {} for i = 1, 40 do t = {t, t} end return t end\n"
+    "return M\n";
+
+static int child_hostile_results(const char *dir, char *msg, size_t n)
+{
+    struct sd_error err = {{0}};
+    static const struct rules_limits limits = {.timeout_ms = 1000};
+    struct rules *r = rules_load(dir, &limits, &err);
+    if (!r) {
+        snprintf(msg, n, "rules_load: %s", err.message);
+        return 1;
+    }
+    bson_t args = BSON_INITIALIZER;
+    int rc = 0;
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        bson_t out = BSON_INITIALIZER;
+        const char *fn = i == 0 ? "throws" : "loops";
+        bson_iter_t it;
+        if (rules_call(r, "queue", fn, &args, &out, &err) != 0) {
+            snprintf(msg, n, "%s: %s", fn, err.message);
+            rc = 1;
+        } else if (!bson_iter_init_find(&it, &out, "result") ||
+                   !BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            snprintf(msg, n, "%s: no result document", fn);
+            rc = 1;
+        }
+        bson_destroy(&out);
+    }
+    bson_t out = BSON_INITIALIZER;
+    if (rc == 0 && rules_call(r, "queue", "huge", &args, &out, &err) == 0) {
+        snprintf(msg, n, "huge: a 2^40-value result was accepted");
+        rc = 1;
+    } else if (rc == 0 && !strstr(err.message, "more than")) {
+        snprintf(msg, n, "huge: unexpected error %s", err.message);
+        rc = 1;
+    }
+    bson_destroy(&out);
+    bson_destroy(&args);
+    rules_destroy(r);
+    return rc;
+}
+
+static void test_results_read_raw_and_bounded(void **state)
+{
+    const char *dir = *state;
+    edit(dir, "queue", NULL, "\nreturn M\n", hostile_results, NULL);
+    run_isolated(dir, child_hostile_results, 10, "hostile rule results");
+}
+
 static void test_load_syntax_error(void **state)
 {
     const char *dir = *state;
@@ -1483,6 +1605,12 @@ int main(void)
         COPY_TEST(test_sandbox_xpcall_handler_cannot_loop),
         COPY_TEST(test_sandbox_xpcall_cannot_swallow_budget),
         COPY_TEST(test_sandbox_gc_finalizer_cannot_loop),
+        COPY_TEST(test_sandbox_table_remove_huge_len),
+        COPY_TEST(test_sandbox_table_insert_huge_len),
+        COPY_TEST(test_sandbox_table_insert_remove_still_work),
+        COPY_TEST(test_sandbox_gc_through_index_cannot_loop),
+        COPY_TEST(test_sandbox_pattern_optional_items),
+        COPY_TEST(test_results_read_raw_and_bounded),
         COPY_TEST(test_load_syntax_error),
         COPY_TEST(test_load_syntax_error_later_line),
         COPY_TEST(test_load_missing_function),

@@ -11,7 +11,43 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "providers/curl_shared.h"
 #include "providers/smtp.h"
+
+/* Issue 22: only exact loopback hosts may skip STARTTLS, and the host
+ * quoted in messages never carries userinfo. */
+static void test_loopback_is_exact(void **state)
+{
+    (void)state;
+    assert_true(curl_url_is_loopback("smtp://127.0.0.1:1025"));
+    assert_true(curl_url_is_loopback("smtp://127.8.9.10"));
+    assert_true(curl_url_is_loopback("smtp://localhost:25"));
+    assert_true(curl_url_is_loopback("smtp://LOCALHOST"));
+    assert_true(curl_url_is_loopback("smtp://[::1]:25"));
+    assert_true(curl_url_is_loopback("smtp://bot:pw@127.0.0.1:25"));
+    assert_false(curl_url_is_loopback("smtp://localhost.mail.example.com:25"));
+    assert_false(curl_url_is_loopback("smtp://127.0.0.1.nip.io:25"));
+    assert_false(curl_url_is_loopback("smtp://[::1].example.com"));
+    assert_false(curl_url_is_loopback("smtp://localhost@mail.example.com"));
+    assert_false(curl_url_is_loopback("smtp://mail.example.com/localhost"));
+    char host[128];
+    curl_url_host("https://u:p%40ss@hooks.example.com:8443/x?y=1", host, sizeof host);
+    assert_string_equal(host, "hooks.example.com:8443");
+    curl_url_host("https://hooks.example.com/a@b", host, sizeof host);
+    assert_string_equal(host, "hooks.example.com");
+    curl_url_host("https://u:p@ss@hooks.example.com/", host, sizeof host);
+    assert_null(strstr(host, "ss"));
+    assert_null(strstr(host, "p@"));
+    char shown[256];
+    curl_url_redacted("https://hook:pw-9@hooks.example.com/x", shown, sizeof shown);
+    assert_string_equal(shown, "https://hook:***@hooks.example.com/x");
+    curl_url_redacted("https://hooks.example.com/x?to=a@b", shown, sizeof shown);
+    assert_string_equal(shown, "https://hooks.example.com/x?to=a@b");
+    curl_url_redacted("ftp://u:p/w@files example", shown, sizeof shown);
+    assert_null(strstr(shown, "p/w"));
+    curl_url_redacted("support@acme.example", shown, sizeof shown);
+    assert_string_equal(shown, "support@acme.example");
+}
 
 static void test_ascii_subject_unchanged(void **state)
 {
@@ -140,6 +176,7 @@ static void test_addresses(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_loopback_is_exact),
         cmocka_unit_test(test_ascii_subject_unchanged),
         cmocka_unit_test(test_utf8_subject_encoded),
         cmocka_unit_test(test_long_utf8_subject_split_on_characters),
