@@ -28,7 +28,15 @@ GSUB = 'string.gsub(string.rep("a", 20000), ".-.-.-.-b", "x")'
 # string.rep("", 1e15) loops 1e15 times in Lua's C code; the rest is over the
 # memory cap (64 MiB) and must be refused at once.
 REP = 'string.format("%s%s", string.rep("", 1e15), string.rep("ab", 1e9))'
-PAYLOADS = {"find": FIND, "gsub": GSUB, "rep_format": REP}
+# Issue 22: C loops a hostile rule could start that neither the memory cap nor the
+# count hook saw (a __len of 2^62; a million optional pattern items).
+HUGE_LEN = "setmetatable({}, {__len = function() return 1 << 62 end})"
+REMOVE = f"table.remove({HUGE_LEN}, 1)"
+INSERT = f"table.insert({HUGE_LEN}, 1, 1)"
+OPTIONAL = 'string.find(("b"):rep(5000), ("a?"):rep(1000000) .. "c")'
+SHIFT = "elements to move"
+PAYLOADS = {"find": FIND, "gsub": GSUB, "rep_format": REP, "remove_len": REMOVE,
+            "insert_len": INSERT, "optional_items": OPTIONAL}
 TIME = "exceeded its time budget"
 MEMORY = "memory cap of 64 MiB exceeded"
 
@@ -65,7 +73,7 @@ def inject(rules: Path, file: str, payload: str, only_marked: bool = False) -> s
 
 
 def expected(payload: str) -> str:
-    return MEMORY if payload == REP else TIME
+    return MEMORY if payload == REP else SHIFT if payload in (REMOVE, INSERT) else TIME
 
 
 # ------------------------------------------------------------ rules check ----
@@ -82,6 +90,33 @@ def test_rules_check_names_file_function_and_budget(tmp_path, file, payload):
     assert f"{file}.lua" in cp.stderr and f"calling {FILES[file]}" in cp.stderr, cp.stderr
     assert expected(PAYLOADS[payload]) in cp.stderr, cp.stderr
     assert took < 0.3 + 1, f"took {took:.2f}s"
+
+
+GC_THROUGH_INDEX = ("local mt = setmetatable({}, {__index = function(t, k)\n"
+                    "  rawset(t, '__gc', function() while true do end end) end})\n"
+                    "local keep = setmetatable({}, mt)\nkeep = nil\n"
+                    "local junk = {} for i = 1, 200000 do junk[i] = {i} end")
+
+
+@pytest.mark.parametrize("line", ["remove", "insert", "optional", "gc_through_index"])
+def test_issue_22_lines_at_the_top_of_queue_lua(tmp_path, line):
+    """The confirmed cases of issue 22, as reported: one line at the top of a copy
+    of queue.lua, a 1 s deadline. Each ends within the deadline plus a second:
+    exit 1 naming the file, or (the __gc bypass, now inert) a valid set."""
+    code = {"remove": REMOVE, "insert": INSERT, "optional": OPTIONAL,
+            "gc_through_index": GC_THROUGH_INDEX}[line]
+    rules = copy_rules(tmp_path / "rules")
+    queue = rules / "queue.lua"
+    queue.write_text(code + "\n" + queue.read_text())
+    t0 = time.monotonic()
+    cp = run("rules", "check", str(rules), QM_SUPPORT_RULES_TIMEOUT_MS="1000")
+    took = time.monotonic() - t0
+    assert took < 1 + 1, f"took {took:.2f}s"
+    if line == "gc_through_index":
+        assert cp.returncode == 0, cp.stderr  # no finalizer was ever registered
+    else:
+        assert cp.returncode == 1 and "queue.lua:1:" in cp.stderr, cp.stderr
+        assert expected(code) in cp.stderr, cp.stderr
 
 
 def test_rules_check_default_deadline_and_variable_validation(tmp_path):
@@ -213,7 +248,8 @@ def test_reload_whose_self_tests_exceed_the_deadline_is_refused(sd, room, tmp_pa
     assert d.alive() and d.terminate_and_wait() == 0
 
 
-@pytest.mark.parametrize("file,payload", [("queue", FIND), ("templates", GSUB), ("notify", REP)])
+@pytest.mark.parametrize("file,payload", [("queue", FIND), ("templates", GSUB), ("notify", REP),
+                                          ("queue", REMOVE), ("templates", OPTIONAL)])
 def test_live_rule_call_over_budget_fails_the_item_and_the_job_runs_on(sd, room, tmp_path,
                                                                        file, payload):
     rules = copy_rules(tmp_path / "rules")
