@@ -501,7 +501,12 @@ def test_metrics_parse_with_every_family_and_counters_move_after_a_tick(world):
     db["conversation-notification"].insert_many([{"key": f"k{i}", "status": s}
                                                  for i, s in enumerate(["sent", "sent", "failed"])])
     h.d.wait_for("tick.end", job="probe", outcome="ok", timeout=10)
-    m1 = h.metrics()
+    # The gauges read from Redis and MongoDB come from the background checks
+    # (every 2 s): the first scrape that has seen the tick and the inserts.
+    m1 = wait_until(lambda: (m := h.metrics()) and (sample(
+        m, "supportd_job_last_success_timestamp_seconds", job="probe") or 0) > time.time() - 10
+        and sample(m, "supportd_outbox_entries", status="sent") == 2 and m, 15, 0.25,
+        "the checks to have read the tick and the inserts")
     missing = [f for f in FAMILIES if f not in m1]
     assert not missing, f"families missing from /metrics: {missing}"
     assert m1["supportd_job_tick_duration_seconds"].type == "histogram"
@@ -528,7 +533,9 @@ def test_metrics_parse_with_every_family_and_counters_move_after_a_tick(world):
     h.d.wait_for("tick.end", after=n, job="probe", outcome="ok", timeout=10)
     h.d.wait_for("tick.end", after=n, job="message-status", outcome="ok", timeout=10)
     wait_until(lambda: world.get(tw)["status"] == "delivered", 10, 0.2, "the webhook applied")
-    m2 = h.metrics()
+    m2 = wait_until(lambda: (m := h.metrics()) and sample(m, "supportd_status_events_lag") == 0
+                    and sample(m, "supportd_status_events_pending") == 0 and m, 15, 0.25,
+                    "the checks to have read the acknowledged stream")
     assert sample(m2, "supportd_job_ticks", job="probe", outcome="ok") > ok1
     assert sample(m2, "supportd_job_items", job="probe", counter="db_commands") > items1
     assert [s.value for s in m2["supportd_job_tick_duration_seconds"].samples
