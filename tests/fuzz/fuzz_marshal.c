@@ -25,22 +25,27 @@ static int push_doc(lua_State *L)
     return 1;
 }
 
+/* The value on top, converted as a rule's result is: an error or valid BSON. */
+static void convert_top(lua_State *L)
+{
+    bson_t out = BSON_INITIALIZER;
+    struct sd_error err;
+    struct rules_deadline d;
+    rules_deadline_arm(&d, 2000);
+    struct marshal_limits lim = {.max_nodes = 200000, .deadline = &d};
+    if (marshal_append(L, -1, &out, "result", &lim, &err) == 0 &&
+        !bson_validate(&out, BSON_VALIDATE_NONE, NULL))
+        abort();
+    bson_destroy(&out);
+}
+
 static void round_trip(lua_State *L, const bson_t *doc)
 {
     int top = lua_gettop(L);
     lua_pushcfunction(L, push_doc);
     lua_pushlightuserdata(L, (void *)doc);
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
-        bson_t out = BSON_INITIALIZER;
-        struct sd_error err;
-        struct rules_deadline d;
-        rules_deadline_arm(&d, 2000);
-        struct marshal_limits lim = {.max_nodes = 200000, .deadline = &d};
-        if (marshal_append(L, -1, &out, "result", &lim, &err) == 0 &&
-            !bson_validate(&out, BSON_VALIDATE_NONE, NULL))
-            abort();
-        bson_destroy(&out);
-    }
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+        convert_top(L);
     lua_settop(L, top);
 }
 
@@ -64,15 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lua_sethook(L, budget, LUA_MASKCOUNT, 100000);
         if (lua_pcall(L, 0, 1, 0) == LUA_OK) {
             lua_sethook(L, NULL, 0, 0);
-            bson_t out = BSON_INITIALIZER;
-            struct sd_error err;
-            struct rules_deadline d;
-            rules_deadline_arm(&d, 2000);
-            struct marshal_limits lim = {.max_nodes = 200000, .deadline = &d};
-            if (marshal_append(L, -1, &out, "result", &lim, &err) == 0 &&
-                !bson_validate(&out, BSON_VALIDATE_NONE, NULL))
-                abort();
-            bson_destroy(&out);
+            convert_top(L);
         }
     }
     lua_close(L);
