@@ -222,19 +222,31 @@ static void process_part(bson_string_t *out)
                 break;
         fclose(f);
     }
-    head(out, "supportd_process_resident_memory_bytes", "gauge", "Resident memory of supportd.");
-    bson_string_append_printf(out, "supportd_process_resident_memory_bytes %llu\n",
-                              resident * (unsigned long long)page);
-    head(out, "supportd_process_open_fds", "gauge", "File descriptors supportd has open.");
-    bson_string_append_printf(out, "supportd_process_open_fds %ld\n", fds);
-    head(out, "supportd_process_cpu_seconds_total", "counter",
-         "User and system CPU time supportd has used.");
-    bson_string_append_printf(out, "supportd_process_cpu_seconds_total %.2f\n",
-                              (double)(utime + stime) / (double)ticks);
-    head(out, "supportd_process_start_time_seconds", "gauge",
-         "Start time of supportd since the Unix epoch.");
-    bson_string_append_printf(out, "supportd_process_start_time_seconds %.2f\n",
-                              boot + (double)start / (double)ticks);
+    /* The standard process collector's names (what process dashboards and
+     * alerts read), then the same values under the names of earlier
+     * releases (deprecated: kept for one release). */
+    static const char *const prefixes[] = {"", "supportd_"};
+    for (int i = 0; i < 2; i++) {
+        const char *p = prefixes[i], *dep = i ? " Deprecated: use the unprefixed name." : "";
+        char name[96], help[160];
+        snprintf(name, sizeof name, "%sprocess_resident_memory_bytes", p);
+        snprintf(help, sizeof help, "Resident memory size in bytes.%s", dep);
+        head(out, name, "gauge", help);
+        bson_string_append_printf(out, "%s %llu\n", name, resident * (unsigned long long)page);
+        snprintf(name, sizeof name, "%sprocess_open_fds", p);
+        snprintf(help, sizeof help, "Number of open file descriptors.%s", dep);
+        head(out, name, "gauge", help);
+        bson_string_append_printf(out, "%s %ld\n", name, fds);
+        snprintf(name, sizeof name, "%sprocess_cpu_seconds_total", p);
+        snprintf(help, sizeof help, "Total user and system CPU time spent in seconds.%s", dep);
+        head(out, name, "counter", help);
+        bson_string_append_printf(out, "%s %.2f\n", name, (double)(utime + stime) / (double)ticks);
+        snprintf(name, sizeof name, "%sprocess_start_time_seconds", p);
+        snprintf(help, sizeof help, "Start time of the process since unix epoch in seconds.%s",
+                 dep);
+        head(out, name, "gauge", help);
+        bson_string_append_printf(out, "%s %.2f\n", name, boot + (double)start / (double)ticks);
+    }
 }
 
 void exposition_metrics(const struct http_ctx *ctx, struct rds *redis, struct http_answer *ans)

@@ -44,6 +44,9 @@ FAMILIES = [  # every family /metrics must expose (issue #12)
     "supportd_webhooks_rejected", "supportd_http_requests",
     "supportd_process_resident_memory_bytes", "supportd_process_open_fds",
     "supportd_process_cpu_seconds", "supportd_process_start_time_seconds",
+    # issue 24: the standard process collector's names, which dashboards read
+    "process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds",
+    "process_start_time_seconds",
     "supportd_scrape_source_up",
 ]
 
@@ -523,6 +526,11 @@ def test_metrics_parse_with_every_family_and_counters_move_after_a_tick(world):
     assert sample(m1, "supportd_outbox_entries", status="failed") == 1
     assert sample(m1, "supportd_process_resident_memory_bytes") > 1_000_000
     assert sample(m1, "supportd_process_open_fds") > 3
+    for name in ("resident_memory_bytes", "open_fds", "start_time_seconds"):
+        assert m1[f"process_{name}"].type == "gauge"
+        assert sample(m1, f"process_{name}") == sample(m1, f"supportd_process_{name}") > 0
+    assert m1["process_cpu_seconds"].type == "counter"
+    assert sample(m1, "process_start_time_seconds") <= time.time()
     assert sample(m1, "supportd_job_last_success_timestamp_seconds", job="probe") > time.time() - 10
     assert sample(m1, "supportd_scrape_source_up", source="mongodb") == 1
 
