@@ -5,7 +5,7 @@
 #include "cli/cli.h"
 #include "cli/preview.h"
 #include "core/clock.h"
-#include "jobs/commcheck.h"
+#include "jobs/commcheck/model.h"
 #include "jobs/dryrun.h"
 #include "jobs/fixtures.h"
 

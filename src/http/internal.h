@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 #include "core/config.h"
-#include "jobs/message_status.h"
+#include "jobs/message_status/model.h"
 #include "rules/reload.h"
 #include "store/mongo.h"
 #include "store/health.h"

@@ -5,9 +5,9 @@
 #include <string.h>
 
 #include "core/clock.h"
-#include "jobs/message_status.h"
-#include "jobs/notification.h"
-#include "jobs/snooze.h"
+#include "jobs/message_status/model.h"
+#include "jobs/notification/model.h"
+#include "jobs/snooze/model.h"
 #include "store/mongo.h"
 
 bool dryrun_supports(const char *job)

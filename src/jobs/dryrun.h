@@ -14,7 +14,7 @@
 
 #include "core/log.h"
 #include "jobs/fixtures.h"
-#include "jobs/message_status.h"
+#include "jobs/message_status/model.h"
 #include "rules/engine.h"
 
 /* job NULL = every job that has a decide step in this version. keys: the
@@ -25,7 +25,7 @@
 int dryrun_plan(const struct fixtures *fx, struct rules *rules, const char *job, int64_t now_ms,
                 const struct msgstatus_keys *keys, bson_t *plan, struct sd_error *err);
 
-/* communication-check on fixtures (jobs/dryrun_commcheck.c). */
+/* communication-check on fixtures (jobs/commcheck/dryrun.c). */
 int dryrun_commcheck(const struct fixtures *fx, struct rules *rules, int64_t now_ms, bson_t *jobs,
                      struct sd_error *err);
 

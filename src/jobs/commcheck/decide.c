@@ -1,11 +1,11 @@
 /* commcheck_decide — the pure heart of the communication-check job (see
- * commcheck.h): from each check's observation and health.lua, which alerts
+ * model.h): from each check's observation and health.lua, which alerts
  * open, change or resolve, and whom to tell. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "jobs/commcheck_internal.h"
+#include "jobs/commcheck/read.h"
 
 #define ALERT_NOTIFICATION_TYPE "channel.alert"
 
@@ -223,7 +223,7 @@ static int resolve(struct ctx *c, const bson_t *alert, const bson_t *room, const
     const char *check = utf8_at(alert, "check");
     snprintf(key_basis, sizeof key_basis, "%s:resolved", id);
     /* The open key is freed for the next incident (FerretDB keeps a unique
-     * index even on resolved documents: see commcheck.c). */
+     * index even on resolved documents: see job.c). */
     snprintf(newkey, sizeof newkey, "%s:resolved:%s", key ? key : "?", id);
     bson_t a = BSON_INITIALIZER, set, list;
     BSON_APPEND_UTF8(&a, "kind", "resolve");

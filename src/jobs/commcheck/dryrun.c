@@ -1,17 +1,17 @@
-/* dryrun_commcheck — communication-check on fixtures: the same planning and
+/* commcheck/dryrun.c — communication-check on fixtures: the same planning and
  * decide code as production, with canned provider answers instead of the
  * network.
  *
  * Fixtures: conversation-channel.json (active ones are checked),
  * conversation-alert.json (the open ones count), conversation-room.json, and
  * provider-answers.json: [{probe: "<probe id>", status, body, failure, error,
- * cert_expires_at}, ...] (probe ids in commcheck.h). A request with no canned
+ * cert_expires_at}, ...] (probe ids in model.h). A request with no canned
  * answer is "unchecked". Failure streaks start at zero. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "jobs/commcheck.h"
+#include "jobs/commcheck/model.h"
 #include "jobs/dryrun.h"
 #include "store/mongo.h"
 

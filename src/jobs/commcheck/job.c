@@ -1,4 +1,4 @@
-/* commcheck — collect and apply around commcheck_decide (see commcheck.h).
+/* commcheck/job.c — collect and apply around commcheck_decide (see model.h).
  *
  * Alert keys and FerretDB. SPEC §2 makes `key` ("<channel_id>:<check>")
  * unique, and the unique index on `key` (store/indexes.c) is what keeps one
@@ -35,7 +35,7 @@
 
 #include "core/bson_field.h"
 #include "core/clock.h"
-#include "jobs/commcheck.h"
+#include "jobs/commcheck/model.h"
 #include "jobs/job.h"
 #include "outbox/outbox.h"
 #include "providers/endpoint_probe.h"

@@ -1,4 +1,4 @@
-/* commcheck.h — the communication-check job: validate every active SMS and
+/* commcheck/model.h — the communication-check job: validate every active SMS and
  * email channel, open, update and resolve alerts, tell the room's managers.
  *
  * Checks (per channel, by provider):
@@ -18,13 +18,13 @@
  * The job is collect → decide → apply:
  *   collect  active channels (stalest first, capped), open alerts, rooms, the
  *            failure streaks; then the provider answers: commcheck_plan_probes
- *            (pure) names the requests, commcheck.c runs them on curl multi
+ *            (pure) names the requests, job.c runs them on curl multi
  *            (providers/endpoint_probe.h), in two rounds (balances need the account's
  *            owner, i.e. its billing account; a domain's validation its id);
  *   decide   commcheck_decide: pure, documents + answers + rules in, a plan out;
- *            (commcheck_plan.c plans the requests, commcheck_observe.c reads
- *            an answer, commcheck_decide.c turns observations into alerts);
- *   apply    see commcheck.c: alert inserts and conditional updates that carry
+ *            (plan.c plans the requests, observe.c reads
+ *            an answer, decide.c turns observations into alerts);
+ *   apply    see job.c: alert inserts and conditional updates that carry
  *            their notifications, Redis streaks, outbox.
  *
  * Probe ids (the keys of `answers`, also in dry-run fixtures):
@@ -40,8 +40,8 @@
  * Ownership: the plan functions append to caller-owned BSON; nothing is kept.
  * Errors follow core/error.h.
  */
-#ifndef SD_JOBS_COMMCHECK_H
-#define SD_JOBS_COMMCHECK_H
+#ifndef SD_JOBS_COMMCHECK_MODEL_H
+#define SD_JOBS_COMMCHECK_MODEL_H
 
 #include <bson/bson.h>
 
@@ -103,7 +103,7 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
  *   actions  [{kind: "open"|"update"|"resolve", target: <key>, ...}]
  *            open:    alert: <the whole new document, without _id>
  *            update:  alert_id, set: {...}, inc_occurrences, severity_before?
- *            resolve: alert_id, set: {...} (key rewritten, see commcheck.c)
+ *            resolve: alert_id, set: {...} (key rewritten, see job.c)
  *            each with notifications: [<outbox entries>]
  *   streaks  {"<channel_id>:<check>": n}  (0 = clear)
  *   checked  [<channel id hex>]           (channels whose checks ran)

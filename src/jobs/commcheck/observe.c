@@ -1,12 +1,12 @@
 /* commcheck_observe — what a provider's answer means for one check: the
- * observation health.lua's assess() judges (see commcheck_internal.h). Pure. */
+ * observation health.lua's assess() judges (see read.h). Pure. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "core/clock.h"
-#include "jobs/commcheck_internal.h"
+#include "jobs/commcheck/read.h"
 #include "providers/curl_shared.h"
 #include "providers/http.h"
 

@@ -1,11 +1,11 @@
 /* commcheck_plan — which requests a tick makes, and the channel helpers the
- * other commcheck files share (see commcheck.h and commcheck_internal.h). */
+ * other commcheck files share (see model.h and read.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "jobs/commcheck_internal.h"
+#include "jobs/commcheck/read.h"
 #include "providers/http.h"
 
 int commcheck_limits_read(struct rules *rules, struct commcheck_limits *out, struct sd_error *err)

@@ -1,16 +1,16 @@
-/* commcheck_internal.h — what the commcheck_*.c files share: BSON readers,
- * the channel helpers (commcheck_plan.c) and the observation of one check
- * (commcheck_observe.c). Not for other modules: the job's interface is
- * commcheck.h. Nothing here owns memory beyond what its comment says.
+/* commcheck/read.h — what the commcheck files share: BSON readers,
+ * the channel helpers (plan.c) and the observation of one check
+ * (observe.c). Not for other modules: the job's interface is
+ * model.h. Nothing here owns memory beyond what its comment says.
  */
-#ifndef SD_JOBS_COMMCHECK_INTERNAL_H
-#define SD_JOBS_COMMCHECK_INTERNAL_H
+#ifndef SD_JOBS_COMMCHECK_READ_H
+#define SD_JOBS_COMMCHECK_READ_H
 
 #include <bson/bson.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "jobs/commcheck.h"
+#include "jobs/commcheck/model.h"
 #include "providers/json.h"
 
 #define COMMCHECK_MAX_CHECKS 4
@@ -91,7 +91,7 @@ static inline int64_t map_int(const bson_t *map, const char *key)
 
 static inline void idx(char *buf, size_t size, uint32_t i) { snprintf(buf, size, "%u", i); }
 
-/* ---- channels (commcheck_plan.c) ----------------------------------------- */
+/* ---- channels (plan.c) ----------------------------------------------------- */
 
 /* The channel's provider: `provider`, else twilio for sms, sendgrid for email. */
 const char *commcheck_provider_of(const bson_t *ch);
@@ -116,7 +116,7 @@ bool commcheck_domain_entry(const struct commcheck_input *in, const bson_t *ch,
                             const char *probe_id, bson_t *entry);
 bool commcheck_http_url(const char *u);
 
-/* ---- one check's observation (commcheck_observe.c) ----------------------- */
+/* ---- one check's observation (observe.c) --------------------------------- */
 
 /* One check's observation: the `result` table health.lua's assess() reads,
  * plus what the alert says. */

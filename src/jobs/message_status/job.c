@@ -1,5 +1,5 @@
 /* message_status — collect and apply around msgstatus_decide (see
- * message_status.h).
+ * model.h).
  *
  * Once-only effects rest on event ids, not on the stream: an entry is
  * acknowledged only after its updates are written, so a crash between the
@@ -20,7 +20,7 @@
 
 #include "core/bson_field.h"
 #include "core/clock.h"
-#include "jobs/msgstatus_io.h"
+#include "jobs/message_status/tick.h"
 #include "jobs/runner.h"
 #include "jobs/seam.h"
 #include "store/find_in.h"

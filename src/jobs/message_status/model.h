@@ -1,4 +1,4 @@
-/* message_status.h — the message-status job (SPEC §2 conversation-message and
+/* message_status/model.h — the message-status job (SPEC §2 conversation-message and
  * status-events, §7): delivery and read events from Twilio and SendGrid
  * applied to messages, failed sends retried, stale messages reconciled.
  *
@@ -12,7 +12,7 @@
  * apply    one conditional update per touched message (unordered bulks), then
  *          per entry XACK — with a copy to status-events:rejected or
  *          :unmatched where that is its fate — in one MULTI/EXEC.
- * Then the retry sweep (msgstatus_retry.c) and the reconcile sweep, and the
+ * Then the retry sweep (retry.c) and the reconcile sweep, and the
  * stream is trimmed to what every consumer group has acknowledged.
  *
  * Event ids (what makes an event apply once): Twilio "twilio:<sid>:<status>"
@@ -22,8 +22,8 @@
  * Ownership: every function appends to caller-owned bson_t; nothing returned
  * needs freeing. Errors follow core/error.h.
  */
-#ifndef SD_JOBS_MESSAGE_STATUS_H
-#define SD_JOBS_MESSAGE_STATUS_H
+#ifndef SD_JOBS_MESSAGE_STATUS_MODEL_H
+#define SD_JOBS_MESSAGE_STATUS_MODEL_H
 
 #include <bson/bson.h>
 #include <stdbool.h>

@@ -1,14 +1,14 @@
-/* msgstatus_io.h — what the message-status job's I/O files share (internal
- * to src/jobs: message_status.c consumes the stream, msgstatus_retry.c sends
+/* message_status/tick.h — what the message-status job's I/O files share (internal
+ * to the job: job.c consumes the stream, retry.c sends
  * again and polls). Ownership: struct ms_tick borrows the job's environment;
  * the collection handle is the tick's. Errors follow core/error.h. */
-#ifndef SD_JOBS_MSGSTATUS_IO_H
-#define SD_JOBS_MSGSTATUS_IO_H
+#ifndef SD_JOBS_MESSAGE_STATUS_TICK_H
+#define SD_JOBS_MESSAGE_STATUS_TICK_H
 
 #include <mongoc/mongoc.h>
 
 #include "jobs/job.h"
-#include "jobs/message_status.h"
+#include "jobs/message_status/model.h"
 
 struct ms_counts {
     int64_t entries, claimed, acknowledged, deferred, events, applied, duplicates, ignored,

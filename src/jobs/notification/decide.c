@@ -1,5 +1,5 @@
-/* notification_decide — the pure heart of the notification job (see
- * notification.h): compares each conversation with what supportd last
+/* notification/decide.c — the pure heart of the notification job (see
+ * model.h): compares each conversation with what supportd last
  * notified about, computes its SLA from sla.lua, and plans the outbox
  * entries, the new state record and the SLA fields.
  *
@@ -24,8 +24,8 @@
 
 #include "core/clock.h"
 #include "core/tz.h"
-#include "jobs/notification.h"
-#include "jobs/sla_calendar.h"
+#include "jobs/notification/model.h"
+#include "jobs/notification/sla_calendar.h"
 
 #define MAX_LEVELS 16
 
@@ -176,7 +176,7 @@ static int call_int(struct ctx *c, const char *module, const char *fn, struct ar
     return rc;
 }
 
-/* The room's business calendar (jobs/sla_calendar.h), built once per
+/* The room's business calendar (sla_calendar.h), built once per
  * conversation. A malformed one fails every SLA computation alike. */
 static const struct sla_calendar *calendar(struct ctx *c, struct sd_error *err)
 {

@@ -1,5 +1,5 @@
-/* notification — collect and apply around notification_decide (see
- * notification.h).
+/* notification/job.c — collect and apply around notification_decide (see
+ * model.h).
  *
  * Exactly once rests on the outbox's unique keys, which notification_decide
  * derives from what triggered each mail: the outbox entries of a batch are
@@ -19,7 +19,7 @@
 
 #include "core/bson_field.h"
 #include "jobs/job.h"
-#include "jobs/notification.h"
+#include "jobs/notification/model.h"
 #include "jobs/seam.h"
 #include "outbox/outbox.h"
 #include "store/batches.h"

@@ -1,4 +1,4 @@
-/* notification.h — the notification job: ticket activity, SLA warnings,
+/* notification/model.h — the notification job: ticket activity, SLA warnings,
  * breaches and escalation, response reminders and customer updates, each
  * sent once (SPEC §7).
  *
@@ -41,8 +41,8 @@
  * Ownership: notification_decide appends to caller-owned BSON. Errors follow
  * core/error.h.
  */
-#ifndef SD_JOBS_NOTIFICATION_H
-#define SD_JOBS_NOTIFICATION_H
+#ifndef SD_JOBS_NOTIFICATION_MODEL_H
+#define SD_JOBS_NOTIFICATION_MODEL_H
 
 #include <bson/bson.h>
 

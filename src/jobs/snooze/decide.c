@@ -1,9 +1,9 @@
-/* snooze_decide — the pure heart of the snooze job (see snooze.h). */
+/* snooze/decide.c — the pure heart of the snooze job (see model.h). */
 #include <stdio.h>
 #include <string.h>
 
 #include "core/clock.h"
-#include "jobs/snooze.h"
+#include "jobs/snooze/model.h"
 
 static const char *const priorities[] = {"low", "normal", "high", "urgent", NULL};
 

@@ -1,4 +1,4 @@
-/* snooze — collect and apply around snooze_decide (see snooze.h).
+/* snooze/job.c — collect and apply around snooze_decide (see model.h).
  *
  * Crash safety rests on a completion marker written in the same update that
  * wakes the ticket: `supportd_unsnooze_pending: true` and `supportd_unsnooze:
@@ -25,7 +25,7 @@
 #include "core/clock.h"
 #include "jobs/job.h"
 #include "jobs/seam.h"
-#include "jobs/snooze.h"
+#include "jobs/snooze/model.h"
 #include "outbox/outbox.h"
 #include "store/batches.h"
 #include "store/mongo.h"
