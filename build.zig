@@ -62,6 +62,7 @@ const core_sources = [_][]const u8{
     "src/jobs/snooze/job.c",
     "src/jobs/snooze/decide.c",
     "src/jobs/message_status/job.c",
+    "src/jobs/message_status/apply.c",
     "src/jobs/message_status/events.c",
     "src/jobs/message_status/decide.c",
     "src/jobs/message_status/select.c",

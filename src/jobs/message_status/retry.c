@@ -27,7 +27,7 @@
 
 #include "core/bson_field.h"
 #include "core/clock.h"
-#include "jobs/message_status/tick.h"
+#include "jobs/message_status/model.h"
 #include "jobs/runner.h"
 #include "jobs/seam.h"
 #include "outbox/claim.h"
