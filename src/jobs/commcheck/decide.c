@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jobs/commcheck/model.h"
 #include "jobs/commcheck/read.h"
+#include "providers/json.h"
 
 #define ALERT_NOTIFICATION_TYPE "channel.alert"
 

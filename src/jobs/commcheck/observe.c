@@ -6,9 +6,11 @@
 #include <strings.h>
 
 #include "core/clock.h"
+#include "jobs/commcheck/model.h"
 #include "jobs/commcheck/read.h"
 #include "providers/curl_shared.h"
 #include "providers/http.h"
+#include "providers/json.h"
 
 /* ---- what an answer means ---------------------------------------------- */
 

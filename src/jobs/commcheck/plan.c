@@ -5,8 +5,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "jobs/commcheck/model.h"
 #include "jobs/commcheck/read.h"
 #include "providers/http.h"
+#include "providers/json.h"
 
 int commcheck_limits_read(struct rules *rules, struct commcheck_limits *out, struct sd_error *err)
 {
