@@ -12,12 +12,13 @@
  * "<channel_id>:<check>" stays in `channel_check` on every alert, open or
  * resolved, for history queries.
  *
- * Notifications are crash-safe like snooze's: the insert or update that opens,
- * escalates or resolves an alert also writes its outbox entries into the
- * alert (`supportd_notifications`, flag `supportd_notify_pending: true`);
- * the tick then inserts them into the outbox (unique keys: a repeat is a
- * no-op) and clears the flag. A tick that died in between is finished by the
- * next one, found by the index on the flag. Keys derive from the alert and
+ * Notifications are crash-safe like snooze's (outbox/intent.h): the insert or
+ * update that opens, escalates or resolves an alert also writes its outbox
+ * entries into the alert (`supportd_notifications`, flag
+ * `supportd_notify_pending: true`); the tick then inserts them into the outbox
+ * (unique keys: a repeat is a no-op) and clears the flag. A tick that died in
+ * between is finished by the next one, found by the index on the flag. Keys
+ * derive from the alert and
  * the transition: "channel.alert:<key>:opened:<first_seen ms>:<recipient>",
  * "channel.alert:<alert _id>:severity:<severity>:<recipient>",
  * "channel.alert:<alert _id>:resolved:<recipient>".
@@ -37,7 +38,7 @@
 #include "core/clock.h"
 #include "jobs/commcheck/model.h"
 #include "jobs/job.h"
-#include "outbox/outbox.h"
+#include "outbox/intent.h"
 #include "providers/endpoint_probe.h"
 #include "store/mongo.h"
 
@@ -48,8 +49,13 @@ struct tick {
     mongoc_collection_t *alerts;
     int64_t channels, probes, probe_ms, checks_ok, failing, transient, unchecked;
     int64_t opened, updated, resolved, escalated, open_conflicts, stale_writes;
-    int64_t enqueued, duplicates, bad;
+    int64_t bad;
+    struct intent_counts outbox;
 };
+
+static const struct intent_marker alert_marker = {.flag = "supportd_notify_pending",
+                                                  .field = "supportd_notifications",
+                                                  .entries = "supportd_notifications"};
 
 static bool oid_of(const bson_t *doc, const char *field, bson_oid_t *out)
 {
@@ -124,90 +130,19 @@ static int read_hash(struct tick *t, const char *name, bson_t *out, struct sd_er
 
 /* ---- notifications left in alerts ---------------------------------------- */
 
-/* The outbox entries an alert carries: how many, and (with views) a read-only
- * view of each into views[] and its address into entries[]. */
-static size_t notifications_of(const bson_t *alert, bson_t *views, const bson_t **entries)
-{
-    bson_iter_t it, e;
-    size_t k = 0;
-    if (bson_iter_init_find(&it, alert, "supportd_notifications") && BSON_ITER_HOLDS_ARRAY(&it) &&
-        bson_iter_recurse(&it, &e)) {
-        while (bson_iter_next(&e)) {
-            if (!BSON_ITER_HOLDS_DOCUMENT(&e))
-                continue;
-            if (views) {
-                bson_iter_child(&e, &views[k]);
-                entries[k] = &views[k];
-            }
-            k++;
-        }
-    }
-    return k;
-}
-
 /* Inserts the outbox entries carried by alerts flagged supportd_notify_pending,
  * then clears the flags. */
 static int finish_pending(struct tick *t, struct sd_error *err)
 {
-    for (int round = 0; round < 100; round++) {
-        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
-        BSON_APPEND_BOOL(&filter, "supportd_notify_pending", true);
-        BSON_APPEND_INT64(&opts, "limit", 200);
-        bson_t **docs = NULL;
-        size_t n = 0;
-        int rc = store_find_all(t->alerts, &filter, &opts, &docs, &n, err);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
-        if (rc || n == 0) {
-            store_docs_free(docs, n);
-            return rc;
-        }
-        size_t m = 0, cap = 0;
-        for (size_t i = 0; i < n; i++)
-            cap += notifications_of(docs[i], NULL, NULL);
-        const bson_t **entries = calloc(cap + 1, sizeof *entries);
-        bson_t *views = bson_views_new(cap);
-        for (size_t i = 0; i < n; i++)
-            m += notifications_of(docs[i], views + m, entries + m);
-        int inserted = 0;
-        if (m && outbox_enqueue(t->env->mongo, t->env->db, entries, m, clock_now_ms(), &inserted,
-                                err))
-            rc = -1;
-        else {
-            t->enqueued += inserted;
-            t->duplicates += (int64_t)m - inserted;
-        }
-        free(entries);
-        bson_free(views);
-        if (rc == 0) {
-            bson_t ids_filter = BSON_INITIALIZER, in, ids, update = BSON_INITIALIZER, unset;
-            BSON_APPEND_DOCUMENT_BEGIN(&ids_filter, "_id", &in);
-            BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
-            for (size_t i = 0; i < n; i++) {
-                bson_iter_t it;
-                char k[12];
-                snprintf(k, sizeof k, "%zu", i);
-                if (bson_iter_init_find(&it, docs[i], "_id"))
-                    bson_append_iter(&ids, k, -1, &it);
-            }
-            bson_append_array_end(&in, &ids);
-            bson_append_document_end(&ids_filter, &in);
-            BSON_APPEND_BOOL(&ids_filter, "supportd_notify_pending", true);
-            BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
-            BSON_APPEND_UTF8(&unset, "supportd_notify_pending", "");
-            BSON_APPEND_UTF8(&unset, "supportd_notifications", "");
-            bson_append_document_end(&update, &unset);
-            bson_error_t berr;
-            if (!mongoc_collection_update_many(t->alerts, &ids_filter, &update, NULL, NULL, &berr))
-                rc = sd_error_set(err, "clearing alert notification markers: %s", store_errmsg(&berr));
-            bson_destroy(&ids_filter);
-            bson_destroy(&update);
-        }
-        store_docs_free(docs, n);
-        if (rc || n < 200)
-            return rc;
-    }
-    return 0;
+    struct intent_finish f = {.mongo = t->env->mongo,
+                              .db = t->env->db,
+                              .coll = t->alerts,
+                              .marker = &alert_marker,
+                              .what = "alert notification markers",
+                              .batch = 200,
+                              .max_batches = 100,
+                              .now_ms = clock_now_ms()};
+    return intent_finish(&f, &t->outbox, err);
 }
 
 /* ---- probes ---------------------------------------------------------------- */
@@ -323,11 +258,12 @@ static int run_probes(struct tick *t, const bson_t *planned, uint32_t n,
 
 /* ---- apply ----------------------------------------------------------------- */
 
-static bool has_notifications(const bson_t *action, bson_iter_t *list)
+/* The action's outbox entries (a view), when it has any. */
+static bool has_notifications(const bson_t *action, bson_t *entries)
 {
-    bson_iter_t probe;
-    return bson_iter_init_find(list, action, "notifications") && BSON_ITER_HOLDS_ARRAY(list) &&
-           bson_iter_recurse(list, &probe) && bson_iter_next(&probe);
+    bson_iter_t list;
+    return bson_iter_init_find(&list, action, "notifications") && BSON_ITER_HOLDS_ARRAY(&list) &&
+           bson_iter_child(&list, entries) && !bson_empty(entries);
 }
 
 static int apply_open(struct tick *t, const bson_t *action, struct sd_error *err)
@@ -345,11 +281,9 @@ static int apply_open(struct tick *t, const bson_t *action, struct sd_error *err
     bson_oid_init(&oid, NULL);
     BSON_APPEND_OID(&doc, "_id", &oid);
     bson_concat(&doc, &alert);
-    bson_iter_t list;
-    if (has_notifications(action, &list)) {
-        BSON_APPEND_BOOL(&doc, "supportd_notify_pending", true);
-        bson_append_iter(&doc, "supportd_notifications", -1, &list);
-    }
+    bson_t entries;
+    if (has_notifications(action, &entries))
+        intent_park(&doc, &alert_marker, &entries);
     bson_error_t berr;
     bson_t reply;
     /* One insert per alert: opening is rare, and the unique key decides a
@@ -407,12 +341,10 @@ static int apply_updates(struct tick *t, const bson_t *actions, struct sd_error 
             if (bson_iter_init_find(&s, &action, "set") && bson_iter_recurse(&s, &sub))
                 while (bson_iter_next(&sub))
                     bson_append_iter(&set, NULL, 0, &sub);
-            bson_iter_t list;
-            bool notify = has_notifications(&action, &list);
-            if (notify) {
-                BSON_APPEND_BOOL(&set, "supportd_notify_pending", true);
-                bson_append_iter(&set, "supportd_notifications", -1, &list);
-            }
+            bson_t entries;
+            bool notify = has_notifications(&action, &entries);
+            if (notify)
+                intent_park(&set, &alert_marker, &entries);
             bson_append_document_end(&update, &set);
             if (bson_iter_init_find(&f, &action, "inc_occurrences") && bson_iter_as_bool(&f)) {
                 BSON_APPEND_DOCUMENT_BEGIN(&update, "$inc", &inc);
@@ -523,8 +455,8 @@ static void counts_to(struct tick *t, const struct commcheck_limits *lim)
     BSON_APPEND_INT64(c, "alerts_resolved", t->resolved);
     BSON_APPEND_INT64(c, "open_conflicts", t->open_conflicts);
     BSON_APPEND_INT64(c, "stale_writes", t->stale_writes);
-    BSON_APPEND_INT64(c, "notifications", t->enqueued);
-    BSON_APPEND_INT64(c, "duplicate_notifications", t->duplicates);
+    BSON_APPEND_INT64(c, "notifications", t->outbox.enqueued);
+    BSON_APPEND_INT64(c, "duplicate_notifications", t->outbox.duplicates);
     BSON_APPEND_INT64(c, "bad_documents", t->bad);
     BSON_APPEND_INT64(c, "concurrency", lim->concurrency);
 }
