@@ -11,22 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "jobs/commcheck/model.h"
 #include "jobs/dryrun.h"
 #include "store/mongo.h"
 
 #define FIXTURE_ANSWERS "provider-answers"
 
-static int by_id(const void *a, const void *b)
-{
-    const bson_t *x = *(const bson_t *const *)a, *y = *(const bson_t *const *)b;
-    bson_iter_t i, j;
-    bool hx = bson_iter_init_find(&i, x, "_id") && BSON_ITER_HOLDS_OID(&i);
-    bool hy = bson_iter_init_find(&j, y, "_id") && BSON_ITER_HOLDS_OID(&j);
-    if (!hx || !hy)
-        return hx - hy;
-    return bson_oid_compare(bson_iter_oid(&i), bson_iter_oid(&j));
-}
+static const struct log_ctx log_dry = {"communication-check", "dry-run"};
 
 static bool is_true(const bson_t *d, const char *f)
 {
@@ -39,18 +31,6 @@ static bool utf8_is(const bson_t *d, const char *f, const char *v)
     bson_iter_t it;
     return bson_iter_init_find(&it, d, f) && BSON_ITER_HOLDS_UTF8(&it) &&
            strcmp(bson_iter_utf8(&it, NULL), v) == 0;
-}
-
-static void map_by_id(const bson_t *const *docs, size_t n, bson_t *map)
-{
-    for (size_t i = 0; i < n; i++) {
-        bson_iter_t it;
-        if (bson_iter_init_find(&it, docs[i], "_id") && BSON_ITER_HOLDS_OID(&it)) {
-            char hex[25];
-            bson_oid_to_string(bson_iter_oid(&it), hex);
-            BSON_APPEND_DOCUMENT(map, hex, docs[i]);
-        }
-    }
 }
 
 /* Moves the canned answers that the planned probes ask for into answers. */
@@ -90,138 +70,130 @@ static void answer(const bson_t *planned, const bson_t *const *canned, size_t n_
     }
 }
 
-int dryrun_commcheck(const struct fixtures *fx, struct rules *rules, int64_t now_ms, bson_t *jobs,
-                     struct sd_error *err)
-{
-    size_t n_ch, n_al, n_rooms, n_canned;
-    const bson_t *const *chs = fixtures_docs(fx, COLL_CHANNEL, &n_ch);
-    const bson_t *const *als = fixtures_docs(fx, COLL_ALERT, &n_al);
-    const bson_t *const *rms = fixtures_docs(fx, COLL_ROOM, &n_rooms);
-    const bson_t *const *canned = fixtures_docs(fx, FIXTURE_ANSWERS, &n_canned);
+static bool is_active(const bson_t *ch) { return is_true(ch, "active"); }
+static bool is_open(const bson_t *alert) { return utf8_is(alert, "status", "open"); }
+
+struct input {
     struct commcheck_limits lim;
-    if (commcheck_limits_read(rules, &lim, err))
-        return -1;
-    const bson_t **active = calloc(n_ch + 1, sizeof *active);
-    const bson_t **open = calloc(n_al + 1, sizeof *open);
-    size_t n_active = 0, n_open = 0;
-    for (size_t i = 0; i < n_ch; i++)
-        if (is_true(chs[i], "active"))
-            active[n_active++] = chs[i];
-    for (size_t i = 0; i < n_al; i++)
-        if (utf8_is(als[i], "status", "open"))
-            open[n_open++] = als[i];
+    struct commcheck_providers prov;
+    const bson_t **active, **open;
+    size_t n_active, n_open;
+    const bson_t *const *canned;
+    size_t n_canned;
+    bson_t *known, *rooms;
+};
+
+static void *load(const struct dryrun_ctx *c, struct sd_error *err)
+{
+    struct commcheck_limits lim;
+    if (commcheck_limits_read(c->rules, &lim, err))
+        return NULL;
+    struct input *in = calloc(1, sizeof *in);
+    in->lim = lim;
+    in->canned = fixtures_docs(c->fx, FIXTURE_ANSWERS, &in->n_canned);
     /* Production checks the stalest first; fixtures have no check times, so
      * id order (deterministic output). */
-    qsort(active, n_active, sizeof *active, by_id);
-    qsort(open, n_open, sizeof *open, by_id);
-    if (n_active > (size_t)lim.max_channels)
-        n_active = (size_t)lim.max_channels;
-    bson_t known = BSON_INITIALIZER, rooms = BSON_INITIALIZER, answers = BSON_INITIALIZER;
-    bson_t streaks = BSON_INITIALIZER;
-    map_by_id(chs, n_ch, &known);
-    map_by_id(rms, n_rooms, &rooms);
-    struct commcheck_providers prov = {.twilio_base = "https://api.twilio.com",
-                                       .twilio_ready = true,
-                                       .sendgrid_base = "https://api.sendgrid.com",
-                                       .sendgrid_ready = true,
-                                       .smtp_url = "SMTP_URL",
-                                       .smtp_ready = true};
+    in->active = fixtures_sorted(c->fx, COLL_CHANNEL, is_active, &in->n_active);
+    in->open = fixtures_sorted(c->fx, COLL_ALERT, is_open, &in->n_open);
+    if (in->n_active > (size_t)lim.max_channels)
+        in->n_active = (size_t)lim.max_channels;
+    in->known = bson_new();
+    in->rooms = bson_new();
+    fixtures_map_by_id(c->fx, COLL_CHANNEL, in->known);
+    fixtures_map_by_id(c->fx, COLL_ROOM, in->rooms);
+    in->prov = (struct commcheck_providers){.twilio_base = "https://api.twilio.com",
+                                            .twilio_ready = true,
+                                            .sendgrid_base = "https://api.sendgrid.com",
+                                            .sendgrid_ready = true,
+                                            .smtp_url = "SMTP_URL",
+                                            .smtp_ready = true};
     /* The main account's SID is what the canned answer for "main" says. */
-    for (size_t i = 0; i < n_canned; i++) {
+    for (size_t i = 0; i < in->n_canned; i++) {
         bson_iter_t it;
-        if (utf8_is(canned[i], "probe", "twilio.account:main") &&
-            bson_iter_init(&it, canned[i]) && bson_iter_find_descendant(&it, "body.sid", &it) &&
-            BSON_ITER_HOLDS_UTF8(&it))
-            prov.twilio_main_sid = bson_iter_utf8(&it, NULL);
+        if (utf8_is(in->canned[i], "probe", "twilio.account:main") &&
+            bson_iter_init(&it, in->canned[i]) &&
+            bson_iter_find_descendant(&it, "body.sid", &it) && BSON_ITER_HOLDS_UTF8(&it))
+            in->prov.twilio_main_sid = bson_iter_utf8(&it, NULL);
     }
-    struct log_ctx ctx = {"communication-check", "dry-run"};
-    struct commcheck_input in = {.channels = active,
-                                 .n_channels = n_active,
-                                 .alerts = open,
-                                 .n_alerts = n_open,
-                                 .known_channels = &known,
-                                 .rooms = &rooms,
+    return in;
+}
+
+static void release(void *arg)
+{
+    struct input *in = arg;
+    bson_destroy(in->known);
+    bson_destroy(in->rooms);
+    free(in->active);
+    free(in->open);
+    free(in);
+}
+
+static int decide(void *arg, const struct dryrun_ctx *c, bson_t *job, struct sd_error *err)
+{
+    (void)err;
+    struct input *fx = arg;
+    bson_t answers = BSON_INITIALIZER, streaks = BSON_INITIALIZER;
+    struct commcheck_input in = {.channels = fx->active,
+                                 .n_channels = fx->n_active,
+                                 .alerts = fx->open,
+                                 .n_alerts = fx->n_open,
+                                 .known_channels = fx->known,
+                                 .rooms = fx->rooms,
                                  .answers = &answers,
                                  .streaks = &streaks,
-                                 .providers = &prov,
-                                 .limits = &lim,
-                                 .now_ms = now_ms,
-                                 .rules = rules,
-                                 .log = &ctx};
-    bson_t job, requests, results, actions, new_streaks, checked, skipped;
+                                 .providers = &fx->prov,
+                                 .limits = &fx->lim,
+                                 .now_ms = c->now_ms,
+                                 .rules = c->rules,
+                                 .log = &log_dry};
+    bson_t requests, results, actions, new_streaks, checked, skipped;
     uint32_t n_requests = 0;
-    BSON_APPEND_DOCUMENT_BEGIN(jobs, "communication-check", &job);
-    BSON_APPEND_ARRAY_BEGIN(&job, "requests", &requests);
+    BSON_APPEND_ARRAY_BEGIN(job, "requests", &requests);
     for (int round = 1; round <= 2; round++) {
         bson_t planned = BSON_INITIALIZER;
         commcheck_plan_probes(&in, round, &planned);
-        answer(&planned, canned, n_canned, &answers, &requests, &n_requests);
+        answer(&planned, fx->canned, fx->n_canned, &answers, &requests, &n_requests);
         bson_destroy(&planned);
     }
-    bson_append_array_end(&job, &requests);
+    bson_append_array_end(job, &requests);
     bson_t r_tmp = BSON_INITIALIZER, a_tmp = BSON_INITIALIZER, s_tmp = BSON_INITIALIZER,
            c_tmp = BSON_INITIALIZER;
     commcheck_decide(&in, &r_tmp, &a_tmp, &s_tmp, &c_tmp);
-    BSON_APPEND_ARRAY_BEGIN(&job, "results", &results);
+    BSON_APPEND_ARRAY_BEGIN(job, "results", &results);
     bson_concat(&results, &r_tmp);
-    bson_append_array_end(&job, &results);
-    BSON_APPEND_ARRAY_BEGIN(&job, "actions", &actions);
+    bson_append_array_end(job, &results);
+    BSON_APPEND_ARRAY_BEGIN(job, "actions", &actions);
     bson_concat(&actions, &a_tmp);
-    bson_append_array_end(&job, &actions);
-    BSON_APPEND_DOCUMENT_BEGIN(&job, "streaks", &new_streaks);
+    bson_append_array_end(job, &actions);
+    BSON_APPEND_DOCUMENT_BEGIN(job, "streaks", &new_streaks);
     bson_concat(&new_streaks, &s_tmp);
-    bson_append_document_end(&job, &new_streaks);
-    BSON_APPEND_ARRAY_BEGIN(&job, "checked", &checked);
+    bson_append_document_end(job, &new_streaks);
+    BSON_APPEND_ARRAY_BEGIN(job, "checked", &checked);
     bson_concat(&checked, &c_tmp);
-    bson_append_array_end(&job, &checked);
-    BSON_APPEND_ARRAY_BEGIN(&job, "skipped", &skipped);
-    bson_append_array_end(&job, &skipped);
-    bson_append_document_end(jobs, &job);
+    bson_append_array_end(job, &checked);
+    BSON_APPEND_ARRAY_BEGIN(job, "skipped", &skipped);
+    bson_append_array_end(job, &skipped);
     bson_destroy(&r_tmp);
     bson_destroy(&a_tmp);
     bson_destroy(&s_tmp);
     bson_destroy(&c_tmp);
-    bson_destroy(&known);
-    bson_destroy(&rooms);
     bson_destroy(&answers);
     bson_destroy(&streaks);
-    free(active);
-    free(open);
     return 0;
 }
 
-static const char *str(const bson_t *doc, const char *path)
-{
-    bson_iter_t it;
-    if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
-        BSON_ITER_HOLDS_UTF8(&it))
-        return bson_iter_utf8(&it, NULL);
-    return "";
-}
+/* ---- text ------------------------------------------------------------------ */
 
-static bool each(const bson_t *doc, const char *field, bson_iter_t *it)
-{
-    bson_iter_t f;
-    return bson_iter_init_find(&f, doc, field) &&
-           (BSON_ITER_HOLDS_ARRAY(&f) || BSON_ITER_HOLDS_DOCUMENT(&f)) && bson_iter_recurse(&f, it);
-}
+static const char *str(const bson_t *doc, const char *path) { return bson_path_text(doc, path); }
 
-static void view(const bson_iter_t *it, bson_t *out)
-{
-    uint32_t len;
-    const uint8_t *data;
-    bson_iter_document(it, &len, &data);
-    bson_init_static(out, data, len);
-}
-
-void commcheck_print_text(const bson_t *job)
+static void print_plan(const bson_t *job)
 {
     bson_iter_t it;
     uint32_t n_results = 0, n_actions = 0, n_notes = 0;
-    if (each(job, "results", &it)) {
+    if (bson_path_each(job, "results", &it)) {
         while (bson_iter_next(&it)) {
             bson_t r;
-            view(&it, &r);
+            bson_iter_child(&it, &r);
             n_results++;
             const char *sev = str(&r, "severity");
             printf("  %-9s %-16s %s %s: %s%s%s%s\n", str(&r, "outcome"), str(&r, "check"),
@@ -229,10 +201,10 @@ void commcheck_print_text(const bson_t *job)
                    *sev ? " [" : "", sev, *sev ? "]" : "");
         }
     }
-    if (each(job, "actions", &it)) {
+    if (bson_path_each(job, "actions", &it)) {
         while (bson_iter_next(&it)) {
             bson_t a;
-            view(&it, &a);
+            bson_iter_child(&it, &a);
             n_actions++;
             const char *kind = str(&a, "kind");
             if (!strcmp(kind, "open"))
@@ -244,10 +216,10 @@ void commcheck_print_text(const bson_t *job)
                 printf("  update alert %s (%s -> %s)\n", str(&a, "target"),
                        str(&a, "severity_before"), str(&a, "set.severity"));
             bson_iter_t nl;
-            if (each(&a, "notifications", &nl)) {
+            if (bson_path_each(&a, "notifications", &nl)) {
                 while (bson_iter_next(&nl)) {
                     bson_t e;
-                    view(&nl, &e);
+                    bson_iter_child(&nl, &e);
                     n_notes++;
                     printf("    notify %s: \"%s\"\n", str(&e, "recipient.email"),
                            str(&e, "subject"));
@@ -258,3 +230,9 @@ void commcheck_print_text(const bson_t *job)
     printf("  %u check(s), %u alert action(s), %u notification(s)\n", n_results, n_actions,
            n_notes);
 }
+
+const struct dryrun_job dryrun_communication_check = {.name = "communication-check",
+                                                      .load = load,
+                                                      .decide = decide,
+                                                      .release = release,
+                                                      .print_plan = print_plan};

@@ -28,8 +28,8 @@
  *            their notifications, Redis streaks, outbox.
  *
  * The files: job.c (collect, the probes, apply: the only one with I/O);
- * plan.c, observe.c, decide.c: pure; read.h: their BSON readers. They share
- * this header.
+ * plan.c, observe.c, decide.c: pure; read.h: their BSON readers; dryrun.c:
+ * the job on fixtures (jobs/dryrun.h). They share this header.
  *
  * Probe ids (the keys of `answers`, also in dry-run fixtures):
  *   twilio.account:<sid|main>, twilio.balance:<sid|main>,
@@ -160,8 +160,5 @@ struct observation {
  * initialised here; the caller destroys it). Pure. */
 void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const char *check,
                        const char *probe_id, struct observation *o);
-
-/* Prints a plan of this job (dry-run --format text). */
-void commcheck_print_text(const bson_t *job_plan);
 
 #endif

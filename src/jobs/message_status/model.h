@@ -18,8 +18,8 @@
  * The files: job.c (the tick: the stream, acknowledgement, the sweeps in
  * turn), apply.c (decide + the fenced, conditional writes to messages, for
  * stream entries and poll answers alike), retry.c (re-sends and polls: the
- * provider calls); events.c (parse), decide.c, select.c: pure. They share this header
- * and nothing else.
+ * provider calls); events.c (parse), decide.c, select.c: pure; dryrun.c (the
+ * job on fixtures, jobs/dryrun.h). They share this header and nothing else.
  *
  * Event ids (what makes an event apply once): Twilio "twilio:<sid>:<status>"
  * ("…:read" for EventType=READ), SendGrid "sendgrid:<sg_event_id>", polls

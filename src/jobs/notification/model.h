@@ -38,6 +38,10 @@
  *            (exactly once), then the state records, then the SLA fields
  *            (conditional on updated_at as read), then delivery.
  *
+ * The files: job.c (collect and apply: the only one with I/O), decide.c and
+ * sla_calendar.c (business time; pure), dryrun.c (the job on fixtures,
+ * jobs/dryrun.h). They share this header.
+ *
  * Ownership: notification_decide appends to caller-owned BSON. Errors follow
  * core/error.h.
  */

@@ -25,6 +25,10 @@
  *   apply    see job.c: a conditional bulk update that also writes a
  *            completion marker, then queue and outbox from the marker.
  *
+ * The files: job.c (collect and apply: the only one with I/O), decide.c
+ * (pure), dryrun.c (the job on fixtures, jobs/dryrun.h). They share this
+ * header.
+ *
  * Ownership: snooze_decide appends to a caller-owned plan. Errors follow
  * core/error.h.
  */
