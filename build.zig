@@ -97,6 +97,7 @@ const core_sources = [_][]const u8{
     "src/providers/smtp.c",
     "src/providers/signature.c",
     "src/outbox/enqueue.c",
+    "src/outbox/entry.c",
     "src/outbox/intent.c",
     "src/outbox/claim.c",
     "src/outbox/dispatch.c",

@@ -7,6 +7,7 @@
 
 #include "jobs/commcheck/model.h"
 #include "jobs/commcheck/read.h"
+#include "outbox/entry.h"
 #include "providers/json.h"
 
 #define ALERT_NOTIFICATION_TYPE "channel.alert"
@@ -38,14 +39,6 @@ static const bson_t *open_alert(const struct commcheck_input *in, const char *ke
     return NULL;
 }
 
-static const char *recipient_id(const bson_t *r)
-{
-    const char *v;
-    if ((v = utf8_at(r, "user_id")) || (v = utf8_at(r, "email")) || (v = utf8_at(r, "phone")))
-        return v;
-    return "unknown";
-}
-
 struct event {
     const char *state;        /* opened | resolved | escalated */
     const char *severity;
@@ -73,8 +66,6 @@ static int add_notifications(const struct commcheck_input *in, const bson_t *roo
         return -1;
     }
     bson_t advice = BSON_INITIALIZER;
-    char path[64];
-    snprintf(path, sizeof path, "result");
     const char *action = NULL;
     struct sd_error ignore;
     if (rules_get(in->rules, "health", "advice", &advice, &ignore) == 0) {
@@ -130,36 +121,17 @@ static int add_notifications(const struct commcheck_input *in, const bson_t *roo
             rc = call(in->rules, "templates", "render", &rargs, &rendered, err);
             if (rc == 0) {
                 char key[400], k[12];
-                snprintf(key, sizeof key, "channel.alert:%s:%s", ev->key_basis, recipient_id(&rec));
+                snprintf(key, sizeof key, "channel.alert:%s:%s", ev->key_basis, outbox_recipient_id(&rec));
                 idx(k, sizeof k, n++);
-                bson_t entry, r;
+                bson_t entry;
                 BSON_APPEND_DOCUMENT_BEGIN(list, k, &entry);
                 BSON_APPEND_UTF8(&entry, "key", key);
                 BSON_APPEND_UTF8(&entry, "type", ALERT_NOTIFICATION_TYPE);
                 if (ev->channel_id)
                     BSON_APPEND_OID(&entry, "channel_id", ev->channel_id);
-                BSON_APPEND_DOCUMENT_BEGIN(&entry, "recipient", &r);
-                bson_iter_t f;
-                if (bson_iter_init(&f, &rec))
-                    while (bson_iter_next(&f))
-                        if (strcmp(bson_iter_key(&f), "via") != 0)
-                            bson_append_iter(&r, NULL, 0, &f);
-                bson_append_document_end(&entry, &r);
                 const char *via = utf8_at(&rec, "via");
-                BSON_APPEND_UTF8(&entry, "via", via ? via : "email");
-                const char *from = utf8_at(room, "email_from");
-                if (from)
-                    BSON_APPEND_UTF8(&entry, "from", from);
-                BSON_APPEND_UTF8(&entry, "status", "pending");
-                BSON_APPEND_INT32(&entry, "attempts", 0);
-                BSON_APPEND_DATE_TIME(&entry, "next_attempt_at", in->now_ms);
-                const char *fields[] = {"subject", "text", "html"};
-                for (int i = 0; i < 3; i++) {
-                    snprintf(path, sizeof path, "result.%s", fields[i]);
-                    const char *v = utf8_at(&rendered, path);
-                    BSON_APPEND_UTF8(&entry, fields[i], v ? v : "");
-                }
-                BSON_APPEND_DATE_TIME(&entry, "created_at", in->now_ms);
+                outbox_entry_fill(&entry, &rec, via ? via : "email", utf8_at(room, "email_from"),
+                                  &rendered, in->now_ms);
                 bson_append_document_end(list, &entry);
             }
             bson_destroy(&rendered);
@@ -436,10 +408,7 @@ static int decide_check(struct ctx *c, const bson_t *ch, const char *cid, const 
 static void warn_doc(const struct commcheck_input *in, const char *what, const char *id,
                      const char *msg)
 {
-    bson_t f = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&f, what, id);
-    log_msg(LOG_WARN, in->log, "commcheck.bad_document", &f, "%s %s: %s", what, id, msg);
-    bson_destroy(&f);
+    log_field(LOG_WARN, in->log, "commcheck.bad_document", what, id, "%s %s: %s", what, id, msg);
 }
 
 static void decide_channel(struct ctx *c, const bson_t *ch)

@@ -42,10 +42,7 @@ static void answer(const bson_t *planned, const bson_t *const *canned, size_t n_
         return;
     while (bson_iter_next(&it)) {
         bson_t p;
-        uint32_t len;
-        const uint8_t *data;
-        bson_iter_document(&it, &len, &data);
-        bson_init_static(&p, data, len);
+        bson_iter_child(&it, &p);
         bson_iter_t f;
         const char *id = bson_iter_init_find(&f, &p, "id") ? bson_iter_utf8(&f, NULL) : "";
         char k[12];

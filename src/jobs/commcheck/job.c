@@ -40,6 +40,7 @@
 #include "jobs/job.h"
 #include "outbox/intent.h"
 #include "providers/endpoint_probe.h"
+#include "store/find_in.h"
 #include "store/mongo.h"
 
 #define UPDATE_BULK 50 /* FerretDB: bulks of more update statements deadlock */
@@ -68,21 +69,13 @@ static bool oid_of(const bson_t *doc, const char *field, bson_oid_t *out)
 }
 
 /* Finds {_id: {$in: ids}} in coll and adds each as map["<id hex>"]. */
-static int load_by_ids(struct tick *t, const char *collection, const bson_oid_t *ids, size_t n,
+static int load_by_ids(struct tick *t, const char *collection, const bson_value_t *ids, size_t n,
                        bson_t *map, struct sd_error *err)
 {
     if (n == 0)
         return 0;
-    bson_t filter = BSON_INITIALIZER, in, arr;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
-    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &arr);
-    for (size_t i = 0; i < n; i++) {
-        char k[12];
-        snprintf(k, sizeof k, "%zu", i);
-        BSON_APPEND_OID(&arr, k, &ids[i]);
-    }
-    bson_append_array_end(&in, &arr);
-    bson_append_document_end(&filter, &in);
+    bson_t filter = BSON_INITIALIZER;
+    store_append_in(&filter, "_id", ids, n);
     mongoc_collection_t *coll = mongoc_client_get_collection(t->env->mongo, t->env->db, collection);
     bson_t **docs = NULL;
     size_t got = 0;
@@ -101,13 +94,14 @@ static int load_by_ids(struct tick *t, const char *collection, const bson_oid_t 
     return rc;
 }
 
-static void add_unique(bson_oid_t **ids, size_t *n, const bson_oid_t *oid)
+static void add_unique(bson_value_t **ids, size_t *n, const bson_oid_t *oid)
 {
     for (size_t i = 0; i < *n; i++)
-        if (bson_oid_equal(&(*ids)[i], oid))
+        if (bson_oid_equal(&(*ids)[i].value.v_oid, oid))
             return;
     *ids = realloc(*ids, (*n + 1) * sizeof **ids);
-    bson_oid_copy(oid, &(*ids)[(*n)++]);
+    (*ids)[*n].value_type = BSON_TYPE_OID;
+    bson_oid_copy(oid, &(*ids)[(*n)++].value.v_oid);
 }
 
 /* A Redis hash as {"field": int64}. */
@@ -162,10 +156,7 @@ static int run_probes(struct tick *t, const bson_t *planned, uint32_t n,
     bson_iter_init(&it, planned);
     while (bson_iter_next(&it) && k < n) {
         bson_t p;
-        uint32_t len;
-        const uint8_t *data;
-        bson_iter_document(&it, &len, &data);
-        bson_init_static(&p, data, len);
+        bson_iter_child(&it, &p);
         bson_iter_t f;
         const char *kind = "", *auth = "";
         struct probe *pr = &probes[k];
@@ -321,10 +312,7 @@ static int apply_updates(struct tick *t, const bson_t *actions, struct sd_error 
         int planned = 0, resolves = 0, escalations = 0;
         while (planned < UPDATE_BULK && (more = bson_iter_next(&it))) {
             bson_t action;
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&it, &len, &data);
-            bson_init_static(&action, data, len);
+            bson_iter_child(&it, &action);
             bson_iter_t f;
             const char *kind = bson_iter_init_find(&f, &action, "kind") ? bson_iter_utf8(&f, NULL)
                                                                        : "";
@@ -368,12 +356,9 @@ static int apply_updates(struct tick *t, const bson_t *actions, struct sd_error 
             mongoc_bulk_operation_destroy(bulk);
             break;
         }
-        bson_t reply;
         bson_error_t berr;
-        bool ok = mongoc_bulk_operation_execute(bulk, &reply, &berr);
-        bson_iter_t r;
-        int64_t matched = bson_iter_init_find(&r, &reply, "nMatched") ? bson_iter_as_int64(&r) : 0;
-        bson_destroy(&reply);
+        int64_t matched;
+        bool ok = store_bulk_run(bulk, &matched, &berr);
         mongoc_bulk_operation_destroy(bulk);
         if (!ok)
             return sd_error_set(err, "updating %d alerts: %s", planned, store_errmsg(&berr));
@@ -488,10 +473,7 @@ static void log_results(struct tick *t, const bson_t *results)
         return;
     while (bson_iter_next(&it)) {
         bson_t r;
-        uint32_t len;
-        const uint8_t *data;
-        bson_iter_document(&it, &len, &data);
-        bson_init_static(&r, data, len);
+        bson_iter_child(&it, &r);
         bson_iter_t f;
         const char *outcome = bson_iter_init_find(&f, &r, "outcome") ? bson_iter_utf8(&f, NULL)
                                                                      : "";
@@ -522,7 +504,7 @@ int job_communication_check(struct job_env *env, struct sd_error *err)
     bson_t actions = BSON_INITIALIZER, new_streaks = BSON_INITIALIZER, checked = BSON_INITIALIZER;
     struct stale_sort *order = NULL;
     const bson_t **picked = NULL;
-    bson_oid_t *ids = NULL;
+    bson_value_t *ids = NULL;
     size_t n_ids = 0;
 
     /* A tick that died after writing alerts but before the outbox. */
@@ -631,10 +613,7 @@ int job_communication_check(struct job_env *env, struct sd_error *err)
         bson_iter_init(&it, &actions);
         while (rc == 0 && bson_iter_next(&it)) {
             bson_t action;
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&it, &len, &data);
-            bson_init_static(&action, data, len);
+            bson_iter_child(&it, &action);
             bson_iter_t k;
             if (bson_iter_init_find(&k, &action, "kind") &&
                 strcmp(bson_iter_utf8(&k, NULL), "open") == 0)

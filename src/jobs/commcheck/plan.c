@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/bson_field.h"
 #include "jobs/commcheck/model.h"
 #include "jobs/commcheck/read.h"
 #include "providers/http.h"
@@ -164,10 +165,7 @@ static bool listed(const bson_t *probes, const char *id)
         return false;
     while (bson_iter_next(&it)) {
         bson_t p;
-        uint32_t len;
-        const uint8_t *data;
-        bson_iter_document(&it, &len, &data);
-        bson_init_static(&p, data, len);
+        bson_iter_child(&it, &p);
         const char *pid = utf8_at(&p, "id");
         if (pid && strcmp(pid, id) == 0)
             return true;

@@ -218,14 +218,9 @@ static int write_updates(struct ms_tick *t, const bson_t *plan, bson_t *not_land
             mongoc_bulk_operation_destroy(bulk);
             return -1;
         }
-        bson_t reply;
         bson_error_t berr;
-        bool ok = mongoc_bulk_operation_execute(bulk, &reply, &berr);
-        int64_t matched = 0;
-        bson_iter_t r;
-        if (bson_iter_init_find(&r, &reply, "nMatched"))
-            matched = bson_iter_as_int64(&r);
-        bson_destroy(&reply);
+        int64_t matched;
+        bool ok = store_bulk_run(bulk, &matched, &berr);
         mongoc_bulk_operation_destroy(bulk);
         if (!ok)
             return sd_error_set(err, "updating %zu messages: %s", n, store_errmsg(&berr));

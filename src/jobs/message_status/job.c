@@ -94,10 +94,7 @@ static bool tally(struct ms_tick *t, const bson_t *e, const bson_t *not_landed)
         return false;
     while (bson_iter_next(&evs)) {
         bson_t ev;
-        uint32_t len;
-        const uint8_t *data;
-        bson_iter_document(&evs, &len, &data);
-        bson_init_static(&ev, data, len);
+        bson_iter_child(&evs, &ev);
         const char *o = bson_field_utf8(&ev, "outcome");
         t->c.events++;
         if (bson_iter_init_find(&f, &ev, "message_id") && BSON_ITER_HOLDS_OID(&f)) {
@@ -193,10 +190,7 @@ static int process_batch(struct ms_tick *t, struct stream_batch *b, struct sd_er
     if (rc == 0 && bson_iter_init_find(&it, &plan, "entries") && bson_iter_recurse(&it, &list)) {
         for (size_t i = 0; bson_iter_next(&list) && i < b->n; i++) {
             bson_t e;
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&list, &len, &data);
-            bson_init_static(&e, data, len);
+            bson_iter_child(&list, &e);
             const char *outcome = bson_field_utf8(&e, "outcome"), *id = bson_field_utf8(&e, "id");
             bool blocked = tally(t, &e, &not_landed);
             char target[25] = "";

@@ -26,6 +26,7 @@
 #include "core/tz.h"
 #include "jobs/notification/model.h"
 #include "jobs/notification/sla_calendar.h"
+#include "outbox/entry.h"
 
 #define MAX_LEVELS 16
 
@@ -252,14 +253,6 @@ static int ladder(struct rules *r, int64_t *steps)
 
 /* ---- planning mails --------------------------------------------------------- */
 
-static const char *recipient_id(const bson_t *r)
-{
-    const char *v;
-    if ((v = utf8_at(r, "user_id")) || (v = utf8_at(r, "email")) || (v = utf8_at(r, "phone")))
-        return v;
-    return "unknown";
-}
-
 /* One outbox entry per recipient notify.lua names for `type`. */
 static int emit(struct ctx *c, const char *type, const char *trigger, const bson_t *event,
                 struct sd_error *err)
@@ -302,9 +295,9 @@ static int emit(struct ctx *c, const char *type, const char *trigger, const bson
                 bool sms = via && strcmp(via, "sms") == 0;
                 char key[512], idx[12];
                 snprintf(key, sizeof key, "%s:%s:%s:%s", type, c->id, trigger,
-                         recipient_id(&recipient));
+                         outbox_recipient_id(&recipient));
                 snprintf(idx, sizeof idx, "%u", c->n_entries++);
-                bson_t entry, rec;
+                bson_t entry;
                 BSON_APPEND_DOCUMENT_BEGIN(c->list, idx, &entry);
                 BSON_APPEND_UTF8(&entry, "key", key);
                 BSON_APPEND_UTF8(&entry, "type", type);
@@ -312,27 +305,9 @@ static int emit(struct ctx *c, const char *type, const char *trigger, const bson
                 bson_iter_t f;
                 if (sms && c->channel && bson_iter_init_find(&f, c->channel, "_id"))
                     bson_append_iter(&entry, "channel_id", -1, &f);
-                BSON_APPEND_DOCUMENT_BEGIN(&entry, "recipient", &rec);
-                if (bson_iter_init(&f, &recipient))
-                    while (bson_iter_next(&f))
-                        if (strcmp(bson_iter_key(&f), "via") != 0)
-                            bson_append_iter(&rec, NULL, 0, &f);
-                bson_append_document_end(&entry, &rec);
-                BSON_APPEND_UTF8(&entry, "via", sms ? "sms" : "email");
-                const char *from = utf8_at(c->room, "email_from");
-                if (from && !sms)
-                    BSON_APPEND_UTF8(&entry, "from", from);
-                BSON_APPEND_UTF8(&entry, "status", "pending");
-                BSON_APPEND_INT32(&entry, "attempts", 0);
-                BSON_APPEND_DATE_TIME(&entry, "next_attempt_at", c->in->now_ms);
-                const char *fields[] = {"subject", "text", "html"};
-                for (int i = 0; i < 3; i++) {
-                    char path[32];
-                    snprintf(path, sizeof path, "result.%s", fields[i]);
-                    const char *v = utf8_at(&rendered, path);
-                    BSON_APPEND_UTF8(&entry, fields[i], v ? v : "");
-                }
-                BSON_APPEND_DATE_TIME(&entry, "created_at", c->in->now_ms);
+                outbox_entry_fill(&entry, &recipient, sms ? "sms" : "email",
+                                  sms ? NULL : utf8_at(c->room, "email_from"), &rendered,
+                                  c->in->now_ms);
                 bson_append_document_end(c->list, &entry);
             }
             bson_destroy(&rendered);
@@ -698,11 +673,8 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
 static void warn_doc(const struct notification_input *in, const char *id, const char *msg,
                      const char *detail)
 {
-    bson_t f = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&f, "conversation_id", id);
-    log_msg(LOG_WARN, in->log, "notification.bad_document", &f, "conversation %s: %s%s", id, msg,
-            detail);
-    bson_destroy(&f);
+    log_field(LOG_WARN, in->log, "notification.bad_document", "conversation_id", id,
+              "conversation %s: %s%s", id, msg, detail);
 }
 
 static int decide_one(const struct notification_input *in, const bson_t *conv, bson_t *actions,

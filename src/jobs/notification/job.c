@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "jobs/job.h"
 #include "jobs/notification/model.h"
 #include "jobs/seam.h"
@@ -224,16 +225,8 @@ static int load_channels(struct tick *t, bson_t **docs, size_t n, bson_t *channe
         return sd_error_set(err, "out of memory");
     int rc = 0;
     if (k) {
-        bson_t filter = BSON_INITIALIZER, in, list;
-        BSON_APPEND_DOCUMENT_BEGIN(&filter, "room_id", &in);
-        BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
-        for (size_t i = 0; i < k; i++) {
-            char idx[12];
-            snprintf(idx, sizeof idx, "%zu", i);
-            BSON_APPEND_VALUE(&list, idx, &ids[i]);
-        }
-        bson_append_array_end(&in, &list);
-        bson_append_document_end(&filter, &in);
+        bson_t filter = BSON_INITIALIZER;
+        store_append_in(&filter, "room_id", ids, k);
         BSON_APPEND_UTF8(&filter, "type", "sms");
         BSON_APPEND_BOOL(&filter, "active", true);
         bson_t **found = NULL;
@@ -417,22 +410,16 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             bson_destroy(&update);
         }
     }
-    bson_t reply;
     bson_error_t berr;
+    int64_t matched;
     if (rc == 0 && n_states) {
-        if (!mongoc_bulk_operation_execute(sb, &reply, &berr))
+        if (!store_bulk_run(sb, &matched, &berr))
             rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, store_errmsg(&berr));
         else
             t->states += n_states;
-        bson_destroy(&reply);
     }
     if (rc == 0 && n_sla) {
-        bool ok = mongoc_bulk_operation_execute(cb, &reply, &berr);
-        bson_iter_t r;
-        int64_t matched = 0;
-        if (bson_iter_init_find(&r, &reply, "nMatched"))
-            matched = bson_iter_as_int64(&r);
-        bson_destroy(&reply);
+        bool ok = store_bulk_run(cb, &matched, &berr);
         if (!ok)
             rc = sd_error_set(err, "writing the SLA of %d conversations: %s", n_sla, store_errmsg(&berr));
         t->sla_written += matched;
@@ -518,10 +505,7 @@ static int process(struct tick *t, bson_t **all, size_t n_all, struct sd_error *
     if (rc == 0 && bson_iter_init(&it, &rooms)) {
         while (bson_iter_next(&it)) {
             bson_t room;
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&it, &len, &data);
-            bson_init_static(&room, data, len);
+            bson_iter_child(&it, &room);
             notification_zone(&room, bson_iter_key(&it), t->env->now_ms, t->env->log, &zones,
                               bson_iter_key(&it));
         }

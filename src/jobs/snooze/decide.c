@@ -4,6 +4,7 @@
 
 #include "core/clock.h"
 #include "jobs/snooze/model.h"
+#include "outbox/entry.h"
 
 static const char *const priorities[] = {"low", "normal", "high", "urgent", NULL};
 
@@ -94,19 +95,7 @@ static bool wake_on_reply(struct rules *rules)
 static void warn_doc(const struct snooze_input *in, const char *id, const char *fmt,
                      const char *detail)
 {
-    bson_t f = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&f, "conversation_id", id);
-    log_msg(LOG_WARN, in->log, "snooze.bad_document", &f, fmt, id, detail);
-    bson_destroy(&f);
-}
-
-/* The recipient's stable id, for the outbox key. */
-static const char *recipient_id(const bson_t *r)
-{
-    const char *v;
-    if ((v = utf8_at(r, "user_id")) || (v = utf8_at(r, "email")) || (v = utf8_at(r, "phone")))
-        return v;
-    return "unknown";
+    log_field(LOG_WARN, in->log, "snooze.bad_document", "conversation_id", id, fmt, id, detail);
 }
 
 /* Renders and appends one outbox entry per recipient. */
@@ -149,38 +138,18 @@ static int add_notifications(const struct snooze_input *in, const bson_t *after,
             }
             char key[256], idx[12];
             snprintf(key, sizeof key, "ticket.unsnoozed:%s:%s:%s", id, wake_basis,
-                     recipient_id(&recipient));
+                     outbox_recipient_id(&recipient));
             snprintf(idx, sizeof idx, "%u", n++);
             const char *via = utf8_at(&recipient, "via");
             bson_oid_t conv_oid;
-            bson_t entry, rec;
+            bson_t entry;
             BSON_APPEND_DOCUMENT_BEGIN(list, idx, &entry);
             BSON_APPEND_UTF8(&entry, "key", key);
             BSON_APPEND_UTF8(&entry, "type", "ticket.unsnoozed");
             if (oid_at(after, "_id", &conv_oid))
                 BSON_APPEND_OID(&entry, "conversation_id", &conv_oid);
-            BSON_APPEND_DOCUMENT_BEGIN(&entry, "recipient", &rec);
-            bson_iter_t f;
-            if (bson_iter_init(&f, &recipient))
-                while (bson_iter_next(&f))
-                    if (strcmp(bson_iter_key(&f), "via") != 0)
-                        bson_append_iter(&rec, NULL, 0, &f);
-            bson_append_document_end(&entry, &rec);
-            BSON_APPEND_UTF8(&entry, "via", via ? via : "email");
-            const char *from = utf8_at(room, "email_from");
-            if (from)
-                BSON_APPEND_UTF8(&entry, "from", from);
-            BSON_APPEND_UTF8(&entry, "status", "pending");
-            BSON_APPEND_INT32(&entry, "attempts", 0);
-            BSON_APPEND_DATE_TIME(&entry, "next_attempt_at", in->now_ms);
-            const char *fields[] = {"subject", "text", "html"};
-            for (int i = 0; i < 3; i++) {
-                char path[32];
-                snprintf(path, sizeof path, "result.%s", fields[i]);
-                const char *v = utf8_at(&rendered, path);
-                BSON_APPEND_UTF8(&entry, fields[i], v ? v : "");
-            }
-            BSON_APPEND_DATE_TIME(&entry, "created_at", in->now_ms);
+            outbox_entry_fill(&entry, &recipient, via ? via : "email", utf8_at(room, "email_from"),
+                              &rendered, in->now_ms);
             bson_append_document_end(list, &entry);
             bson_destroy(&rendered);
         }

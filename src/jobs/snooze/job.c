@@ -165,14 +165,9 @@ static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error 
         return 0;
     }
     seam_wait("snooze_before_write");
-    bson_t reply;
     bson_error_t berr;
-    bool ok = mongoc_bulk_operation_execute(bulk, &reply, &berr);
-    bson_iter_t r;
-    int64_t matched = 0;
-    if (bson_iter_init_find(&r, &reply, "nMatched"))
-        matched = bson_iter_as_int64(&r);
-    bson_destroy(&reply);
+    int64_t matched;
+    bool ok = store_bulk_run(bulk, &matched, &berr);
     mongoc_bulk_operation_destroy(bulk);
     if (!ok)
         return sd_error_set(err, "waking %d tickets: %s", planned, store_errmsg(&berr));
