@@ -16,6 +16,39 @@ static inline const char *bson_field_utf8(const bson_t *doc, const char *key)
                : NULL;
 }
 
+/* The string at a dotted path, or NULL when doc is NULL, or the value is
+ * absent or not a string. */
+static inline const char *bson_path_utf8(const bson_t *doc, const char *path)
+{
+    bson_iter_t it;
+    if (doc && bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
+        BSON_ITER_HOLDS_UTF8(&it))
+        return bson_iter_utf8(&it, NULL);
+    return NULL;
+}
+
+/* The number at a dotted path as an int64, or dflt. */
+static inline int64_t bson_path_int(const bson_t *doc, const char *path, int64_t dflt)
+{
+    bson_iter_t it;
+    if (doc && bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
+        BSON_ITER_HOLDS_NUMBER(&it))
+        return bson_iter_as_int64(&it);
+    return dflt;
+}
+
+/* The ObjectId at a dotted path into *out; false when there is none. */
+static inline bool bson_path_oid(const bson_t *doc, const char *path, bson_oid_t *out)
+{
+    bson_iter_t it;
+    if (doc && bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
+        BSON_ITER_HOLDS_OID(&it)) {
+        bson_oid_copy(bson_iter_oid(&it), out);
+        return true;
+    }
+    return false;
+}
+
 /* The string at a dotted path, or "" when absent or not a string: for text
  * that prints a field whether it is there or not. */
 static inline const char *bson_path_text(const bson_t *doc, const char *path)

@@ -1,5 +1,6 @@
 /* commcheck/read.h — the small BSON readers the commcheck files share
- * (missing or mistyped values read as absent). Not for other modules.
+ * beyond core/bson_field.h's (missing or mistyped values read as absent). Not
+ * for other modules.
  * Borrowed pointers: valid while the document is.
  */
 #ifndef SD_JOBS_COMMCHECK_READ_H
@@ -9,41 +10,14 @@
 #include <stdio.h>
 #include <string.h>
 
-static inline const char *utf8_at(const bson_t *doc, const char *path)
-{
-    bson_iter_t it;
-    if (doc && bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
-        BSON_ITER_HOLDS_UTF8(&it))
-        return bson_iter_utf8(&it, NULL);
-    return NULL;
-}
+#include "core/bson_field.h"
 
 static inline bool has(const char *s) { return s && *s; }
-
-static inline int64_t int_at(const bson_t *doc, const char *path, int64_t dflt)
-{
-    bson_iter_t it;
-    if (doc && bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
-        BSON_ITER_HOLDS_NUMBER(&it))
-        return bson_iter_as_int64(&it);
-    return dflt;
-}
-
-static inline bool oid_at(const bson_t *doc, const char *path, bson_oid_t *out)
-{
-    bson_iter_t it;
-    if (doc && bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
-        BSON_ITER_HOLDS_OID(&it)) {
-        bson_oid_copy(bson_iter_oid(&it), out);
-        return true;
-    }
-    return false;
-}
 
 static inline bool hex_at(const bson_t *doc, const char *path, char hex[25])
 {
     bson_oid_t oid;
-    if (!oid_at(doc, path, &oid)) {
+    if (!bson_path_oid(doc, path, &oid)) {
         snprintf(hex, 25, "?");
         return false;
     }
