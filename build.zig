@@ -104,6 +104,7 @@ const core_sources = [_][]const u8{
     "src/outbox/deliver.c",
     "src/jobs/outbox.c",
     "src/core/metrics.c",
+    "src/http/answer.c",
     "src/http/server.c",
     "src/http/webhook.c",
     "src/http/probes.c",
