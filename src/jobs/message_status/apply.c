@@ -17,8 +17,8 @@
 #include <string.h>
 
 #include "core/bson_field.h"
+#include "core/seam.h"
 #include "jobs/message_status/model.h"
-#include "jobs/seam.h"
 #include "store/find_in.h"
 #include "store/mongo.h"
 

@@ -12,9 +12,9 @@
 
 #include "core/bson_field.h"
 #include "core/clock.h"
+#include "core/seam.h"
 #include "jobs/message_status/model.h"
 #include "jobs/runner.h"
-#include "jobs/seam.h"
 #include "store/mongo.h"
 #include "store/stream.h"
 

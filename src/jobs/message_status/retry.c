@@ -27,9 +27,9 @@
 
 #include "core/bson_field.h"
 #include "core/clock.h"
+#include "core/seam.h"
 #include "jobs/message_status/model.h"
 #include "jobs/runner.h"
-#include "jobs/seam.h"
 #include "outbox/claim.h"
 #include "outbox/dispatch.h"
 #include "outbox/outbox.h"

@@ -19,9 +19,9 @@
 #include <string.h>
 
 #include "core/bson_field.h"
+#include "core/seam.h"
 #include "jobs/job.h"
 #include "jobs/notification/model.h"
-#include "jobs/seam.h"
 #include "outbox/intent.h"
 #include "store/batches.h"
 #include "store/find_in.h"

@@ -20,8 +20,8 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "core/seam.h"
 #include "jobs/job.h"
-#include "jobs/seam.h"
 #include "jobs/snooze/model.h"
 #include "outbox/intent.h"
 #include "store/batches.h"
