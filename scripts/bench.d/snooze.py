@@ -83,7 +83,7 @@ PRIORITIES = ["low", "normal", "high", "urgent"]
 RANK = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
 BAND = 1e13
 ONE_BULK = 25  # update_one statements per bulk in the probe: below the bench FerretDB's pool (40)
-BATCH = 500  # supportd's snooze batch (src/jobs/snooze.c), also the floor's bulk size
+BATCH = 500  # supportd's snooze batch (src/jobs/snooze/job.c), also the floor's bulk size
 
 
 def ms_floor(t: dt.datetime) -> dt.datetime:
@@ -290,7 +290,7 @@ def summarize_supportd(m: dict, due: int, idle: dict | None) -> dict:
 # ---------------------------------------------------------- floor, one-by-one --
 
 def wake_values(doc: dict) -> tuple[str, str]:
-    """What snooze_decide restores (snooze.h)."""
+    """What snooze_decide restores (src/jobs/snooze/model.h)."""
     sn = doc.get("snooze") or {}
     status = sn.get("original_status") if sn.get("original_status") in ("open", "pending") else "open"
     prio = sn.get("original_priority") if sn.get("original_priority") in PRIORITIES else doc.get("priority", "normal")

@@ -224,6 +224,24 @@ void log_msg(enum log_level level, const struct log_ctx *ctx, const char *event,
     bson_free(line);
 }
 
+void log_field(enum log_level level, const struct log_ctx *ctx, const char *event,
+               const char *key, const char *value, const char *fmt, ...)
+{
+    if (level < min_level)
+        return;
+    char *msg = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&msg, fmt, ap);
+    va_end(ap);
+    bson_t f = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&f, key, value);
+    log_msg(level, ctx, event, &f, "%s", n >= 0 ? msg : "(could not format the message)");
+    bson_destroy(&f);
+    if (n >= 0)
+        free(msg);
+}
+
 static void mongoc_handler(mongoc_log_level_t level, const char *domain, const char *message,
                            void *ud)
 {

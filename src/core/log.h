@@ -43,6 +43,11 @@ void log_msg(enum log_level level, const struct log_ctx *ctx, const char *event,
              const bson_t *fields, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* log_msg with one structured member, key: value (the id a line is about). */
+void log_field(enum log_level level, const struct log_ctx *ctx, const char *event,
+               const char *key, const char *value, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
 /* Routes libmongoc/libbson's own log messages through log_msg. */
 void log_route_mongoc(void);
 

@@ -1,8 +1,7 @@
 /* internal.h — what the HTTP server's parts share (not used outside src/http/).
  *
  * A handler gets the server's context and the calling pool thread's Redis
- * connection, and fills a struct http_answer: status, content type and a body
- * it owns (bson_string_t, freed by the server after queueing). */
+ * connection, and fills a struct http_answer (answer.h). */
 #ifndef SD_HTTP_INTERNAL_H
 #define SD_HTTP_INTERNAL_H
 
@@ -10,7 +9,8 @@
 #include <stdint.h>
 
 #include "core/config.h"
-#include "jobs/message_status.h"
+#include "http/answer.h"
+#include "jobs/message_status/model.h"
 #include "rules/reload.h"
 #include "store/mongo.h"
 #include "store/health.h"
@@ -64,13 +64,6 @@ void checker_describe(const struct checker_source *s, const char *name, bson_str
 bool exposition_read_redis(const struct http_ctx *ctx, struct rds *redis, bson_string_t *out);
 bool exposition_read_mongo(const struct http_ctx *ctx, bson_string_t *out);
 
-struct http_answer {
-    int status;
-    const char *content_type;
-    bson_string_t *body;          /* owned; NULL = empty */
-    const char *retry_after;      /* Retry-After header value, or NULL */
-};
-
 /* One webhook request as it arrived. Everything borrowed. */
 struct webhook_request {
     const char *provider;         /* "twilio" | "sendgrid" */
@@ -96,9 +89,5 @@ int webhook_classify(const char *reason, const char **label);
 void probes_healthz(const struct http_ctx *ctx, struct rds *redis, struct http_answer *ans);
 void probes_readyz(const struct http_ctx *ctx, struct rds *redis, struct http_answer *ans);
 void exposition_metrics(const struct http_ctx *ctx, struct rds *redis, struct http_answer *ans);
-
-/* Answer helpers. */
-void http_answer_text(struct http_answer *ans, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 #endif

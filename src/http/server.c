@@ -111,21 +111,6 @@ static struct rds *redis_for_thread(struct http_server *s)
     return n->r;
 }
 
-void http_answer_text(struct http_answer *ans, int status, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    /* Errors of Redis or MongoDB may name a URL: answer as the logs would. */
-    char *clean = log_redact_dup(buf);
-    ans->status = status;
-    ans->content_type = "text/plain; charset=utf-8";
-    ans->body = bson_string_new(clean ? clean : "");
-    free(clean);
-}
-
 /* ---- watchdog ---------------------------------------------------------------
  * MHD's own timeout counts silence only, so a client sending one header byte
  * every few seconds (slowloris) would hold its connection for ever. Each

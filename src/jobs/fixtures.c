@@ -237,6 +237,45 @@ const bson_t *const *fixtures_docs(const struct fixtures *f, const char *collect
     return NULL;
 }
 
+static int by_id(const void *a, const void *b)
+{
+    const bson_t *x = *(const bson_t *const *)a, *y = *(const bson_t *const *)b;
+    bson_iter_t i, j;
+    bool hx = bson_iter_init_find(&i, x, "_id") && BSON_ITER_HOLDS_OID(&i);
+    bool hy = bson_iter_init_find(&j, y, "_id") && BSON_ITER_HOLDS_OID(&j);
+    if (!hx || !hy)
+        return hx - hy;
+    return bson_oid_compare(bson_iter_oid(&i), bson_iter_oid(&j));
+}
+
+const bson_t **fixtures_sorted(const struct fixtures *f, const char *collection,
+                               bool (*keep)(const bson_t *doc), size_t *n)
+{
+    size_t all;
+    const bson_t *const *docs = fixtures_docs(f, collection, &all);
+    const bson_t **out = calloc(all + 1, sizeof *out);
+    *n = 0;
+    for (size_t i = 0; i < all; i++)
+        if (!keep || keep(docs[i]))
+            out[(*n)++] = docs[i];
+    qsort(out, *n, sizeof *out, by_id);
+    return out;
+}
+
+void fixtures_map_by_id(const struct fixtures *f, const char *collection, bson_t *map)
+{
+    size_t n;
+    const bson_t *const *docs = fixtures_docs(f, collection, &n);
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, docs[i], "_id") && BSON_ITER_HOLDS_OID(&it)) {
+            char hex[25];
+            bson_oid_to_string(bson_iter_oid(&it), hex);
+            BSON_APPEND_DOCUMENT(map, hex, docs[i]);
+        }
+    }
+}
+
 int64_t fixtures_now(const struct fixtures *f) { return f->now_ms; }
 const char *fixtures_redis_prefix(const struct fixtures *f) { return f->prefix; }
 

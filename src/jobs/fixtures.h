@@ -32,6 +32,17 @@ void fixtures_destroy(struct fixtures *f);
 /* The documents of a collection (NULL, 0 when it has none). */
 const bson_t *const *fixtures_docs(const struct fixtures *f, const char *collection, size_t *n);
 
+/* The documents of a collection that keep() accepts (NULL: all), sorted by
+ * _id (those without an ObjectId first): the order a plan lists them in, the
+ * same on every run. A new array, NULL-terminated (the caller frees it; the
+ * documents are lent as fixtures_docs lends them). */
+const bson_t **fixtures_sorted(const struct fixtures *f, const char *collection,
+                               bool (*keep)(const bson_t *doc), size_t *n);
+
+/* Appends {"<_id hex>": document} to map for each document of a collection
+ * whose _id is an ObjectId, as production keys what it reads by id. */
+void fixtures_map_by_id(const struct fixtures *f, const char *collection, bson_t *map);
+
 /* meta.json's "now", in ms; -1 when absent. */
 int64_t fixtures_now(const struct fixtures *f);
 const char *fixtures_redis_prefix(const struct fixtures *f);

@@ -11,6 +11,20 @@ static void filter_for(const struct store_find_in *q, bson_t *filter)
         bson_concat(filter, q->extra);
 }
 
+void store_append_in(bson_t *filter, const char *field, const bson_value_t *values, size_t n)
+{
+    bson_t in, list;
+    BSON_APPEND_DOCUMENT_BEGIN(filter, field, &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
+    for (size_t i = 0; i < n; i++) {
+        char idx[16];
+        snprintf(idx, sizeof idx, "%zu", i);
+        BSON_APPEND_VALUE(&list, idx, &values[i]);
+    }
+    bson_append_array_end(&in, &list);
+    bson_append_document_end(filter, &in);
+}
+
 /* MongoDB: {$in} in chunks. */
 static int find_chunks(const struct store_find_in *q, const bson_value_t *values, size_t n,
                        bson_t ***docs, size_t *nd, struct sd_error *err)
@@ -19,17 +33,9 @@ static int find_chunks(const struct store_find_in *q, const bson_value_t *values
     int rc = 0;
     for (size_t from = 0; from < n && rc == 0; from += STORE_FIND_IN_CHUNK) {
         size_t to = n - from < STORE_FIND_IN_CHUNK ? n : from + STORE_FIND_IN_CHUNK;
-        bson_t filter, in, list;
+        bson_t filter;
         filter_for(q, &filter);
-        BSON_APPEND_DOCUMENT_BEGIN(&filter, q->field, &in);
-        BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
-        for (size_t i = from; i < to; i++) {
-            char idx[16];
-            snprintf(idx, sizeof idx, "%zu", i - from);
-            BSON_APPEND_VALUE(&list, idx, &values[i]);
-        }
-        bson_append_array_end(&in, &list);
-        bson_append_document_end(&filter, &in);
+        store_append_in(&filter, q->field, values + from, to - from);
         rc = store_find_all(coll, &filter, q->opts, docs, nd, err);
         bson_destroy(&filter);
     }

@@ -39,4 +39,8 @@ struct store_find_in {
 int store_find_in(const struct store_find_in *q, const bson_value_t *values, size_t n,
                   bson_t ***docs, size_t *nd, struct sd_error *err);
 
+/* Appends {field: {$in: [values...]}} to filter: for a query that must be one
+ * $in on both databases (a handful of values, no index to serve them). */
+void store_append_in(bson_t *filter, const char *field, const bson_value_t *values, size_t n);
+
 #endif

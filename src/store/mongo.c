@@ -175,6 +175,16 @@ int store_bulk_update_doc(mongoc_bulk_operation_t *bulk, const bson_t *filter,
     return ok ? 0 : sd_error_set(err, "%s", berr.message);
 }
 
+bool store_bulk_run(mongoc_bulk_operation_t *bulk, int64_t *matched, bson_error_t *berr)
+{
+    bson_t reply;
+    bool ok = mongoc_bulk_operation_execute(bulk, &reply, berr);
+    bson_iter_t r;
+    *matched = bson_iter_init_find(&r, &reply, "nMatched") ? bson_iter_as_int64(&r) : 0;
+    bson_destroy(&reply);
+    return ok;
+}
+
 void store_docs_free(bson_t **docs, size_t n)
 {
     for (size_t i = 0; i < n; i++)

@@ -78,6 +78,11 @@ const char *store_errmsg(const bson_error_t *e);
 int store_bulk_update_doc(mongoc_bulk_operation_t *bulk, const bson_t *filter,
                           const bson_t *update, bool upsert, struct sd_error *err);
 
+/* Executes a bulk (the caller still destroys it). *matched: the documents
+ * its updates matched (nMatched; also after a partial failure). False, with
+ * berr set, when it failed. */
+bool store_bulk_run(mongoc_bulk_operation_t *bulk, int64_t *matched, bson_error_t *berr);
+
 /* Round trip to the server ({ping: 1}). */
 int store_ping(mongoc_client_t *client, const char *db, struct sd_error *err);
 

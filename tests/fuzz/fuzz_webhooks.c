@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jobs/message_status.h"
+#include "jobs/message_status/model.h"
 
 /* A valid P-256 public key (SPKI, base64): signatures fail, parsing runs. */
 static const char SG_KEY[] =

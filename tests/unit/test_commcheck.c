@@ -1,4 +1,4 @@
-/* Unit tests of src/jobs/commcheck_decide.c with the shipped rules: which
+/* Unit tests of src/jobs/commcheck/decide.c with the shipped rules: which
  * requests are planned, and what alert actions, streaks and notifications the
  * answers lead to. */
 #include <setjmp.h>
@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "jobs/commcheck.h"
+#include "jobs/commcheck/model.h"
 #include "rules/engine.h"
 
 #define CID "65e2f00000000000000000c1"

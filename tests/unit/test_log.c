@@ -435,6 +435,35 @@ static void test_msg_text_format(void **state)
     free(out);
 }
 
+static void log_one_field(void *arg)
+{
+    (void)arg;
+    struct log_ctx ctx = {.job = "snooze", .tick = "dry-run"};
+    log_field(LOG_WARN, &ctx, "snooze.bad_document", "conversation_id", "65e2f0000000000000000106",
+              "conversation %s: %s", "65e2f0000000000000000106", "password Sup3r-s3cret");
+    log_field(LOG_DEBUG, &ctx, "e.debug", "k", "v", "filtered out");
+}
+
+/* log_field: log_msg with one string member, the message formatted and
+ * redacted the same way; below the level, nothing. */
+static void test_field_json_line(void **state)
+{
+    (void)state;
+    log_add_secret("Sup3r-s3cret");
+    log_init(LOG_INFO, true);
+    char *out = capture_stderr(log_one_field, NULL);
+    assert_null(strstr(out, "e.debug"));
+    bson_t *doc = parse_line(out);
+    assert_member(doc, "level", "warn");
+    assert_member(doc, "event", "snooze.bad_document");
+    assert_member(doc, "job", "snooze");
+    assert_member(doc, "tick", "dry-run");
+    assert_member(doc, "msg", "conversation 65e2f0000000000000000106: password [redacted]");
+    assert_member(doc, "conversation_id", "65e2f0000000000000000106");
+    bson_destroy(doc);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -449,6 +478,7 @@ int main(void)
         cmocka_unit_test_teardown(test_parse_level, reset),
         cmocka_unit_test_teardown(test_init_sets_min_level, reset),
         cmocka_unit_test_teardown(test_msg_json_line, reset),
+        cmocka_unit_test_teardown(test_field_json_line, reset),
         cmocka_unit_test_teardown(test_msg_json_minimal_and_escaped, reset),
         cmocka_unit_test_teardown(test_msg_json_redacts_escaped_secret, reset),
         cmocka_unit_test_teardown(test_secret_across_the_cut_never_leaks, reset),

@@ -1,4 +1,4 @@
-/* The message-status job's pure parts (src/jobs/msgstatus_*.c): the status
+/* The message-status job's pure parts (src/jobs/message_status/): the status
  * mapping table of SPEC §7, entry verification and parsing, and decide's
  * rules — status order, once-only history, the grace for unknown messages,
  * and retry.lua's verdicts — with the shipped rules. */
@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "jobs/message_status.h"
+#include "jobs/message_status/model.h"
 #include "providers/signature.h"
 
 #define NOW 1772442000000LL /* 2026-03-02T09:00:00Z */

@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-#include "jobs/sla_calendar.h"
+#include "jobs/notification/sla_calendar.h"
 
 /* A room document from JSON: its business_hours and holidays, and a zone. */
 struct room {

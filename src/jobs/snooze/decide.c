@@ -1,9 +1,11 @@
-/* snooze_decide — the pure heart of the snooze job (see snooze.h). */
+/* snooze/decide.c — the pure heart of the snooze job (see model.h). */
 #include <stdio.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "core/clock.h"
-#include "jobs/snooze.h"
+#include "jobs/snooze/model.h"
+#include "outbox/entry.h"
 
 static const char *const priorities[] = {"low", "normal", "high", "urgent", NULL};
 
@@ -13,15 +15,6 @@ static bool is_one_of(const char *s, const char *const *set)
         if (strcmp(s, set[i]) == 0)
             return true;
     return false;
-}
-
-static const char *utf8_at(const bson_t *doc, const char *path)
-{
-    bson_iter_t it;
-    if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
-        BSON_ITER_HOLDS_UTF8(&it))
-        return bson_iter_utf8(&it, NULL);
-    return NULL;
 }
 
 /* 1: a date (ms in *out); 0: absent or null; -1: present but not a date. */
@@ -35,17 +28,6 @@ static int date_at(const bson_t *doc, const char *path, int64_t *out)
         return -1;
     *out = bson_iter_date_time(&it);
     return 1;
-}
-
-static bool oid_at(const bson_t *doc, const char *path, bson_oid_t *out)
-{
-    bson_iter_t it;
-    if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
-        BSON_ITER_HOLDS_OID(&it)) {
-        bson_oid_copy(bson_iter_oid(&it), out);
-        return true;
-    }
-    return false;
 }
 
 /* Calls a rule with up to three documents/values as arguments. */
@@ -94,19 +76,7 @@ static bool wake_on_reply(struct rules *rules)
 static void warn_doc(const struct snooze_input *in, const char *id, const char *fmt,
                      const char *detail)
 {
-    bson_t f = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&f, "conversation_id", id);
-    log_msg(LOG_WARN, in->log, "snooze.bad_document", &f, fmt, id, detail);
-    bson_destroy(&f);
-}
-
-/* The recipient's stable id, for the outbox key. */
-static const char *recipient_id(const bson_t *r)
-{
-    const char *v;
-    if ((v = utf8_at(r, "user_id")) || (v = utf8_at(r, "email")) || (v = utf8_at(r, "phone")))
-        return v;
-    return "unknown";
+    log_field(LOG_WARN, in->log, "snooze.bad_document", "conversation_id", id, fmt, id, detail);
 }
 
 /* Renders and appends one outbox entry per recipient. */
@@ -149,38 +119,18 @@ static int add_notifications(const struct snooze_input *in, const bson_t *after,
             }
             char key[256], idx[12];
             snprintf(key, sizeof key, "ticket.unsnoozed:%s:%s:%s", id, wake_basis,
-                     recipient_id(&recipient));
+                     outbox_recipient_id(&recipient));
             snprintf(idx, sizeof idx, "%u", n++);
-            const char *via = utf8_at(&recipient, "via");
+            const char *via = bson_path_utf8(&recipient, "via");
             bson_oid_t conv_oid;
-            bson_t entry, rec;
+            bson_t entry;
             BSON_APPEND_DOCUMENT_BEGIN(list, idx, &entry);
             BSON_APPEND_UTF8(&entry, "key", key);
             BSON_APPEND_UTF8(&entry, "type", "ticket.unsnoozed");
-            if (oid_at(after, "_id", &conv_oid))
+            if (bson_path_oid(after, "_id", &conv_oid))
                 BSON_APPEND_OID(&entry, "conversation_id", &conv_oid);
-            BSON_APPEND_DOCUMENT_BEGIN(&entry, "recipient", &rec);
-            bson_iter_t f;
-            if (bson_iter_init(&f, &recipient))
-                while (bson_iter_next(&f))
-                    if (strcmp(bson_iter_key(&f), "via") != 0)
-                        bson_append_iter(&rec, NULL, 0, &f);
-            bson_append_document_end(&entry, &rec);
-            BSON_APPEND_UTF8(&entry, "via", via ? via : "email");
-            const char *from = utf8_at(room, "email_from");
-            if (from)
-                BSON_APPEND_UTF8(&entry, "from", from);
-            BSON_APPEND_UTF8(&entry, "status", "pending");
-            BSON_APPEND_INT32(&entry, "attempts", 0);
-            BSON_APPEND_DATE_TIME(&entry, "next_attempt_at", in->now_ms);
-            const char *fields[] = {"subject", "text", "html"};
-            for (int i = 0; i < 3; i++) {
-                char path[32];
-                snprintf(path, sizeof path, "result.%s", fields[i]);
-                const char *v = utf8_at(&rendered, path);
-                BSON_APPEND_UTF8(&entry, fields[i], v ? v : "");
-            }
-            BSON_APPEND_DATE_TIME(&entry, "created_at", in->now_ms);
+            outbox_entry_fill(&entry, &recipient, via ? via : "email",
+                              bson_path_utf8(room, "email_from"), &rendered, in->now_ms);
             bson_append_document_end(list, &entry);
             bson_destroy(&rendered);
         }
@@ -212,7 +162,7 @@ static int decide_one(const struct snooze_input *in, const bson_t *conv, bool re
 {
     char id[25] = "?";
     bson_oid_t oid;
-    if (oid_at(conv, "_id", &oid))
+    if (bson_path_oid(conv, "_id", &oid))
         bson_oid_to_string(&oid, id);
 
     int64_t until = 0, snoozed_at = 0, last_customer = 0;
@@ -240,9 +190,11 @@ static int decide_one(const struct snooze_input *in, const bson_t *conv, bool re
     if (reason && until_kind == 1)
         snprintf(basis, sizeof basis, "%lld", (long long)(at_kind == 1 ? snoozed_at : until));
 
-    const char *status = utf8_at(conv, "status"), *priority = utf8_at(conv, "priority");
-    const char *orig_status = has_snooze ? utf8_at(conv, "snooze.original_status") : NULL;
-    const char *orig_priority = has_snooze ? utf8_at(conv, "snooze.original_priority") : NULL;
+    const char *status = bson_path_utf8(conv, "status");
+    const char *priority = bson_path_utf8(conv, "priority");
+    const char *orig_status = has_snooze ? bson_path_utf8(conv, "snooze.original_status") : NULL;
+    const char *orig_priority =
+        has_snooze ? bson_path_utf8(conv, "snooze.original_priority") : NULL;
     static const char *const statuses[] = {"open", "pending", NULL};
     const char *new_status = is_one_of(orig_status, statuses) ? orig_status : "open";
     if (orig_status && !is_one_of(orig_status, statuses)) {
@@ -272,7 +224,7 @@ static int decide_one(const struct snooze_input *in, const bson_t *conv, bool re
     double score = queue_score(in, &after, err, &rc);
     bson_oid_t room_oid;
     char room_hex[25] = "";
-    bool has_room = oid_at(conv, "room_id", &room_oid);
+    bool has_room = bson_path_oid(conv, "room_id", &room_oid);
     if (has_room)
         bson_oid_to_string(&room_oid, room_hex);
     bson_t room;
@@ -354,7 +306,7 @@ int snooze_decide(const struct snooze_input *in, bson_t *actions, uint32_t *n_ac
         } else if (rc < 0 || (rc == 0 && verbose_skips)) {
             char id[25] = "?", idx[12];
             bson_oid_t oid;
-            if (oid_at(in->conversations[i], "_id", &oid))
+            if (bson_path_oid(in->conversations[i], "_id", &oid))
                 bson_oid_to_string(&oid, id);
             if (rc < 0) {
                 bson_t f = BSON_INITIALIZER;

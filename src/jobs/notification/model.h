@@ -1,4 +1,4 @@
-/* notification.h — the notification job: ticket activity, SLA warnings,
+/* notification/model.h — the notification job: ticket activity, SLA warnings,
  * breaches and escalation, response reminders and customer updates, each
  * sent once (SPEC §7).
  *
@@ -38,11 +38,15 @@
  *            (exactly once), then the state records, then the SLA fields
  *            (conditional on updated_at as read), then delivery.
  *
+ * The files: job.c (collect and apply: the only one with I/O), decide.c and
+ * sla_calendar.c (business time; pure), dryrun.c (the job on fixtures,
+ * jobs/dryrun.h). They share this header.
+ *
  * Ownership: notification_decide appends to caller-owned BSON. Errors follow
  * core/error.h.
  */
-#ifndef SD_JOBS_NOTIFICATION_H
-#define SD_JOBS_NOTIFICATION_H
+#ifndef SD_JOBS_NOTIFICATION_MODEL_H
+#define SD_JOBS_NOTIFICATION_MODEL_H
 
 #include <bson/bson.h>
 

@@ -1,5 +1,5 @@
 /* msgstatus_events — a status-events entry verified and turned into events
- * (see message_status.h). Nothing here trusts a body before its signature
+ * (see model.h). Nothing here trusts a body before its signature
  * matched; a failure is a reason, never a partial result. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,7 +8,7 @@
 #include <stdarg.h>
 
 #include "core/bson_field.h"
-#include "jobs/message_status.h"
+#include "jobs/message_status/model.h"
 #include "providers/form.h"
 #include "providers/signature.h"
 #include "store/stream.h"

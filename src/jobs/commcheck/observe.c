@@ -1,14 +1,16 @@
 /* commcheck_observe — what a provider's answer means for one check: the
- * observation health.lua's assess() judges (see commcheck_internal.h). Pure. */
+ * observation health.lua's assess() judges (see read.h). Pure. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "core/clock.h"
-#include "jobs/commcheck_internal.h"
+#include "jobs/commcheck/model.h"
+#include "jobs/commcheck/read.h"
 #include "providers/curl_shared.h"
 #include "providers/http.h"
+#include "providers/json.h"
 
 /* ---- what an answer means ---------------------------------------------- */
 
@@ -48,9 +50,9 @@ static const char *provider_name(const char *check)
  * the observation (no usable HTTP answer, or an error status). */
 static bool obs_transport(struct observation *o, const char *check, const bson_t *ans)
 {
-    const char *failure = utf8_at(ans, "failure");
-    const char *error = utf8_at(ans, "error");
-    long status = (long)int_at(ans, "status", 0);
+    const char *failure = bson_path_utf8(ans, "failure");
+    const char *error = bson_path_utf8(ans, "error");
+    long status = (long)bson_path_int(ans, "status", 0);
     o->http_status = status;
     bool webhook = strcmp(check, "webhook.endpoint") == 0;
     if (has(failure)) {
@@ -117,7 +119,7 @@ static void observe_webhook(struct observation *o, const bson_t *ans, const char
     /* Quoted in the alert, its mail and the log: never its credentials. */
     char url[512];
     curl_url_redacted(raw_url, url, sizeof url);
-    long status = (long)int_at(ans, "status", 0);
+    long status = (long)bson_path_int(ans, "status", 0);
     if (status >= 500) {
         BSON_APPEND_BOOL(&o->result, "ok", false);
         BSON_APPEND_BOOL(&o->result, "unreachable", true);
@@ -153,14 +155,16 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
     bson_t ans;
     char label[128];
     /* What the channel document itself gets wrong needs no request. */
-    if (strcmp(check, "twilio.number") == 0 && !has(utf8_at(ch, "phone_number"))) {
+    if (strcmp(check, "twilio.number") == 0 &&
+        !has(bson_path_utf8(ch, "phone_number"))) {
         obs_broken(o);
         snprintf(o->message, sizeof o->message, "the channel has no phone_number");
         return;
     }
-    if (strcmp(check, "webhook.endpoint") == 0 && !commcheck_http_url(utf8_at(ch, "webhook_url"))) {
+    if (strcmp(check, "webhook.endpoint") == 0 &&
+        !commcheck_http_url(bson_path_utf8(ch, "webhook_url"))) {
         obs_broken(o);
-        curl_url_redacted(utf8_at(ch, "webhook_url"), o->target, sizeof o->target);
+        curl_url_redacted(bson_path_utf8(ch, "webhook_url"), o->target, sizeof o->target);
         snprintf(o->message, sizeof o->message, "the webhook_url %s is not an http(s) URL",
                  o->target);
         return;
@@ -197,8 +201,8 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
         /* a URL (the webhook) is stored and mailed without its password */
         curl_url_redacted(colon ? colon + 1 : "", o->target, sizeof o->target);
         if (strcmp(check, "twilio.number") == 0 || strcmp(check, "twilio.account") == 0) {
-            const char *v = strcmp(check, "twilio.number") == 0 ? utf8_at(ch, "phone_number")
-                                                                : utf8_at(ch, "account_sid");
+            const char *v = strcmp(check, "twilio.number") == 0 ? bson_path_utf8(ch, "phone_number")
+                                                                : bson_path_utf8(ch, "account_sid");
             snprintf(o->target, sizeof o->target, "%s",
                      has(v) ? v : (in->providers->twilio_main_sid ? in->providers->twilio_main_sid
                                                                   : "main account"));
@@ -208,8 +212,8 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
             snprintf(o->target, sizeof o->target, "SMTP_URL");
         }
     }
-    if (strcmp(check, "sendgrid.domain") == 0 && (int_at(&ans, "status", 0) == 401 ||
-                                                  int_at(&ans, "status", 0) == 403)) {
+    if (strcmp(check, "sendgrid.domain") == 0 && (bson_path_int(&ans, "status", 0) == 401 ||
+                                                  bson_path_int(&ans, "status", 0) == 403)) {
         /* The key itself is refused: sendgrid.api_key reports that once. */
         o->unchecked = true;
         snprintf(o->message, sizeof o->message, "not checked: SendGrid refused the API key");
@@ -217,11 +221,11 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
     }
     if (obs_transport(o, check, &ans))
         return;
-    long status = (long)int_at(&ans, "status", 0);
+    long status = (long)bson_path_int(&ans, "status", 0);
     bson_t body;
     bool have_body = json_child(&ans, "body", &body);
     if (strcmp(check, "webhook.endpoint") == 0) {
-        observe_webhook(o, &ans, utf8_at(ch, "webhook_url"), in->now_ms);
+        observe_webhook(o, &ans, bson_path_utf8(ch, "webhook_url"), in->now_ms);
     } else if (strcmp(check, "smtp.connect") == 0) {
         if (status >= 500) {
             obs_broken(o);
@@ -237,7 +241,7 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
             obs_ok(o, "the SMTP server accepted the session%s", "");
         }
     } else if (strcmp(check, "twilio.account") == 0) {
-        const char *st = have_body ? utf8_at(&body, "status") : NULL;
+        const char *st = have_body ? bson_path_utf8(&body, "status") : NULL;
         if (status == 404) {
             obs_broken(o);
             snprintf(o->message, sizeof o->message, "Twilio has no account %s (404)", o->target);
@@ -252,8 +256,8 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
             BSON_APPEND_UTF8(&o->result, "account_status", st);
     } else if (strcmp(check, "twilio.balance") == 0) {
         char text[64] = "";
-        const char *b = have_body ? utf8_at(&body, "balance") : NULL;
-        const char *cur = have_body ? utf8_at(&body, "currency") : NULL;
+        const char *b = have_body ? bson_path_utf8(&body, "balance") : NULL;
+        const char *cur = have_body ? bson_path_utf8(&body, "currency") : NULL;
         char *end = NULL;
         double amount = b ? strtod(b, &end) : 0;
         if (status == 404 || !b || end == b) {
@@ -271,7 +275,7 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
         snprintf(o->cause, sizeof o->cause, "channel_broken");
     } else if (strcmp(check, "twilio.number") == 0) {
         bson_t first;
-        const char *want = utf8_at(ch, "webhook_url");
+        const char *want = bson_path_utf8(ch, "webhook_url");
         if (!have_body || !json_child(&body, "incoming_phone_numbers.0", &first)) {
             obs_broken(o);
             snprintf(o->message, sizeof o->message, "the number %s is not on the Twilio account",
@@ -281,8 +285,8 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
             bool sms = bson_iter_init(&it, &first) &&
                        bson_iter_find_descendant(&it, "capabilities.sms", &it) &&
                        bson_iter_as_bool(&it);
-            const char *url = utf8_at(&first, "sms_url");
-            const char *app = utf8_at(&first, "sms_application_sid");
+            const char *url = bson_path_utf8(&first, "sms_url");
+            const char *app = bson_path_utf8(&first, "sms_application_sid");
             size_t wl = want ? strlen(want) : 0, ul = url ? strlen(url) : 0;
             while (wl && want[wl - 1] == '/')
                 wl--;
@@ -292,9 +296,9 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
                 obs_broken(o);
                 snprintf(o->message, sizeof o->message, "the number %s is not SMS-capable",
                          o->target);
-            } else if (has(app) || has(utf8_at(ch, "messaging_service_sid"))) {
+            } else if (has(app) || has(bson_path_utf8(ch, "messaging_service_sid"))) {
                 obs_ok(o, "the number is SMS-capable; its messages are routed by %s",
-                       has(app) ? app : utf8_at(ch, "messaging_service_sid"));
+                       has(app) ? app : bson_path_utf8(ch, "messaging_service_sid"));
             } else if (want && !(wl == ul && strncmp(want, url, wl) == 0)) {
                 obs_broken(o);
                 char shown_url[512], shown_want[512];
@@ -336,9 +340,10 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
          * record on its own: SendGrid's own example pairs valid:true with an
          * invalid mail_cname (reference/providers.md §7). */
         char vid[64];
-        snprintf(vid, sizeof vid, "sendgrid.validate:%lld", (long long)int_at(&entry, "id", 0));
+        snprintf(vid, sizeof vid, "sendgrid.validate:%lld",
+                 (long long)bson_path_int(&entry, "id", 0));
         bson_t vans, vbody, results;
-        bool live = entry_of(in->answers, vid, &vans) && int_at(&vans, "status", 0) == 200 &&
+        bool live = entry_of(in->answers, vid, &vans) && bson_path_int(&vans, "status", 0) == 200 &&
                     json_child(&vans, "body", &vbody) &&
                     json_child(&vbody, "validation_results", &results);
         bson_t dns;
@@ -361,10 +366,10 @@ void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const
                 char path[80];
                 snprintf(path, sizeof path, "dns.%s", name);
                 bool has_listed = json_child(&entry, path, &listed_rec);
-                const char *type = has_listed ? utf8_at(&listed_rec, "type") : NULL;
-                const char *host = has_listed ? utf8_at(&listed_rec, "host") : NULL;
-                const char *val = has_listed ? utf8_at(&listed_rec, "data") : NULL;
-                const char *reason = live ? utf8_at(&rec, "reason") : NULL;
+                const char *type = has_listed ? bson_path_utf8(&listed_rec, "type") : NULL;
+                const char *host = has_listed ? bson_path_utf8(&listed_rec, "host") : NULL;
+                const char *val = has_listed ? bson_path_utf8(&listed_rec, "data") : NULL;
+                const char *reason = live ? bson_path_utf8(&rec, "reason") : NULL;
                 size_t l = strlen(bad);
                 if (host)
                     snprintf(bad + l, sizeof bad - l, "%s%s (%s %s → %s)%s%s", l ? "; " : "",

@@ -17,8 +17,8 @@
  * Ownership: sla_calendar_init fills caller-owned storage that
  * sla_calendar_free releases. Errors follow core/error.h.
  */
-#ifndef SD_JOBS_SLA_CALENDAR_H
-#define SD_JOBS_SLA_CALENDAR_H
+#ifndef SD_JOBS_NOTIFICATION_SLA_CALENDAR_H
+#define SD_JOBS_NOTIFICATION_SLA_CALENDAR_H
 
 #include <bson/bson.h>
 #include <stdbool.h>

@@ -1,17 +1,15 @@
-/* snooze — collect and apply around snooze_decide (see snooze.h).
+/* snooze/job.c — collect and apply around snooze_decide (see model.h).
  *
  * Crash safety rests on a completion marker written in the same update that
- * wakes the ticket: `supportd_unsnooze_pending: true` and `supportd_unsnooze:
- * {at, reason, queue: {key, member, score}, notifications: [outbox entries]}`.
- * The flag is a top-level field because FerretDB 1.x pushes only top-level
- * equality down to PostgreSQL; a nested one is decoded and filtered in Go
- * (22.7 s against 0.1 s on 200,000 conversations, scripts/bench). After the update,
- * the tick adds the marked tickets to their queues (ZADD: idempotent) and
- * inserts their outbox entries (unique keys: a repeat is a no-op), then
- * removes the marker. A process killed at any instant leaves either an
- * unchanged snoozed ticket (found again as due) or a marked one (finished by
- * the next tick, by the index on supportd_unsnooze_pending), so no woken
- * ticket misses its queue and no notification is sent twice.
+ * wakes the ticket (outbox/intent.h): `supportd_unsnooze_pending: true` and
+ * `supportd_unsnooze: {at, reason, queue: {key, member, score},
+ * notifications: [outbox entries]}`. After the update, the tick adds the
+ * marked tickets to their queues (ZADD: idempotent) and inserts their outbox
+ * entries (unique keys: a repeat is a no-op), then removes the marker. A
+ * process killed at any instant leaves either an unchanged snoozed ticket
+ * (found again as due) or a marked one (finished by the next tick, by the
+ * index on supportd_unsnooze_pending), so no woken ticket misses its queue
+ * and no notification is sent twice.
  *
  * Race safety: the wake-up is conditional on what was read ({_id, status:
  * "snoozed", updated_at: <as read>}); the platform bumps updated_at on every
@@ -21,12 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/bson_field.h"
 #include "core/clock.h"
+#include "core/seam.h"
 #include "jobs/job.h"
-#include "jobs/seam.h"
-#include "jobs/snooze.h"
-#include "outbox/outbox.h"
+#include "jobs/snooze/model.h"
+#include "outbox/intent.h"
 #include "store/batches.h"
 #include "store/mongo.h"
 
@@ -42,8 +39,13 @@ struct tick {
     /* read = due + replied + malformed + not_due + failed;
      * due + replied + malformed = woken + conflicts (README: counters). */
     int64_t read, due, replied, malformed, not_due, failed;
-    int64_t woken, conflicts, queued, enqueued, duplicates, bad, batches;
+    int64_t woken, conflicts, queued, bad, batches;
+    struct intent_counts outbox;
 };
+
+static const struct intent_marker unsnooze_marker = {.flag = "supportd_unsnooze_pending",
+                                                     .field = "supportd_unsnooze",
+                                                     .entries = "supportd_unsnooze.notifications"};
 
 static void counts_to(struct tick *t)
 {
@@ -57,8 +59,8 @@ static void counts_to(struct tick *t)
     BSON_APPEND_INT64(c, "woken", t->woken);
     BSON_APPEND_INT64(c, "conflicts", t->conflicts);
     BSON_APPEND_INT64(c, "queued", t->queued);
-    BSON_APPEND_INT64(c, "notifications", t->enqueued);
-    BSON_APPEND_INT64(c, "duplicate_notifications", t->duplicates);
+    BSON_APPEND_INT64(c, "notifications", t->outbox.enqueued);
+    BSON_APPEND_INT64(c, "duplicate_notifications", t->outbox.duplicates);
     BSON_APPEND_INT64(c, "bad_documents", t->bad);
     BSON_APPEND_INT64(c, "batches", t->batches);
 }
@@ -111,7 +113,8 @@ static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error 
     int planned = 0;
     bson_iter_init(&it, actions);
     while (bson_iter_next(&it)) {
-        bson_t action, filter = BSON_INITIALIZER, update = BSON_INITIALIZER, set, marker, unset;
+        bson_t action, filter = BSON_INITIALIZER, update = BSON_INITIALIZER, set, unset;
+        bson_t marker = BSON_INITIALIZER;
         uint32_t len;
         const uint8_t *data;
         bson_iter_document(&it, &len, &data);
@@ -137,14 +140,13 @@ static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error 
             bson_append_iter(&set, NULL, 0, &sub);
         BSON_APPEND_DATE_TIME(&set, "unsnoozed_at", t->wall_ms);
         BSON_APPEND_DATE_TIME(&set, "updated_at", t->wall_ms);
-        BSON_APPEND_BOOL(&set, "supportd_unsnooze_pending", true);
-        BSON_APPEND_DOCUMENT_BEGIN(&set, "supportd_unsnooze", &marker);
         BSON_APPEND_DATE_TIME(&marker, "at", t->wall_ms);
         const char *copy[] = {"reason", "queue", "notifications"};
         for (int i = 0; i < 3; i++)
             if (bson_iter_init_find(&a, &action, copy[i]))
                 bson_append_iter(&marker, NULL, 0, &a);
-        bson_append_document_end(&set, &marker);
+        intent_park(&set, &unsnooze_marker, &marker);
+        bson_destroy(&marker);
         bson_append_document_end(&update, &set);
         BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
         BSON_APPEND_UTF8(&unset, "snooze", "");
@@ -163,14 +165,9 @@ static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error 
         return 0;
     }
     seam_wait("snooze_before_write");
-    bson_t reply;
     bson_error_t berr;
-    bool ok = mongoc_bulk_operation_execute(bulk, &reply, &berr);
-    bson_iter_t r;
-    int64_t matched = 0;
-    if (bson_iter_init_find(&r, &reply, "nMatched"))
-        matched = bson_iter_as_int64(&r);
-    bson_destroy(&reply);
+    int64_t matched;
+    bool ok = store_bulk_run(bulk, &matched, &berr);
     mongoc_bulk_operation_destroy(bulk);
     if (!ok)
         return sd_error_set(err, "waking %d tickets: %s", planned, store_errmsg(&berr));
@@ -179,135 +176,70 @@ static int write_wakeups(struct tick *t, const bson_t *actions, struct sd_error 
     return 0;
 }
 
-/* The outbox entries a marked ticket carries: how many, and (with views) a
- * read-only view of each into views[] and its address into entries[]. */
-static size_t notifications_of(const bson_t *doc, bson_t *views, const bson_t **entries)
+/* A batch of marked tickets into their queues, one pipeline: before their
+ * outbox entries (intent_finish). */
+static int queue_marked(void *arg, bson_t **docs, size_t n, struct sd_error *err)
 {
-    bson_iter_t it, nl, e;
-    size_t k = 0;
-    if (bson_iter_init(&it, doc) &&
-        bson_iter_find_descendant(&it, "supportd_unsnooze.notifications", &nl) &&
-        BSON_ITER_HOLDS_ARRAY(&nl) && bson_iter_recurse(&nl, &e)) {
-        while (bson_iter_next(&e)) {
-            if (!BSON_ITER_HOLDS_DOCUMENT(&e))
-                continue;
-            if (views) {
-                bson_iter_child(&e, &views[k]);
-                entries[k] = &views[k];
+    struct tick *t = arg;
+    seam_wait("snooze_before_finish");
+    struct sd_error rerr;
+    int rc = 0, appended = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        bson_iter_t it, q;
+        const char *key = NULL, *member = NULL;
+        double score = 0;
+        if (bson_iter_init(&it, docs[i]) &&
+            bson_iter_find_descendant(&it, "supportd_unsnooze.queue", &q) &&
+            BSON_ITER_HOLDS_DOCUMENT(&q)) {
+            bson_iter_t f;
+            bson_iter_recurse(&q, &f);
+            while (bson_iter_next(&f)) {
+                if (!strcmp(bson_iter_key(&f), "key") && BSON_ITER_HOLDS_UTF8(&f))
+                    key = bson_iter_utf8(&f, NULL);
+                else if (!strcmp(bson_iter_key(&f), "member") && BSON_ITER_HOLDS_UTF8(&f))
+                    member = bson_iter_utf8(&f, NULL);
+                else if (!strcmp(bson_iter_key(&f), "score") && BSON_ITER_HOLDS_NUMBER(&f))
+                    score = bson_iter_as_double(&f);
             }
-            k++;
+        }
+        if (key && member) {
+            if (rds_pipeline_append(t->env->redis, &rerr, "ZADD %s %.17g %s", key, score,
+                                    member))
+                rc = sd_error_set(err, "queue: %s", rerr.message);
+            else
+                appended++;
         }
     }
-    return k;
+    for (int i = 0; i < appended; i++) {
+        redisReply *rep = rds_pipeline_read(t->env->redis, &rerr);
+        if (!rep) {
+            rc = sd_error_set(err, "queue: %s", rerr.message);
+            break;
+        }
+        freeReplyObject(rep);
+    }
+    if (rc == 0)
+        t->queued += appended;
+    return rc;
 }
+
+static bool stop_requested(void *arg) { return job_should_stop(((struct tick *)arg)->env); }
 
 /* Queues and notifies every marked ticket, then removes the markers. */
 static int finish_marked(struct tick *t, struct sd_error *err)
 {
-    for (int round = 0; round < MAX_BATCHES && !job_should_stop(t->env); round++) {
-        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
-        BSON_APPEND_BOOL(&filter, "supportd_unsnooze_pending", true);
-        BSON_APPEND_INT64(&opts, "limit", BATCH);
-        BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
-        BSON_APPEND_INT32(&proj, "supportd_unsnooze", 1);
-        bson_append_document_end(&opts, &proj);
-        bson_t **docs = NULL;
-        size_t n = 0;
-        int rc = store_find_all(t->convs, &filter, &opts, &docs, &n, err);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
-        if (rc || n == 0) {
-            store_docs_free(docs, n);
-            return rc;
-        }
-        seam_wait("snooze_before_finish");
-        /* Queue first: one pipeline for the batch. */
-        struct sd_error rerr;
-        int appended = 0;
-        size_t n_entries = 0, cap = 0;
-        for (size_t i = 0; i < n; i++)
-            cap += notifications_of(docs[i], NULL, NULL);
-        const bson_t **entries = calloc(cap + 1, sizeof *entries);
-        bson_t *owned = bson_views_new(cap);
-        for (size_t i = 0; i < n && rc == 0; i++) {
-            bson_iter_t it, q;
-            const char *key = NULL, *member = NULL;
-            double score = 0;
-            if (bson_iter_init(&it, docs[i]) &&
-                bson_iter_find_descendant(&it, "supportd_unsnooze.queue", &q) &&
-                BSON_ITER_HOLDS_DOCUMENT(&q)) {
-                bson_iter_t f;
-                bson_iter_recurse(&q, &f);
-                while (bson_iter_next(&f)) {
-                    if (!strcmp(bson_iter_key(&f), "key") && BSON_ITER_HOLDS_UTF8(&f))
-                        key = bson_iter_utf8(&f, NULL);
-                    else if (!strcmp(bson_iter_key(&f), "member") && BSON_ITER_HOLDS_UTF8(&f))
-                        member = bson_iter_utf8(&f, NULL);
-                    else if (!strcmp(bson_iter_key(&f), "score") && BSON_ITER_HOLDS_NUMBER(&f))
-                        score = bson_iter_as_double(&f);
-                }
-            }
-            if (key && member) {
-                if (rds_pipeline_append(t->env->redis, &rerr, "ZADD %s %.17g %s", key, score,
-                                        member))
-                    rc = sd_error_set(err, "queue: %s", rerr.message);
-                else
-                    appended++;
-            }
-            n_entries += notifications_of(docs[i], owned + n_entries, entries + n_entries);
-        }
-        for (int i = 0; i < appended; i++) {
-            redisReply *rep = rds_pipeline_read(t->env->redis, &rerr);
-            if (!rep) {
-                rc = sd_error_set(err, "queue: %s", rerr.message);
-                break;
-            }
-            freeReplyObject(rep);
-        }
-        if (rc == 0)
-            t->queued += appended;
-        int inserted = 0;
-        if (rc == 0 && n_entries) {
-            if (outbox_enqueue(t->env->mongo, t->env->db, entries, n_entries, t->wall_ms,
-                               &inserted, err))
-                rc = -1;
-            else {
-                t->enqueued += inserted;
-                t->duplicates += (int64_t)n_entries - inserted;
-            }
-        }
-        free(entries);
-        bson_free(owned);
-        if (rc == 0) {
-            /* Markers go only once queue and outbox hold their effects. */
-            bson_t ids_filter = BSON_INITIALIZER, in, ids, update = BSON_INITIALIZER, unset;
-            BSON_APPEND_DOCUMENT_BEGIN(&ids_filter, "_id", &in);
-            BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
-            for (size_t i = 0; i < n; i++) {
-                bson_iter_t it;
-                char idx[12];
-                snprintf(idx, sizeof idx, "%zu", i);
-                if (bson_iter_init_find(&it, docs[i], "_id"))
-                    bson_append_iter(&ids, idx, -1, &it);
-            }
-            bson_append_array_end(&in, &ids);
-            bson_append_document_end(&ids_filter, &in);
-            BSON_APPEND_BOOL(&ids_filter, "supportd_unsnooze_pending", true);
-            BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
-            BSON_APPEND_UTF8(&unset, "supportd_unsnooze", "");
-            BSON_APPEND_UTF8(&unset, "supportd_unsnooze_pending", "");
-            bson_append_document_end(&update, &unset);
-            bson_error_t berr;
-            if (!mongoc_collection_update_many(t->convs, &ids_filter, &update, NULL, NULL, &berr))
-                rc = sd_error_set(err, "clearing unsnooze markers: %s", store_errmsg(&berr));
-            bson_destroy(&ids_filter);
-            bson_destroy(&update);
-        }
-        store_docs_free(docs, n);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    struct intent_finish f = {.mongo = t->env->mongo,
+                              .db = t->env->db,
+                              .coll = t->convs,
+                              .marker = &unsnooze_marker,
+                              .what = "unsnooze markers",
+                              .batch = BATCH,
+                              .max_batches = MAX_BATCHES,
+                              .now_ms = t->wall_ms,
+                              .before = queue_marked,
+                              .stop = stop_requested,
+                              .arg = t};
+    return intent_finish(&f, &t->outbox, err);
 }
 
 /* Sorts one batch's decisions into the tick's counters. Without verbose
@@ -374,8 +306,6 @@ static int process_batch(void *arg, bson_t **docs, size_t n, struct sd_error *er
     int rc = process(t, docs, n, err);
     return rc ? rc : finish_marked(t, err);
 }
-
-static bool stop_requested(void *arg) { return job_should_stop(((struct tick *)arg)->env); }
 
 /* The tickets to look at, in one query: snoozed and due (`snooze.until <=
  * now`), or snoozed and changed since the checkpoint (a customer reply can

@@ -1,12 +1,15 @@
 /* commcheck_plan — which requests a tick makes, and the channel helpers the
- * other commcheck files share (see commcheck.h and commcheck_internal.h). */
+ * other commcheck files share (see model.h and read.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "jobs/commcheck_internal.h"
+#include "core/bson_field.h"
+#include "jobs/commcheck/model.h"
+#include "jobs/commcheck/read.h"
 #include "providers/http.h"
+#include "providers/json.h"
 
 int commcheck_limits_read(struct rules *rules, struct commcheck_limits *out, struct sd_error *err)
 {
@@ -34,7 +37,7 @@ int commcheck_limits_read(struct rules *rules, struct commcheck_limits *out, str
     for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
         char path[64];
         snprintf(path, sizeof path, "result.%s", f[i].name);
-        int64_t v = int_at(&got, path, *f[i].field);
+        int64_t v = bson_path_int(&got, path, *f[i].field);
         if (v < f[i].min || v > f[i].max) {
             bson_destroy(&got);
             return sd_error_set(err, "health.lua: thresholds.%s = %lld is out of range %d-%d",
@@ -50,20 +53,20 @@ int commcheck_limits_read(struct rules *rules, struct commcheck_limits *out, str
 
 const char *commcheck_provider_of(const bson_t *ch)
 {
-    const char *p = utf8_at(ch, "provider");
+    const char *p = bson_path_utf8(ch, "provider");
     if (has(p))
         return p;
-    const char *t = utf8_at(ch, "type");
+    const char *t = bson_path_utf8(ch, "type");
     return t && strcmp(t, "sms") == 0 ? "twilio" : "sendgrid";
 }
 
 /* The channel's authenticated domain: `domain`, else the from_email's. */
 const char *commcheck_domain_of(const bson_t *ch)
 {
-    const char *d = utf8_at(ch, "domain");
+    const char *d = bson_path_utf8(ch, "domain");
     if (has(d))
         return d;
-    const char *from = utf8_at(ch, "from_email");
+    const char *from = bson_path_utf8(ch, "from_email");
     const char *at = from ? strrchr(from, '@') : NULL;
     return at && at[1] ? at + 1 : NULL;
 }
@@ -80,11 +83,11 @@ const char *commcheck_label_of(const bson_t *ch, char *buf, size_t size)
 {
     const char *prov = commcheck_provider_of(ch), *v = NULL;
     if (strcmp(prov, "twilio") == 0)
-        v = utf8_at(ch, "phone_number");
+        v = bson_path_utf8(ch, "phone_number");
     else if (strcmp(prov, "sendgrid") == 0)
         v = commcheck_domain_of(ch);
     if (!has(v))
-        v = utf8_at(ch, "from_email");
+        v = bson_path_utf8(ch, "from_email");
     if (!has(v)) {
         char hex[25];
         hex_at(ch, "_id", hex);
@@ -103,12 +106,12 @@ int commcheck_checks_of(const bson_t *ch, const struct commcheck_providers *p,
     int n = 0;
     const char *prov = commcheck_provider_of(ch);
     if (strcmp(prov, "twilio") == 0) {
-        const char *acct = commcheck_account_label(utf8_at(ch, "account_sid"), p);
+        const char *acct = commcheck_account_label(bson_path_utf8(ch, "account_sid"), p);
         checks[n] = "twilio.account";
         snprintf(probe_ids[n++], 600, "twilio.account:%s", acct);
         checks[n] = "twilio.balance";
         probe_ids[n++][0] = '\0'; /* from the account's answer */
-        const char *phone = utf8_at(ch, "phone_number");
+        const char *phone = bson_path_utf8(ch, "phone_number");
         checks[n] = "twilio.number";
         snprintf(probe_ids[n++], 600, "twilio.number:%s:%s", acct, phone ? phone : "");
     } else if (strcmp(prov, "sendgrid") == 0) {
@@ -123,7 +126,7 @@ int commcheck_checks_of(const bson_t *ch, const struct commcheck_providers *p,
         checks[n] = "smtp.connect";
         snprintf(probe_ids[n++], 600, "smtp.connect");
     }
-    const char *hook = utf8_at(ch, "webhook_url");
+    const char *hook = bson_path_utf8(ch, "webhook_url");
     if (has(hook) && n < COMMCHECK_MAX_CHECKS) {
         checks[n] = "webhook.endpoint";
         snprintf(probe_ids[n++], 600, "webhook:%s", hook);
@@ -138,14 +141,14 @@ bool commcheck_billing_label(const struct commcheck_input *in, const bson_t *ch,
                           size_t size)
 {
     char id[600];
-    const char *acct = commcheck_account_label(utf8_at(ch, "account_sid"), in->providers);
+    const char *acct = commcheck_account_label(bson_path_utf8(ch, "account_sid"), in->providers);
     snprintf(id, sizeof id, "twilio.account:%s", acct);
     bson_t ans, body;
-    if (!entry_of(in->answers, id, &ans) || int_at(&ans, "status", 0) != 200 ||
+    if (!entry_of(in->answers, id, &ans) || bson_path_int(&ans, "status", 0) != 200 ||
         !json_child(&ans, "body", &body))
         return false;
-    const char *owner = utf8_at(&body, "owner_account_sid");
-    const char *self = utf8_at(&body, "sid");
+    const char *owner = bson_path_utf8(&body, "owner_account_sid");
+    const char *self = bson_path_utf8(&body, "sid");
     if (!has(owner) || (self && strcmp(owner, self) == 0))
         snprintf(out, size, "%s", acct);
     else
@@ -162,11 +165,8 @@ static bool listed(const bson_t *probes, const char *id)
         return false;
     while (bson_iter_next(&it)) {
         bson_t p;
-        uint32_t len;
-        const uint8_t *data;
-        bson_iter_document(&it, &len, &data);
-        bson_init_static(&p, data, len);
-        const char *pid = utf8_at(&p, "id");
+        bson_iter_child(&it, &p);
+        const char *pid = bson_path_utf8(&p, "id");
         if (pid && strcmp(pid, id) == 0)
             return true;
     }
@@ -210,11 +210,11 @@ bool commcheck_domain_entry(const struct commcheck_input *in, const bson_t *ch, 
                          bson_t *entry)
 {
     bson_t ans, body;
-    if (!entry_of(in->answers, probe_id, &ans) || int_at(&ans, "status", 0) != 200 ||
+    if (!entry_of(in->answers, probe_id, &ans) || bson_path_int(&ans, "status", 0) != 200 ||
         !json_child(&ans, "body", &body))
         return false;
     const char *domain = commcheck_domain_of(ch);
-    int64_t want_id = int_at(ch, "domain_id", -1);
+    int64_t want_id = bson_path_int(ch, "domain_id", -1);
     bson_iter_t it;
     if (!bson_iter_init(&it, &body))
         return false;
@@ -225,8 +225,8 @@ bool commcheck_domain_entry(const struct commcheck_input *in, const bson_t *ch, 
         const uint8_t *data;
         bson_iter_document(&it, &len, &data);
         bson_init_static(entry, data, len);
-        const char *d = utf8_at(entry, "domain");
-        if (want_id >= 0 ? int_at(entry, "id", -2) == want_id
+        const char *d = bson_path_utf8(entry, "domain");
+        if (want_id >= 0 ? bson_path_int(entry, "id", -2) == want_id
                          : (d && domain && strcasecmp(d, domain) == 0))
             return true;
     }
@@ -267,11 +267,11 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
                 if (!commcheck_domain_entry(in, ch, ids[i], &entry))
                     continue;
                 snprintf(id, sizeof id, "sendgrid.validate:%lld",
-                         (long long)int_at(&entry, "id", 0));
+                         (long long)bson_path_int(&entry, "id", 0));
                 if (entry_of(in->answers, id, &have) || listed(probes, id))
                     continue;
                 snprintf(url, sizeof url, "%s/v3/whitelabel/domains/%lld/validate", sg,
-                         (long long)int_at(&entry, "id", 0));
+                         (long long)bson_path_int(&entry, "id", 0));
                 add_probe_m(probes, &n, id, "http", "POST", url, "sendgrid", api_ms);
                 continue;
             }
@@ -301,14 +301,15 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
                 char acct[128];
                 snprintf(acct, sizeof acct, "%.*s", (int)strcspn(label, ":"), label);
                 char *e = http_escape(commcheck_sid_of_label(acct, p));
-                if (strcmp(check, "twilio.number") == 0 && !has(utf8_at(ch, "phone_number"))) {
+                if (strcmp(check, "twilio.number") == 0 &&
+                    !has(bson_path_utf8(ch, "phone_number"))) {
                     free(e);
                     continue;
                 }
                 if (strcmp(check, "twilio.account") == 0) {
                     snprintf(url, sizeof url, "%s/2010-04-01/Accounts/%s.json", tw, e ? e : "");
                 } else {
-                    char *ph = http_escape(utf8_at(ch, "phone_number"));
+                    char *ph = http_escape(bson_path_utf8(ch, "phone_number"));
                     snprintf(url, sizeof url,
                              "%s/2010-04-01/Accounts/%s/IncomingPhoneNumbers.json?PhoneNumber=%s",
                              tw, e ? e : "", ph ? ph : "");
@@ -333,8 +334,9 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
                     continue;
                 add_probe(probes, &n, id, "smtp", p->smtp_url, "smtp", api_ms);
             } else if (strcmp(check, "webhook.endpoint") == 0 &&
-                       commcheck_http_url(utf8_at(ch, "webhook_url"))) {
-                add_probe(probes, &n, id, "http", utf8_at(ch, "webhook_url"), "none", hook_ms);
+                       commcheck_http_url(bson_path_utf8(ch, "webhook_url"))) {
+                add_probe(probes, &n, id, "http", bson_path_utf8(ch, "webhook_url"), "none",
+                          hook_ms);
             }
         }
     }

@@ -1,4 +1,4 @@
-/* commcheck — collect and apply around commcheck_decide (see commcheck.h).
+/* commcheck/job.c — collect and apply around commcheck_decide (see model.h).
  *
  * Alert keys and FerretDB. SPEC §2 makes `key` ("<channel_id>:<check>")
  * unique, and the unique index on `key` (store/indexes.c) is what keeps one
@@ -12,12 +12,13 @@
  * "<channel_id>:<check>" stays in `channel_check` on every alert, open or
  * resolved, for history queries.
  *
- * Notifications are crash-safe like snooze's: the insert or update that opens,
- * escalates or resolves an alert also writes its outbox entries into the
- * alert (`supportd_notifications`, flag `supportd_notify_pending: true`);
- * the tick then inserts them into the outbox (unique keys: a repeat is a
- * no-op) and clears the flag. A tick that died in between is finished by the
- * next one, found by the index on the flag. Keys derive from the alert and
+ * Notifications are crash-safe like snooze's (outbox/intent.h): the insert or
+ * update that opens, escalates or resolves an alert also writes its outbox
+ * entries into the alert (`supportd_notifications`, flag
+ * `supportd_notify_pending: true`); the tick then inserts them into the outbox
+ * (unique keys: a repeat is a no-op) and clears the flag. A tick that died in
+ * between is finished by the next one, found by the index on the flag. Keys
+ * derive from the alert and
  * the transition: "channel.alert:<key>:opened:<first_seen ms>:<recipient>",
  * "channel.alert:<alert _id>:severity:<severity>:<recipient>",
  * "channel.alert:<alert _id>:resolved:<recipient>".
@@ -35,10 +36,11 @@
 
 #include "core/bson_field.h"
 #include "core/clock.h"
-#include "jobs/commcheck.h"
+#include "jobs/commcheck/model.h"
 #include "jobs/job.h"
-#include "outbox/outbox.h"
+#include "outbox/intent.h"
 #include "providers/endpoint_probe.h"
+#include "store/find_in.h"
 #include "store/mongo.h"
 
 #define UPDATE_BULK 50 /* FerretDB: bulks of more update statements deadlock */
@@ -48,8 +50,13 @@ struct tick {
     mongoc_collection_t *alerts;
     int64_t channels, probes, probe_ms, checks_ok, failing, transient, unchecked;
     int64_t opened, updated, resolved, escalated, open_conflicts, stale_writes;
-    int64_t enqueued, duplicates, bad;
+    int64_t bad;
+    struct intent_counts outbox;
 };
+
+static const struct intent_marker alert_marker = {.flag = "supportd_notify_pending",
+                                                  .field = "supportd_notifications",
+                                                  .entries = "supportd_notifications"};
 
 static bool oid_of(const bson_t *doc, const char *field, bson_oid_t *out)
 {
@@ -62,21 +69,13 @@ static bool oid_of(const bson_t *doc, const char *field, bson_oid_t *out)
 }
 
 /* Finds {_id: {$in: ids}} in coll and adds each as map["<id hex>"]. */
-static int load_by_ids(struct tick *t, const char *collection, const bson_oid_t *ids, size_t n,
+static int load_by_ids(struct tick *t, const char *collection, const bson_value_t *ids, size_t n,
                        bson_t *map, struct sd_error *err)
 {
     if (n == 0)
         return 0;
-    bson_t filter = BSON_INITIALIZER, in, arr;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
-    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &arr);
-    for (size_t i = 0; i < n; i++) {
-        char k[12];
-        snprintf(k, sizeof k, "%zu", i);
-        BSON_APPEND_OID(&arr, k, &ids[i]);
-    }
-    bson_append_array_end(&in, &arr);
-    bson_append_document_end(&filter, &in);
+    bson_t filter = BSON_INITIALIZER;
+    store_append_in(&filter, "_id", ids, n);
     mongoc_collection_t *coll = mongoc_client_get_collection(t->env->mongo, t->env->db, collection);
     bson_t **docs = NULL;
     size_t got = 0;
@@ -95,13 +94,14 @@ static int load_by_ids(struct tick *t, const char *collection, const bson_oid_t 
     return rc;
 }
 
-static void add_unique(bson_oid_t **ids, size_t *n, const bson_oid_t *oid)
+static void add_unique(bson_value_t **ids, size_t *n, const bson_oid_t *oid)
 {
     for (size_t i = 0; i < *n; i++)
-        if (bson_oid_equal(&(*ids)[i], oid))
+        if (bson_oid_equal(&(*ids)[i].value.v_oid, oid))
             return;
     *ids = realloc(*ids, (*n + 1) * sizeof **ids);
-    bson_oid_copy(oid, &(*ids)[(*n)++]);
+    (*ids)[*n].value_type = BSON_TYPE_OID;
+    bson_oid_copy(oid, &(*ids)[(*n)++].value.v_oid);
 }
 
 /* A Redis hash as {"field": int64}. */
@@ -124,90 +124,19 @@ static int read_hash(struct tick *t, const char *name, bson_t *out, struct sd_er
 
 /* ---- notifications left in alerts ---------------------------------------- */
 
-/* The outbox entries an alert carries: how many, and (with views) a read-only
- * view of each into views[] and its address into entries[]. */
-static size_t notifications_of(const bson_t *alert, bson_t *views, const bson_t **entries)
-{
-    bson_iter_t it, e;
-    size_t k = 0;
-    if (bson_iter_init_find(&it, alert, "supportd_notifications") && BSON_ITER_HOLDS_ARRAY(&it) &&
-        bson_iter_recurse(&it, &e)) {
-        while (bson_iter_next(&e)) {
-            if (!BSON_ITER_HOLDS_DOCUMENT(&e))
-                continue;
-            if (views) {
-                bson_iter_child(&e, &views[k]);
-                entries[k] = &views[k];
-            }
-            k++;
-        }
-    }
-    return k;
-}
-
 /* Inserts the outbox entries carried by alerts flagged supportd_notify_pending,
  * then clears the flags. */
 static int finish_pending(struct tick *t, struct sd_error *err)
 {
-    for (int round = 0; round < 100; round++) {
-        bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
-        BSON_APPEND_BOOL(&filter, "supportd_notify_pending", true);
-        BSON_APPEND_INT64(&opts, "limit", 200);
-        bson_t **docs = NULL;
-        size_t n = 0;
-        int rc = store_find_all(t->alerts, &filter, &opts, &docs, &n, err);
-        bson_destroy(&filter);
-        bson_destroy(&opts);
-        if (rc || n == 0) {
-            store_docs_free(docs, n);
-            return rc;
-        }
-        size_t m = 0, cap = 0;
-        for (size_t i = 0; i < n; i++)
-            cap += notifications_of(docs[i], NULL, NULL);
-        const bson_t **entries = calloc(cap + 1, sizeof *entries);
-        bson_t *views = bson_views_new(cap);
-        for (size_t i = 0; i < n; i++)
-            m += notifications_of(docs[i], views + m, entries + m);
-        int inserted = 0;
-        if (m && outbox_enqueue(t->env->mongo, t->env->db, entries, m, clock_now_ms(), &inserted,
-                                err))
-            rc = -1;
-        else {
-            t->enqueued += inserted;
-            t->duplicates += (int64_t)m - inserted;
-        }
-        free(entries);
-        bson_free(views);
-        if (rc == 0) {
-            bson_t ids_filter = BSON_INITIALIZER, in, ids, update = BSON_INITIALIZER, unset;
-            BSON_APPEND_DOCUMENT_BEGIN(&ids_filter, "_id", &in);
-            BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
-            for (size_t i = 0; i < n; i++) {
-                bson_iter_t it;
-                char k[12];
-                snprintf(k, sizeof k, "%zu", i);
-                if (bson_iter_init_find(&it, docs[i], "_id"))
-                    bson_append_iter(&ids, k, -1, &it);
-            }
-            bson_append_array_end(&in, &ids);
-            bson_append_document_end(&ids_filter, &in);
-            BSON_APPEND_BOOL(&ids_filter, "supportd_notify_pending", true);
-            BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
-            BSON_APPEND_UTF8(&unset, "supportd_notify_pending", "");
-            BSON_APPEND_UTF8(&unset, "supportd_notifications", "");
-            bson_append_document_end(&update, &unset);
-            bson_error_t berr;
-            if (!mongoc_collection_update_many(t->alerts, &ids_filter, &update, NULL, NULL, &berr))
-                rc = sd_error_set(err, "clearing alert notification markers: %s", store_errmsg(&berr));
-            bson_destroy(&ids_filter);
-            bson_destroy(&update);
-        }
-        store_docs_free(docs, n);
-        if (rc || n < 200)
-            return rc;
-    }
-    return 0;
+    struct intent_finish f = {.mongo = t->env->mongo,
+                              .db = t->env->db,
+                              .coll = t->alerts,
+                              .marker = &alert_marker,
+                              .what = "alert notification markers",
+                              .batch = 200,
+                              .max_batches = 100,
+                              .now_ms = clock_now_ms()};
+    return intent_finish(&f, &t->outbox, err);
 }
 
 /* ---- probes ---------------------------------------------------------------- */
@@ -227,10 +156,7 @@ static int run_probes(struct tick *t, const bson_t *planned, uint32_t n,
     bson_iter_init(&it, planned);
     while (bson_iter_next(&it) && k < n) {
         bson_t p;
-        uint32_t len;
-        const uint8_t *data;
-        bson_iter_document(&it, &len, &data);
-        bson_init_static(&p, data, len);
+        bson_iter_child(&it, &p);
         bson_iter_t f;
         const char *kind = "", *auth = "";
         struct probe *pr = &probes[k];
@@ -323,11 +249,12 @@ static int run_probes(struct tick *t, const bson_t *planned, uint32_t n,
 
 /* ---- apply ----------------------------------------------------------------- */
 
-static bool has_notifications(const bson_t *action, bson_iter_t *list)
+/* The action's outbox entries (a view), when it has any. */
+static bool has_notifications(const bson_t *action, bson_t *entries)
 {
-    bson_iter_t probe;
-    return bson_iter_init_find(list, action, "notifications") && BSON_ITER_HOLDS_ARRAY(list) &&
-           bson_iter_recurse(list, &probe) && bson_iter_next(&probe);
+    bson_iter_t list;
+    return bson_iter_init_find(&list, action, "notifications") && BSON_ITER_HOLDS_ARRAY(&list) &&
+           bson_iter_child(&list, entries) && !bson_empty(entries);
 }
 
 static int apply_open(struct tick *t, const bson_t *action, struct sd_error *err)
@@ -345,11 +272,9 @@ static int apply_open(struct tick *t, const bson_t *action, struct sd_error *err
     bson_oid_init(&oid, NULL);
     BSON_APPEND_OID(&doc, "_id", &oid);
     bson_concat(&doc, &alert);
-    bson_iter_t list;
-    if (has_notifications(action, &list)) {
-        BSON_APPEND_BOOL(&doc, "supportd_notify_pending", true);
-        bson_append_iter(&doc, "supportd_notifications", -1, &list);
-    }
+    bson_t entries;
+    if (has_notifications(action, &entries))
+        intent_park(&doc, &alert_marker, &entries);
     bson_error_t berr;
     bson_t reply;
     /* One insert per alert: opening is rare, and the unique key decides a
@@ -387,10 +312,7 @@ static int apply_updates(struct tick *t, const bson_t *actions, struct sd_error 
         int planned = 0, resolves = 0, escalations = 0;
         while (planned < UPDATE_BULK && (more = bson_iter_next(&it))) {
             bson_t action;
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&it, &len, &data);
-            bson_init_static(&action, data, len);
+            bson_iter_child(&it, &action);
             bson_iter_t f;
             const char *kind = bson_iter_init_find(&f, &action, "kind") ? bson_iter_utf8(&f, NULL)
                                                                        : "";
@@ -407,12 +329,10 @@ static int apply_updates(struct tick *t, const bson_t *actions, struct sd_error 
             if (bson_iter_init_find(&s, &action, "set") && bson_iter_recurse(&s, &sub))
                 while (bson_iter_next(&sub))
                     bson_append_iter(&set, NULL, 0, &sub);
-            bson_iter_t list;
-            bool notify = has_notifications(&action, &list);
-            if (notify) {
-                BSON_APPEND_BOOL(&set, "supportd_notify_pending", true);
-                bson_append_iter(&set, "supportd_notifications", -1, &list);
-            }
+            bson_t entries;
+            bool notify = has_notifications(&action, &entries);
+            if (notify)
+                intent_park(&set, &alert_marker, &entries);
             bson_append_document_end(&update, &set);
             if (bson_iter_init_find(&f, &action, "inc_occurrences") && bson_iter_as_bool(&f)) {
                 BSON_APPEND_DOCUMENT_BEGIN(&update, "$inc", &inc);
@@ -436,12 +356,9 @@ static int apply_updates(struct tick *t, const bson_t *actions, struct sd_error 
             mongoc_bulk_operation_destroy(bulk);
             break;
         }
-        bson_t reply;
         bson_error_t berr;
-        bool ok = mongoc_bulk_operation_execute(bulk, &reply, &berr);
-        bson_iter_t r;
-        int64_t matched = bson_iter_init_find(&r, &reply, "nMatched") ? bson_iter_as_int64(&r) : 0;
-        bson_destroy(&reply);
+        int64_t matched;
+        bool ok = store_bulk_run(bulk, &matched, &berr);
         mongoc_bulk_operation_destroy(bulk);
         if (!ok)
             return sd_error_set(err, "updating %d alerts: %s", planned, store_errmsg(&berr));
@@ -523,8 +440,8 @@ static void counts_to(struct tick *t, const struct commcheck_limits *lim)
     BSON_APPEND_INT64(c, "alerts_resolved", t->resolved);
     BSON_APPEND_INT64(c, "open_conflicts", t->open_conflicts);
     BSON_APPEND_INT64(c, "stale_writes", t->stale_writes);
-    BSON_APPEND_INT64(c, "notifications", t->enqueued);
-    BSON_APPEND_INT64(c, "duplicate_notifications", t->duplicates);
+    BSON_APPEND_INT64(c, "notifications", t->outbox.enqueued);
+    BSON_APPEND_INT64(c, "duplicate_notifications", t->outbox.duplicates);
     BSON_APPEND_INT64(c, "bad_documents", t->bad);
     BSON_APPEND_INT64(c, "concurrency", lim->concurrency);
 }
@@ -556,10 +473,7 @@ static void log_results(struct tick *t, const bson_t *results)
         return;
     while (bson_iter_next(&it)) {
         bson_t r;
-        uint32_t len;
-        const uint8_t *data;
-        bson_iter_document(&it, &len, &data);
-        bson_init_static(&r, data, len);
+        bson_iter_child(&it, &r);
         bson_iter_t f;
         const char *outcome = bson_iter_init_find(&f, &r, "outcome") ? bson_iter_utf8(&f, NULL)
                                                                      : "";
@@ -590,7 +504,7 @@ int job_communication_check(struct job_env *env, struct sd_error *err)
     bson_t actions = BSON_INITIALIZER, new_streaks = BSON_INITIALIZER, checked = BSON_INITIALIZER;
     struct stale_sort *order = NULL;
     const bson_t **picked = NULL;
-    bson_oid_t *ids = NULL;
+    bson_value_t *ids = NULL;
     size_t n_ids = 0;
 
     /* A tick that died after writing alerts but before the outbox. */
@@ -699,10 +613,7 @@ int job_communication_check(struct job_env *env, struct sd_error *err)
         bson_iter_init(&it, &actions);
         while (rc == 0 && bson_iter_next(&it)) {
             bson_t action;
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&it, &len, &data);
-            bson_init_static(&action, data, len);
+            bson_iter_child(&it, &action);
             bson_iter_t k;
             if (bson_iter_init_find(&k, &action, "kind") &&
                 strcmp(bson_iter_utf8(&k, NULL), "open") == 0)

@@ -1,4 +1,4 @@
-/* snooze.h — the snooze job: wake snoozed tickets that are due.
+/* snooze/model.h — the snooze job: wake snoozed tickets that are due.
  *
  * A ticket wakes when `snooze.until <= now` (however long ago), or — unless
  * notify.lua's snooze.wake_on_customer_message is false — when the customer
@@ -22,14 +22,18 @@
  *            ({status, snooze.until}) or changed since the last tick (early
  *            wake-up, malformed snoozes; {status, updated_at});
  *   decide   snooze_decide(): pure, documents and rules in, a plan out;
- *   apply    see snooze.c: a conditional bulk update that also writes a
+ *   apply    see job.c: a conditional bulk update that also writes a
  *            completion marker, then queue and outbox from the marker.
+ *
+ * The files: job.c (collect and apply: the only one with I/O), decide.c
+ * (pure), dryrun.c (the job on fixtures, jobs/dryrun.h). They share this
+ * header.
  *
  * Ownership: snooze_decide appends to a caller-owned plan. Errors follow
  * core/error.h.
  */
-#ifndef SD_JOBS_SNOOZE_H
-#define SD_JOBS_SNOOZE_H
+#ifndef SD_JOBS_SNOOZE_MODEL_H
+#define SD_JOBS_SNOOZE_MODEL_H
 
 #include <bson/bson.h>
 

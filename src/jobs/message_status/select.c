@@ -1,10 +1,10 @@
 /* msgstatus_select — which failed messages are sent again and which stale
- * ones are looked up at the provider (see message_status.h). Pure. */
+ * ones are looked up at the provider (see model.h). Pure. */
 #include <stdio.h>
 #include <string.h>
 
 #include "core/bson_field.h"
-#include "jobs/message_status.h"
+#include "jobs/message_status/model.h"
 
 static void begin(bson_t *out, uint32_t *n, bson_t *item, const bson_t *doc)
 {

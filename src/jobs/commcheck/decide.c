@@ -1,11 +1,14 @@
 /* commcheck_decide — the pure heart of the communication-check job (see
- * commcheck.h): from each check's observation and health.lua, which alerts
+ * model.h): from each check's observation and health.lua, which alerts
  * open, change or resolve, and whom to tell. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "jobs/commcheck_internal.h"
+#include "jobs/commcheck/model.h"
+#include "jobs/commcheck/read.h"
+#include "outbox/entry.h"
+#include "providers/json.h"
 
 #define ALERT_NOTIFICATION_TYPE "channel.alert"
 
@@ -29,19 +32,11 @@ static int sev_rank(const char *s)
 static const bson_t *open_alert(const struct commcheck_input *in, const char *key)
 {
     for (size_t i = 0; i < in->n_alerts; i++) {
-        const char *k = utf8_at(in->alerts[i], "key");
+        const char *k = bson_path_utf8(in->alerts[i], "key");
         if (k && strcmp(k, key) == 0)
             return in->alerts[i];
     }
     return NULL;
-}
-
-static const char *recipient_id(const bson_t *r)
-{
-    const char *v;
-    if ((v = utf8_at(r, "user_id")) || (v = utf8_at(r, "email")) || (v = utf8_at(r, "phone")))
-        return v;
-    return "unknown";
 }
 
 struct event {
@@ -71,8 +66,6 @@ static int add_notifications(const struct commcheck_input *in, const bson_t *roo
         return -1;
     }
     bson_t advice = BSON_INITIALIZER;
-    char path[64];
-    snprintf(path, sizeof path, "result");
     const char *action = NULL;
     struct sd_error ignore;
     if (rules_get(in->rules, "health", "advice", &advice, &ignore) == 0) {
@@ -128,36 +121,17 @@ static int add_notifications(const struct commcheck_input *in, const bson_t *roo
             rc = call(in->rules, "templates", "render", &rargs, &rendered, err);
             if (rc == 0) {
                 char key[400], k[12];
-                snprintf(key, sizeof key, "channel.alert:%s:%s", ev->key_basis, recipient_id(&rec));
+                snprintf(key, sizeof key, "channel.alert:%s:%s", ev->key_basis, outbox_recipient_id(&rec));
                 idx(k, sizeof k, n++);
-                bson_t entry, r;
+                bson_t entry;
                 BSON_APPEND_DOCUMENT_BEGIN(list, k, &entry);
                 BSON_APPEND_UTF8(&entry, "key", key);
                 BSON_APPEND_UTF8(&entry, "type", ALERT_NOTIFICATION_TYPE);
                 if (ev->channel_id)
                     BSON_APPEND_OID(&entry, "channel_id", ev->channel_id);
-                BSON_APPEND_DOCUMENT_BEGIN(&entry, "recipient", &r);
-                bson_iter_t f;
-                if (bson_iter_init(&f, &rec))
-                    while (bson_iter_next(&f))
-                        if (strcmp(bson_iter_key(&f), "via") != 0)
-                            bson_append_iter(&r, NULL, 0, &f);
-                bson_append_document_end(&entry, &r);
-                const char *via = utf8_at(&rec, "via");
-                BSON_APPEND_UTF8(&entry, "via", via ? via : "email");
-                const char *from = utf8_at(room, "email_from");
-                if (from)
-                    BSON_APPEND_UTF8(&entry, "from", from);
-                BSON_APPEND_UTF8(&entry, "status", "pending");
-                BSON_APPEND_INT32(&entry, "attempts", 0);
-                BSON_APPEND_DATE_TIME(&entry, "next_attempt_at", in->now_ms);
-                const char *fields[] = {"subject", "text", "html"};
-                for (int i = 0; i < 3; i++) {
-                    snprintf(path, sizeof path, "result.%s", fields[i]);
-                    const char *v = utf8_at(&rendered, path);
-                    BSON_APPEND_UTF8(&entry, fields[i], v ? v : "");
-                }
-                BSON_APPEND_DATE_TIME(&entry, "created_at", in->now_ms);
+                const char *via = bson_path_utf8(&rec, "via");
+                outbox_entry_fill(&entry, &rec, via ? via : "email",
+                                  bson_path_utf8(room, "email_from"), &rendered, in->now_ms);
                 bson_append_document_end(list, &entry);
             }
             bson_destroy(&rendered);
@@ -216,14 +190,14 @@ static int resolve(struct ctx *c, const bson_t *alert, const bson_t *room, const
     const struct commcheck_input *in = c->in;
     char id[25], key_basis[80], newkey[200];
     bson_oid_t aoid, coid;
-    oid_at(alert, "_id", &aoid);
+    bson_path_oid(alert, "_id", &aoid);
     bson_oid_to_string(&aoid, id);
-    bool has_cid = oid_at(alert, "channel_id", &coid);
-    const char *key = utf8_at(alert, "key");
-    const char *check = utf8_at(alert, "check");
+    bool has_cid = bson_path_oid(alert, "channel_id", &coid);
+    const char *key = bson_path_utf8(alert, "key");
+    const char *check = bson_path_utf8(alert, "check");
     snprintf(key_basis, sizeof key_basis, "%s:resolved", id);
     /* The open key is freed for the next incident (FerretDB keeps a unique
-     * index even on resolved documents: see commcheck.c). */
+     * index even on resolved documents: see job.c). */
     snprintf(newkey, sizeof newkey, "%s:resolved:%s", key ? key : "?", id);
     bson_t a = BSON_INITIALIZER, set, list;
     BSON_APPEND_UTF8(&a, "kind", "resolve");
@@ -242,11 +216,12 @@ static int resolve(struct ctx *c, const bson_t *alert, const bson_t *room, const
     char why[300];
     snprintf(why, sizeof why, "Resolved: %s.", reason);
     struct event ev = {.state = "resolved",
-                       .severity = utf8_at(alert, "severity") ? utf8_at(alert, "severity")
-                                                              : "warning",
+                       .severity = bson_path_utf8(alert, "severity")
+                                       ? bson_path_utf8(alert, "severity")
+                                       : "warning",
                        .check = check ? check : "?",
                        .channel = label,
-                       .message = utf8_at(alert, "message"),
+                       .message = bson_path_utf8(alert, "message"),
                        .reason = why,
                        .key_basis = key_basis,
                        .channel_doc = channel_doc,
@@ -313,8 +288,8 @@ static int decide_check(struct ctx *c, const bson_t *ch, const char *cid, const 
         bson_destroy(&o.result);
         return -1;
     }
-    const char *cls = utf8_at(&out, "result.class");
-    const char *sev = utf8_at(&out, "result.severity");
+    const char *cls = bson_path_utf8(&out, "result.class");
+    const char *sev = bson_path_utf8(&out, "result.severity");
     char cls_buf[16], sev_buf[16];
     snprintf(cls_buf, sizeof cls_buf, "%s", cls ? cls : "");
     snprintf(sev_buf, sizeof sev_buf, "%s", sev_rank(sev) ? sev : "warning");
@@ -362,7 +337,7 @@ static int decide_check(struct ctx *c, const bson_t *ch, const char *cid, const 
         BSON_APPEND_UTF8(&doc, "channel_check", key);
         BSON_APPEND_OID(&doc, "channel_id", coid);
         bson_oid_t room_oid;
-        if (oid_at(ch, "room_id", &room_oid))
+        if (bson_path_oid(ch, "room_id", &room_oid))
             BSON_APPEND_OID(&doc, "room_id", &room_oid);
         BSON_APPEND_UTF8(&doc, "check", check);
         BSON_APPEND_UTF8(&doc, "severity", sev_buf);
@@ -387,9 +362,9 @@ static int decide_check(struct ctx *c, const bson_t *ch, const char *cid, const 
     } else {
         bson_oid_t aoid;
         char aid[25], basis[120];
-        oid_at(alert, "_id", &aoid);
+        bson_path_oid(alert, "_id", &aoid);
         bson_oid_to_string(&aoid, aid);
-        const char *was = utf8_at(alert, "severity");
+        const char *was = bson_path_utf8(alert, "severity");
         /* A transient failure of an alert opened for something definite does
          * not tell whether that is fixed: the alert stays as it was, only
          * seen again. */
@@ -434,10 +409,7 @@ static int decide_check(struct ctx *c, const bson_t *ch, const char *cid, const 
 static void warn_doc(const struct commcheck_input *in, const char *what, const char *id,
                      const char *msg)
 {
-    bson_t f = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&f, what, id);
-    log_msg(LOG_WARN, in->log, "commcheck.bad_document", &f, "%s %s: %s", what, id, msg);
-    bson_destroy(&f);
+    log_field(LOG_WARN, in->log, "commcheck.bad_document", what, id, "%s %s: %s", what, id, msg);
 }
 
 static void decide_channel(struct ctx *c, const bson_t *ch)
@@ -445,7 +417,7 @@ static void decide_channel(struct ctx *c, const bson_t *ch)
     const struct commcheck_input *in = c->in;
     char cid[25], label[300];
     bson_oid_t coid;
-    if (!oid_at(ch, "_id", &coid)) {
+    if (!bson_path_oid(ch, "_id", &coid)) {
         warn_doc(in, "channel_id", "?", "channel without an ObjectId _id; skipped");
         c->bad++;
         return;
@@ -478,7 +450,7 @@ static void decide_channel(struct ctx *c, const bson_t *ch)
      * provider changed) resolve. */
     for (size_t a = 0; a < in->n_alerts; a++) {
         char acid[25];
-        const char *check = utf8_at(in->alerts[a], "check");
+        const char *check = bson_path_utf8(in->alerts[a], "check");
         if (!hex_at(in->alerts[a], "channel_id", acid) || strcmp(acid, cid) != 0 || !check)
             continue;
         bool applies = false;

@@ -1,4 +1,4 @@
-#include "jobs/sla_calendar.h"
+#include "jobs/notification/sla_calendar.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* message_status.h — the message-status job (SPEC §2 conversation-message and
+/* message_status/model.h — the message-status job (SPEC §2 conversation-message and
  * status-events, §7): delivery and read events from Twilio and SendGrid
  * applied to messages, failed sends retried, stale messages reconciled.
  *
@@ -12,8 +12,14 @@
  * apply    one conditional update per touched message (unordered bulks), then
  *          per entry XACK — with a copy to status-events:rejected or
  *          :unmatched where that is its fate — in one MULTI/EXEC.
- * Then the retry sweep (msgstatus_retry.c) and the reconcile sweep, and the
+ * Then the retry sweep (retry.c) and the reconcile sweep, and the
  * stream is trimmed to what every consumer group has acknowledged.
+ *
+ * The files: job.c (the tick: the stream, acknowledgement, the sweeps in
+ * turn), apply.c (decide + the fenced, conditional writes to messages, for
+ * stream entries and poll answers alike), retry.c (re-sends and polls: the
+ * provider calls); events.c (parse), decide.c, select.c: pure; dryrun.c (the
+ * job on fixtures, jobs/dryrun.h). They share this header and nothing else.
  *
  * Event ids (what makes an event apply once): Twilio "twilio:<sid>:<status>"
  * ("…:read" for EventType=READ), SendGrid "sendgrid:<sg_event_id>", polls
@@ -22,8 +28,8 @@
  * Ownership: every function appends to caller-owned bson_t; nothing returned
  * needs freeing. Errors follow core/error.h.
  */
-#ifndef SD_JOBS_MESSAGE_STATUS_H
-#define SD_JOBS_MESSAGE_STATUS_H
+#ifndef SD_JOBS_MESSAGE_STATUS_MODEL_H
+#define SD_JOBS_MESSAGE_STATUS_MODEL_H
 
 #include <bson/bson.h>
 #include <stdbool.h>
@@ -31,6 +37,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "jobs/job.h"
 #include "rules/engine.h"
 
 /* An event for a message not (yet) in the database waits this long (from the
@@ -108,5 +115,43 @@ int msgstatus_plan_polls(const bson_t *const *messages, size_t n, int64_t now_ms
 void msgstatus_poll_entry(const char *provider, const char *provider_message_id,
                           const char *provider_status, const char *error_code,
                           const char *error_message, int64_t at_ms, bson_t *out);
+
+/* ---- the tick: what the I/O files (job.c, apply.c, retry.c) share ----------
+ * Ownership: struct ms_tick borrows the job's environment; the collection
+ * handle is the tick's. */
+
+struct ms_counts {
+    int64_t entries, claimed, acknowledged, deferred, events, applied, duplicates, ignored,
+        history_only, unknown, rejected, rule_failed, unmatched, waiting, conflicts, messages_updated, retries_due, resent, resend_recovered,
+        resend_uncertain, resend_failed, retry_exhausted, polled, poll_failed, trimmed,
+        batches;
+};
+
+struct ms_tick {
+    struct job_env *env;
+    mongoc_collection_t *msgs;
+    int64_t wall_ms;
+    struct msgstatus_keys keys;
+    char stream[256], rejected[256], unmatched[256], tries[256];
+    char consumer[128];
+    struct ms_counts c;
+};
+
+/* apply.c. Reads the messages the plan's events name and runs decide + apply
+ * on them: shared by the stream batches and the reconcile sweep's synthetic
+ * entries. not_landed receives {"<message id hex>": true} for messages whose
+ * update did not land (a concurrent change): their entries stay pending.
+ * Messages for which a rule failed are in plan.rule_errors (msgstatus_decide),
+ * unwritten. */
+int ms_decide_and_write(struct ms_tick *t, const bson_t *const *parsed, size_t n, bson_t *plan,
+                        bson_t *not_landed, struct sd_error *err);
+
+/* apply.c. False (err set) when the lease can no longer be counted on for a
+ * write. */
+bool ms_fence(struct ms_tick *t, struct sd_error *err);
+
+/* retry.c: the sweeps that call the providers. */
+int ms_retry_sweep(struct ms_tick *t, struct sd_error *err);
+int ms_reconcile_sweep(struct ms_tick *t, struct sd_error *err);
 
 #endif

@@ -1,9 +1,10 @@
-/* notification — collect and apply around notification_decide (see
- * notification.h).
+/* notification/job.c — collect and apply around notification_decide (see
+ * model.h).
  *
  * Exactly once rests on the outbox's unique keys, which notification_decide
  * derives from what triggered each mail: the outbox entries of a batch are
- * inserted first, then the state records, then the SLA fields. A process
+ * inserted first (outbox/intent.h: the decision can be taken again, so
+ * nothing is parked), then the state records, then the SLA fields. A process
  * killed anywhere in between leaves the conversation as it was (its
  * updated_at is still past the checkpoint, which moves only at the end of a
  * tick, and its sla.next_due still due): the next tick decides the same
@@ -18,10 +19,10 @@
 #include <string.h>
 
 #include "core/bson_field.h"
+#include "core/seam.h"
 #include "jobs/job.h"
-#include "jobs/notification.h"
-#include "jobs/seam.h"
-#include "outbox/outbox.h"
+#include "jobs/notification/model.h"
+#include "outbox/intent.h"
 #include "store/batches.h"
 #include "store/find_in.h"
 #include "store/mongo.h"
@@ -54,8 +55,9 @@ struct tick {
     struct room_entry *rooms;
     size_t n_rooms;
     bool baseline;
-    int64_t changed, due, unchanged, enqueued, duplicates, states, sla_written, sla_conflicts, bad,
-        batches, failed, parked;
+    int64_t changed, due, unchanged, states, sla_written, sla_conflicts, bad, batches, failed,
+        parked;
+    struct intent_counts outbox;
 };
 
 static void counts_to(struct tick *t)
@@ -66,8 +68,8 @@ static void counts_to(struct tick *t)
     BSON_APPEND_INT64(c, "changed", t->changed);
     BSON_APPEND_INT64(c, "due", t->due);
     BSON_APPEND_INT64(c, "unchanged", t->unchanged);
-    BSON_APPEND_INT64(c, "notifications", t->enqueued);
-    BSON_APPEND_INT64(c, "duplicate_notifications", t->duplicates);
+    BSON_APPEND_INT64(c, "notifications", t->outbox.enqueued);
+    BSON_APPEND_INT64(c, "duplicate_notifications", t->outbox.duplicates);
     BSON_APPEND_INT64(c, "states", t->states);
     BSON_APPEND_INT64(c, "sla_written", t->sla_written);
     BSON_APPEND_INT64(c, "sla_conflicts", t->sla_conflicts);
@@ -223,16 +225,8 @@ static int load_channels(struct tick *t, bson_t **docs, size_t n, bson_t *channe
         return sd_error_set(err, "out of memory");
     int rc = 0;
     if (k) {
-        bson_t filter = BSON_INITIALIZER, in, list;
-        BSON_APPEND_DOCUMENT_BEGIN(&filter, "room_id", &in);
-        BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
-        for (size_t i = 0; i < k; i++) {
-            char idx[12];
-            snprintf(idx, sizeof idx, "%zu", i);
-            BSON_APPEND_VALUE(&list, idx, &ids[i]);
-        }
-        bson_append_array_end(&in, &list);
-        bson_append_document_end(&filter, &in);
+        bson_t filter = BSON_INITIALIZER;
+        store_append_in(&filter, "room_id", ids, k);
         BSON_APPEND_UTF8(&filter, "type", "sms");
         BSON_APPEND_BOOL(&filter, "active", true);
         bson_t **found = NULL;
@@ -326,43 +320,8 @@ static int load_counts(struct tick *t, bson_t **docs, size_t n, const bson_t *st
 /* The outbox entries of every action: one insertMany, unique keys. */
 static int write_outbox(struct tick *t, const bson_t *actions, struct sd_error *err)
 {
-    /* Counted first: a view must not move once made (bson_views_new). */
-    size_t n = 0;
-    bson_iter_t it, a, e;
-    bson_iter_init(&it, actions);
-    while (bson_iter_next(&it))
-        if (bson_iter_recurse(&it, &a) && bson_iter_find(&a, "notifications") &&
-            bson_iter_recurse(&a, &e))
-            while (bson_iter_next(&e))
-                n++;
-    if (n == 0)
-        return 0;
-    bson_t *owned = bson_views_new(n);
-    const bson_t **entries = calloc(n, sizeof *entries);
-    size_t k = 0;
-    bson_iter_init(&it, actions);
-    while (bson_iter_next(&it)) {
-        if (!bson_iter_recurse(&it, &a) || !bson_iter_find(&a, "notifications") ||
-            !bson_iter_recurse(&a, &e))
-            continue;
-        while (bson_iter_next(&e) && k < n) {
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&e, &len, &data);
-            bson_init_static(&owned[k], data, len);
-            entries[k] = &owned[k];
-            k++;
-        }
-    }
-    int inserted = 0;
-    int rc = outbox_enqueue(t->env->mongo, t->env->db, entries, k, t->env->now_ms, &inserted, err);
-    if (rc == 0) {
-        t->enqueued += inserted;
-        t->duplicates += (int64_t)k - inserted;
-    }
-    free(entries);
-    bson_free(owned);
-    return rc;
+    return intent_enqueue_array(t->env->mongo, t->env->db, actions, "notifications",
+                                t->env->now_ms, &t->outbox, err);
 }
 
 static bool sub_doc(const bson_t *doc, const char *key, bson_t *out)
@@ -451,22 +410,16 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             bson_destroy(&update);
         }
     }
-    bson_t reply;
     bson_error_t berr;
+    int64_t matched;
     if (rc == 0 && n_states) {
-        if (!mongoc_bulk_operation_execute(sb, &reply, &berr))
+        if (!store_bulk_run(sb, &matched, &berr))
             rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, store_errmsg(&berr));
         else
             t->states += n_states;
-        bson_destroy(&reply);
     }
     if (rc == 0 && n_sla) {
-        bool ok = mongoc_bulk_operation_execute(cb, &reply, &berr);
-        bson_iter_t r;
-        int64_t matched = 0;
-        if (bson_iter_init_find(&r, &reply, "nMatched"))
-            matched = bson_iter_as_int64(&r);
-        bson_destroy(&reply);
+        bool ok = store_bulk_run(cb, &matched, &berr);
         if (!ok)
             rc = sd_error_set(err, "writing the SLA of %d conversations: %s", n_sla, store_errmsg(&berr));
         t->sla_written += matched;
@@ -552,10 +505,7 @@ static int process(struct tick *t, bson_t **all, size_t n_all, struct sd_error *
     if (rc == 0 && bson_iter_init(&it, &rooms)) {
         while (bson_iter_next(&it)) {
             bson_t room;
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&it, &len, &data);
-            bson_init_static(&room, data, len);
+            bson_iter_child(&it, &room);
             notification_zone(&room, bson_iter_key(&it), t->env->now_ms, t->env->log, &zones,
                               bson_iter_key(&it));
         }

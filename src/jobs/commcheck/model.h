@@ -1,4 +1,4 @@
-/* commcheck.h — the communication-check job: validate every active SMS and
+/* commcheck/model.h — the communication-check job: validate every active SMS and
  * email channel, open, update and resolve alerts, tell the room's managers.
  *
  * Checks (per channel, by provider):
@@ -18,14 +18,18 @@
  * The job is collect → decide → apply:
  *   collect  active channels (stalest first, capped), open alerts, rooms, the
  *            failure streaks; then the provider answers: commcheck_plan_probes
- *            (pure) names the requests, commcheck.c runs them on curl multi
+ *            (pure) names the requests, job.c runs them on curl multi
  *            (providers/endpoint_probe.h), in two rounds (balances need the account's
  *            owner, i.e. its billing account; a domain's validation its id);
  *   decide   commcheck_decide: pure, documents + answers + rules in, a plan out;
- *            (commcheck_plan.c plans the requests, commcheck_observe.c reads
- *            an answer, commcheck_decide.c turns observations into alerts);
- *   apply    see commcheck.c: alert inserts and conditional updates that carry
+ *            (plan.c plans the requests, observe.c reads
+ *            an answer, decide.c turns observations into alerts);
+ *   apply    see job.c: alert inserts and conditional updates that carry
  *            their notifications, Redis streaks, outbox.
+ *
+ * The files: job.c (collect, the probes, apply: the only one with I/O);
+ * plan.c, observe.c, decide.c: pure; read.h: their BSON readers; dryrun.c:
+ * the job on fixtures (jobs/dryrun.h). They share this header.
  *
  * Probe ids (the keys of `answers`, also in dry-run fixtures):
  *   twilio.account:<sid|main>, twilio.balance:<sid|main>,
@@ -40,8 +44,8 @@
  * Ownership: the plan functions append to caller-owned BSON; nothing is kept.
  * Errors follow core/error.h.
  */
-#ifndef SD_JOBS_COMMCHECK_H
-#define SD_JOBS_COMMCHECK_H
+#ifndef SD_JOBS_COMMCHECK_MODEL_H
+#define SD_JOBS_COMMCHECK_MODEL_H
 
 #include <bson/bson.h>
 
@@ -103,7 +107,7 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
  *   actions  [{kind: "open"|"update"|"resolve", target: <key>, ...}]
  *            open:    alert: <the whole new document, without _id>
  *            update:  alert_id, set: {...}, inc_occurrences, severity_before?
- *            resolve: alert_id, set: {...} (key rewritten, see commcheck.c)
+ *            resolve: alert_id, set: {...} (key rewritten, see job.c)
  *            each with notifications: [<outbox entries>]
  *   streaks  {"<channel_id>:<check>": n}  (0 = clear)
  *   checked  [<channel id hex>]           (channels whose checks ran)
@@ -112,7 +116,49 @@ uint32_t commcheck_plan_probes(const struct commcheck_input *in, int round, bson
 int commcheck_decide(const struct commcheck_input *in, bson_t *results, bson_t *actions,
                      bson_t *streaks, bson_t *checked);
 
-/* Prints a plan of this job (dry-run --format text). */
-void commcheck_print_text(const bson_t *job_plan);
+/* ---- channels (plan.c) ----------------------------------------------------- */
+
+#define COMMCHECK_MAX_CHECKS 4
+
+/* The channel's provider: `provider`, else twilio for sms, sendgrid for email. */
+const char *commcheck_provider_of(const bson_t *ch);
+/* The channel's authenticated domain: `domain`, else the from_email's. */
+const char *commcheck_domain_of(const bson_t *ch);
+/* "main" for the account the credentials belong to, else the SID. */
+const char *commcheck_account_label(const char *sid, const struct commcheck_providers *p);
+/* The real SID behind a label ("main" → TWILIO_ACCOUNT_SID when known). */
+const char *commcheck_sid_of_label(const char *label, const struct commcheck_providers *p);
+/* The number, domain or address the managers know the channel by (into buf). */
+const char *commcheck_label_of(const bson_t *ch, char *buf, size_t size);
+/* The checks that apply to a channel, with their probe ids ("" for the
+ * balance, which depends on the account's answer). Returns how many. */
+int commcheck_checks_of(const bson_t *ch, const struct commcheck_providers *p,
+                        const char *checks[COMMCHECK_MAX_CHECKS],
+                        char probe_ids[COMMCHECK_MAX_CHECKS][600]);
+/* The billing account label of a Twilio channel, from round 1's answer. */
+bool commcheck_billing_label(const struct commcheck_input *in, const bson_t *ch, char *out,
+                             size_t size);
+/* The channel's entry in round 1's domain listing (entry borrows the answer). */
+bool commcheck_domain_entry(const struct commcheck_input *in, const bson_t *ch,
+                            const char *probe_id, bson_t *entry);
+bool commcheck_http_url(const char *u);
+
+/* ---- one check's observation (observe.c) --------------------------------- */
+
+/* One check's observation: the `result` table health.lua's assess() reads,
+ * plus what the alert says. */
+struct observation {
+    bool unchecked;           /* no answer to judge (not configured, deadline, dependency) */
+    bson_t result;            /* {ok, status, timeout, unreachable, definitive, ...} */
+    char message[600];        /* what was seen */
+    char cause[32];           /* channel_broken | provider_unreachable | endpoint_unreachable */
+    char target[600];         /* the number, domain, account or URL checked */
+    long http_status;
+};
+
+/* Reads the answers for one check of one channel into o (o->result is
+ * initialised here; the caller destroys it). Pure. */
+void commcheck_observe(const struct commcheck_input *in, const bson_t *ch, const char *check,
+                       const char *probe_id, struct observation *o);
 
 #endif

@@ -27,9 +27,9 @@
 
 #include "core/bson_field.h"
 #include "core/clock.h"
-#include "jobs/msgstatus_io.h"
+#include "core/seam.h"
+#include "jobs/message_status/model.h"
 #include "jobs/runner.h"
-#include "jobs/seam.h"
 #include "outbox/claim.h"
 #include "outbox/dispatch.h"
 #include "outbox/outbox.h"
@@ -45,10 +45,7 @@
 static void log_message(struct ms_tick *t, enum log_level level, const char *event,
                         const char *target, const char *fmt, const char *detail)
 {
-    bson_t f = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&f, "message", target);
-    log_msg(level, t->env->log, event, &f, fmt, target, detail ? detail : "");
-    bson_destroy(&f);
+    log_field(level, t->env->log, event, "message", target, fmt, target, detail ? detail : "");
 }
 
 struct clients {
@@ -489,10 +486,7 @@ int ms_retry_sweep(struct ms_tick *t, struct sd_error *err)
         if (rc == 0 && np && bson_iter_init(&it, &plan)) {
             while (rc == 0 && bson_iter_next(&it) && !job_should_stop(t->env)) {
                 bson_t item;
-                uint32_t len;
-                const uint8_t *data;
-                bson_iter_document(&it, &len, &data);
-                bson_init_static(&item, data, len);
+                bson_iter_child(&it, &item);
                 const char *target = bson_field_utf8(&item, "target");
                 for (size_t i = 0; i < n && target; i++) {
                     bson_iter_t id;
@@ -578,11 +572,9 @@ static int record_polls(struct ms_tick *t, const bson_t *plan, struct sd_error *
         }
     }
     bson_error_t berr;
-    bson_t reply;
-    if (rc == 0 && n && !mongoc_bulk_operation_execute(bulk, &reply, &berr))
+    int64_t matched;
+    if (rc == 0 && n && !store_bulk_run(bulk, &matched, &berr))
         rc = sd_error_set(err, "recording polls of %d messages: %s", n, store_errmsg(&berr));
-    if (rc == 0 && n)
-        bson_destroy(&reply);
     mongoc_bulk_operation_destroy(bulk);
     bson_destroy(&u);
     return rc;
@@ -640,10 +632,7 @@ int ms_reconcile_sweep(struct ms_tick *t, struct sd_error *err)
                             .auth_token = cfg->twilio_auth_token};
         while (bson_iter_next(&p) && !job_should_stop(t->env)) {
             bson_t item;
-            uint32_t len;
-            const uint8_t *data;
-            bson_iter_document(&p, &len, &data);
-            bson_init_static(&item, data, len);
+            bson_iter_child(&p, &item);
             struct twilio_message tm;
             struct provider_status st;
             struct sd_error perr;

@@ -1,5 +1,5 @@
-/* notification_decide — the pure heart of the notification job (see
- * notification.h): compares each conversation with what supportd last
+/* notification/decide.c — the pure heart of the notification job (see
+ * model.h): compares each conversation with what supportd last
  * notified about, computes its SLA from sla.lua, and plans the outbox
  * entries, the new state record and the SLA fields.
  *
@@ -22,10 +22,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bson_field.h"
 #include "core/clock.h"
 #include "core/tz.h"
-#include "jobs/notification.h"
-#include "jobs/sla_calendar.h"
+#include "jobs/notification/model.h"
+#include "jobs/notification/sla_calendar.h"
+#include "outbox/entry.h"
 
 #define MAX_LEVELS 16
 
@@ -34,12 +36,6 @@
 static bool find(const bson_t *doc, const char *path, bson_iter_t *it)
 {
     return doc && bson_iter_init(it, doc) && bson_iter_find_descendant(it, path, it);
-}
-
-static const char *utf8_at(const bson_t *doc, const char *path)
-{
-    bson_iter_t it;
-    return find(doc, path, &it) && BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : NULL;
 }
 
 /* A date or an integer (ms), else 0. */
@@ -53,12 +49,6 @@ static int64_t ms_at(const bson_t *doc, const char *path)
     if (BSON_ITER_HOLDS_INT(&it))
         return bson_iter_as_int64(&it);
     return 0;
-}
-
-static int64_t int_at(const bson_t *doc, const char *path, int64_t dflt)
-{
-    bson_iter_t it;
-    return find(doc, path, &it) && BSON_ITER_HOLDS_NUMBER(&it) ? bson_iter_as_int64(&it) : dflt;
 }
 
 static bool sub_doc(const bson_t *doc, const char *key, bson_t *out)
@@ -176,7 +166,7 @@ static int call_int(struct ctx *c, const char *module, const char *fn, struct ar
     return rc;
 }
 
-/* The room's business calendar (jobs/sla_calendar.h), built once per
+/* The room's business calendar (sla_calendar.h), built once per
  * conversation. A malformed one fails every SLA computation alike. */
 static const struct sla_calendar *calendar(struct ctx *c, struct sd_error *err)
 {
@@ -252,14 +242,6 @@ static int ladder(struct rules *r, int64_t *steps)
 
 /* ---- planning mails --------------------------------------------------------- */
 
-static const char *recipient_id(const bson_t *r)
-{
-    const char *v;
-    if ((v = utf8_at(r, "user_id")) || (v = utf8_at(r, "email")) || (v = utf8_at(r, "phone")))
-        return v;
-    return "unknown";
-}
-
 /* One outbox entry per recipient notify.lua names for `type`. */
 static int emit(struct ctx *c, const char *type, const char *trigger, const bson_t *event,
                 struct sd_error *err)
@@ -298,13 +280,13 @@ static int emit(struct ctx *c, const char *type, const char *trigger, const bson
             rc = call(c, "templates", "render", &r, &rendered, err);
             bson_destroy(&tctx);
             if (rc == 0) {
-                const char *via = utf8_at(&recipient, "via");
+                const char *via = bson_path_utf8(&recipient, "via");
                 bool sms = via && strcmp(via, "sms") == 0;
                 char key[512], idx[12];
                 snprintf(key, sizeof key, "%s:%s:%s:%s", type, c->id, trigger,
-                         recipient_id(&recipient));
+                         outbox_recipient_id(&recipient));
                 snprintf(idx, sizeof idx, "%u", c->n_entries++);
-                bson_t entry, rec;
+                bson_t entry;
                 BSON_APPEND_DOCUMENT_BEGIN(c->list, idx, &entry);
                 BSON_APPEND_UTF8(&entry, "key", key);
                 BSON_APPEND_UTF8(&entry, "type", type);
@@ -312,27 +294,9 @@ static int emit(struct ctx *c, const char *type, const char *trigger, const bson
                 bson_iter_t f;
                 if (sms && c->channel && bson_iter_init_find(&f, c->channel, "_id"))
                     bson_append_iter(&entry, "channel_id", -1, &f);
-                BSON_APPEND_DOCUMENT_BEGIN(&entry, "recipient", &rec);
-                if (bson_iter_init(&f, &recipient))
-                    while (bson_iter_next(&f))
-                        if (strcmp(bson_iter_key(&f), "via") != 0)
-                            bson_append_iter(&rec, NULL, 0, &f);
-                bson_append_document_end(&entry, &rec);
-                BSON_APPEND_UTF8(&entry, "via", sms ? "sms" : "email");
-                const char *from = utf8_at(c->room, "email_from");
-                if (from && !sms)
-                    BSON_APPEND_UTF8(&entry, "from", from);
-                BSON_APPEND_UTF8(&entry, "status", "pending");
-                BSON_APPEND_INT32(&entry, "attempts", 0);
-                BSON_APPEND_DATE_TIME(&entry, "next_attempt_at", c->in->now_ms);
-                const char *fields[] = {"subject", "text", "html"};
-                for (int i = 0; i < 3; i++) {
-                    char path[32];
-                    snprintf(path, sizeof path, "result.%s", fields[i]);
-                    const char *v = utf8_at(&rendered, path);
-                    BSON_APPEND_UTF8(&entry, fields[i], v ? v : "");
-                }
-                BSON_APPEND_DATE_TIME(&entry, "created_at", c->in->now_ms);
+                outbox_entry_fill(&entry, &recipient, sms ? "sms" : "email",
+                                  sms ? NULL : bson_path_utf8(c->room, "email_from"), &rendered,
+                                  c->in->now_ms);
                 bson_append_document_end(c->list, &entry);
             }
             bson_destroy(&rendered);
@@ -374,7 +338,7 @@ static int activity(struct ctx *c, const bson_t *state, struct sd_error *err)
         return 0;
     }
     int64_t seen = ms_at(state, "seen_updated_at");
-    const char *was_assignee = utf8_at(state, "assignee");
+    const char *was_assignee = bson_path_utf8(state, "assignee");
     if (assignee[0] && !self && (!was_assignee || strcmp(was_assignee, assignee) != 0)) {
         snprintf(trigger, sizeof trigger, "%s:%lld", assignee,
                  (long long)(assigned_at ? assigned_at : seen));
@@ -385,7 +349,7 @@ static int activity(struct ctx *c, const bson_t *state, struct sd_error *err)
     if (customer > ms_at(state, "customer_at")) {
         /* Coalesced: one mail for every message up to the latest. */
         bson_t event = BSON_INITIALIZER;
-        int64_t count = int_at(c->in->counts, c->id, 0);
+        int64_t count = bson_path_int(c->in->counts, c->id, 0);
         if (count > 0)
             BSON_APPEND_INT64(&event, "count", count);
         BSON_APPEND_DATE_TIME(&event, "at", customer);
@@ -395,7 +359,7 @@ static int activity(struct ctx *c, const bson_t *state, struct sd_error *err)
         if (rc)
             return -1;
     }
-    const char *status = utf8_at(conv, "status"), *was = utf8_at(state, "status");
+    const char *status = bson_path_utf8(conv, "status"), *was = bson_path_utf8(state, "status");
     /* Snoozing is internal: the customer hears of neither end of it. */
     if (status && was && strcmp(status, was) != 0 && strcmp(status, "snoozed") != 0 &&
         strcmp(was, "snoozed") != 0) {
@@ -530,7 +494,8 @@ static int reminders(struct ctx *c, struct sla_plan *p, const bson_t *state, int
     int64_t after = rule_number(r, "notify", "reminder", "after_minutes", 60);
     int64_t every = rule_number(r, "notify", "reminder", "repeat_every_minutes", 120);
     int64_t max = rule_number(r, "notify", "reminder", "max_repeats", 3);
-    int64_t sent = ms_at(state, "reminder_for") == customer ? int_at(state, "reminders", 0) : 0;
+    int64_t sent =
+        ms_at(state, "reminder_for") == customer ? bson_path_int(state, "reminders", 0) : 0;
     int64_t k = sent, at = 0;
     while (k < max) {
         if (sla_due(c, customer, after + k * every, &at, err))
@@ -567,7 +532,7 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
 {
     const bson_t *conv = c->conv;
     int64_t now = c->in->now_ms;
-    const char *status = utf8_at(conv, "status");
+    const char *status = bson_path_utf8(conv, "status");
     bool active = is(status, "open");
     bson_t old = BSON_INITIALIZER, old_warned, old_breached;
     bool has_old = sub_doc(conv, "sla", &old);
@@ -582,10 +547,10 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
         bson_destroy(&pol);
         return -1;
     }
-    const char *policy = utf8_at(&pol, "result.name");
-    int64_t first = int_at(&pol, "result.first_response", 0);
-    int64_t resolution = int_at(&pol, "result.resolution", 0);
-    int64_t warn_before = int_at(&pol, "result.warn_before", 0);
+    const char *policy = bson_path_utf8(&pol, "result.name");
+    int64_t first = bson_path_int(&pol, "result.first_response", 0);
+    int64_t resolution = bson_path_int(&pol, "result.resolution", 0);
+    int64_t warn_before = bson_path_int(&pol, "result.warn_before", 0);
 
     /* The clock stops while pending, snoozed, resolved or closed: the time
      * between the pause (seen at the updated_at of the change) and the
@@ -594,7 +559,7 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
     if (!changed || changed > now)
         changed = now;
     int64_t paused_at = has_old ? ms_at(&old, "paused_at") : 0;
-    int64_t paused = has_old ? int_at(&old, "paused_minutes", 0) : 0;
+    int64_t paused = has_old ? bson_path_int(&old, "paused_minutes", 0) : 0;
     if (!active && !paused_at)
         paused_at = changed;
     if (active && paused_at) {
@@ -624,7 +589,7 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
     }
 
     struct sla_plan p = {0};
-    p.level = int_at(conv, "escalation_level", 0);
+    p.level = bson_path_int(conv, "escalation_level", 0);
     int64_t old_level = p.level;
     bson_init(&p.warned);
     bson_init(&p.breached);
@@ -660,7 +625,7 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
                     push_tag(&p.breached, &p.n_breached, bson_iter_utf8(&it, NULL));
         if (state && ms_at(state, "reminder_for")) {
             BSON_APPEND_DATE_TIME(new_state, "reminder_for", ms_at(state, "reminder_for"));
-            BSON_APPEND_INT64(new_state, "reminders", int_at(state, "reminders", 0));
+            BSON_APPEND_INT64(new_state, "reminders", bson_path_int(state, "reminders", 0));
         }
     }
     if (rc == 0) {
@@ -698,11 +663,8 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
 static void warn_doc(const struct notification_input *in, const char *id, const char *msg,
                      const char *detail)
 {
-    bson_t f = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&f, "conversation_id", id);
-    log_msg(LOG_WARN, in->log, "notification.bad_document", &f, "conversation %s: %s%s", id, msg,
-            detail);
-    bson_destroy(&f);
+    log_field(LOG_WARN, in->log, "notification.bad_document", "conversation_id", id,
+              "conversation %s: %s%s", id, msg, detail);
 }
 
 static int decide_one(const struct notification_input *in, const bson_t *conv, bson_t *actions,
@@ -726,10 +688,11 @@ static int decide_one(const struct notification_input *in, const bson_t *conv, b
     c.have_zone = room_hex[0] && sub_doc(in->zones, room_hex, &c.zone);
     /* A record holding only a failure (a new ticket whose decision failed) is
      * no record: the ticket is still news. */
-    const bson_t *state = sub_doc(in->states, c.id, &state_doc) && utf8_at(&state_doc, "status")
-                              ? &state_doc
-                              : NULL;
-    const char *status = utf8_at(conv, "status");
+    const bson_t *state =
+        sub_doc(in->states, c.id, &state_doc) && bson_path_utf8(&state_doc, "status")
+            ? &state_doc
+            : NULL;
+    const char *status = bson_path_utf8(conv, "status");
     if (!c.room) {
         warn_doc(in, c.id, "room not found: ", room_hex[0] ? room_hex : "(no room_id)");
         (*bad)++;
@@ -806,7 +769,7 @@ static void failed_one(const struct notification_input *in, const bson_t *conv,
     }
     char path[48];
     snprintf(path, sizeof path, "%s.failure.attempts", hex);
-    int64_t attempts = int_at(in->states, path, 0) + 1;
+    int64_t attempts = bson_path_int(in->states, path, 0) + 1;
     bool parked = attempts >= NOTIFY_MAX_ATTEMPTS;
     int64_t retry_at = in->now_ms + retry_after_minutes(attempts) * 60000;
 
@@ -897,7 +860,7 @@ int notification_decide(const struct notification_input *in, bson_t *actions,
 void notification_zone(const bson_t *room, const char *room_hex, int64_t now_ms,
                        const struct log_ctx *log, bson_t *out, const char *key)
 {
-    const char *name = utf8_at(room, "timezone");
+    const char *name = bson_path_utf8(room, "timezone");
     const struct tz_zone *z = name ? tz_get(name) : NULL;
     bson_t arr, e;
     BSON_APPEND_ARRAY_BEGIN(out, key, &arr);

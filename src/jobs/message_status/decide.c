@@ -1,12 +1,12 @@
 /* msgstatus_decide — the pure heart of the message-status job (see
- * message_status.h): events matched to messages, the status order applied,
+ * model.h): events matched to messages, the status order applied,
  * each event recorded once, retry.lua asked about failures. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/bson_field.h"
-#include "jobs/message_status.h"
+#include "jobs/message_status/model.h"
 
 /* SPEC §2: queued < sending < sent < delivered < read; failed and
  * undelivered are accepted only before delivered. */
@@ -222,7 +222,7 @@ static bool flag(const bson_t *doc, const char *key)
            bson_iter_bool(&it);
 }
 
-/* The update of one touched message (see message_status.h for the shape).
+/* The update of one touched message (see model.h for the shape).
  * retry.lua is asked first, before anything is appended: a rule that fails
  * for this message leaves `updates` as it was (and every document in it
  * closed), so the caller can skip this message and go on with the rest. */
