@@ -172,14 +172,16 @@ void log_msg(enum log_level level, const struct log_ctx *ctx, const char *event,
 {
     if (level < min_level)
         return;
-    /* In full and redacted before the cut (error.c says why). */
+    /* A message that must be cut is redacted in full first (error.c says
+     * why); one that fits is redacted with the whole line below. */
     char msg[2048], *full = NULL;
     va_list ap;
     va_start(ap, fmt);
     int n = vasprintf(&full, fmt, ap);
     va_end(ap);
-    char *clean_msg = n >= 0 ? log_redact_dup(full) : NULL;
-    snprintf(msg, sizeof msg, "%s", clean_msg ? clean_msg : "(could not format the message)");
+    char *clean_msg = n >= (int)sizeof msg ? log_redact_dup(full) : NULL;
+    const char *text = clean_msg ? clean_msg : n >= 0 ? full : "(could not format the message)";
+    snprintf(msg, sizeof msg, "%s", text);
     free(clean_msg);
     free(full);
 

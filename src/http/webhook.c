@@ -125,11 +125,11 @@ static bool configured(const struct http_ctx *ctx, const char *provider, const c
     return *what == NULL;
 }
 
-/* SET NX of the request's digest, for the webhook tolerance: true when the
- * key was there. Redis failing: not seen (the XADD below reports it). */
-static bool seen_before(const struct http_ctx *ctx, struct rds *redis,
-                        const struct webhook_request *req, const char *url, const char *sig,
-                        const char *ts)
+/* The request's digest key, <prefix>webhook:seen:<first 16 bytes of SHA-256
+ * of provider, URL, signature, timestamp and body, in hex>; false if it
+ * cannot be computed. */
+static bool seen_key(const struct http_ctx *ctx, const struct webhook_request *req,
+                     const char *url, const char *sig, const char *ts, char *key, size_t size)
 {
     EVP_MD_CTX *sha = EVP_MD_CTX_new();
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -143,18 +143,24 @@ static bool seen_before(const struct http_ctx *ctx, struct rds *redis,
     EVP_MD_CTX_free(sha);
     if (!hashed)
         return false;
-    char key[400];
-    int n = snprintf(key, sizeof key, "%swebhook:seen:", ctx->cfg->redis_prefix);
-    for (int i = 0; i < 16 && n > 0 && (size_t)n + 3 < sizeof key; i++)
-        n += snprintf(key + n, sizeof key - (size_t)n, "%02x", md[i]);
-    long long ttl = ctx->keys.sendgrid_tolerance_ms > 0 ? ctx->keys.sendgrid_tolerance_ms
-                                                         : 6LL * 3600 * 1000;
-    redisReply *rep = rds_command(redis, NULL, "SET %s 1 NX PX %lld", key, ttl);
-    bool seen = rep && rep->type == REDIS_REPLY_NIL;
-    if (rep)
-        freeReplyObject(rep);
-    return seen;
+    int n = snprintf(key, size, "%swebhook:seen:", ctx->cfg->redis_prefix);
+    for (int i = 0; i < 16 && n > 0 && (size_t)n + 3 < size; i++)
+        n += snprintf(key + (size_t)n, size - (size_t)n, "%02x", md[i]);
+    return true;
 }
+
+/* The digest check, the XADD and the digest's SET in one script, in that
+ * order: a script runs alone but is not rolled back, so the digest is written
+ * only once the entry is, and a request whose append failed is not taken for
+ * a duplicate when the provider retries it. Returns the entry id, or nil for
+ * a duplicate. KEYS: seen key, stream; ARGV: ttl ms (0: no digest), then the
+ * six fields' values. */
+static const char append_once_lua[] =
+    "if ARGV[1] ~= '0' and redis.call('EXISTS', KEYS[1]) == 1 then return false end "
+    "local id = redis.call('XADD', KEYS[2], '*', 'provider', ARGV[2], 'body', ARGV[3], "
+    "'url', ARGV[4], 'signature', ARGV[5], 'timestamp', ARGV[6], 'received_at', ARGV[7]) "
+    "if ARGV[1] ~= '0' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end "
+    "return id";
 
 void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
                     const struct webhook_request *req, struct http_answer *ans,
@@ -226,20 +232,19 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
      * stored) is dropped here: every copy would be stored, and re-read for
      * 15 minutes while its message is unknown. Same provider, URL, signature,
      * timestamp and body within the tolerance = the same request; it is
-     * answered 204 (it is stored already) and counted as "duplicate". */
-    if (seen_before(ctx, redis, req, url->str, sig, ts)) {
-        *reason = "duplicate";
-        ans->status = 204;
-        goto out;
-    }
-    /* SPEC §2: exactly these six fields, the body as received. */
-    const char *argv[] = {"XADD", ctx->stream_key, "*", "provider", req->provider, "body",
-                          req->body, "url", url->str, "signature", sig, "timestamp", ts,
-                          "received_at", received};
+     * answered 204 (it is stored already) and counted as "duplicate".
+     * SPEC §2: the entry has exactly these six fields, the body as received. */
+    char key[400] = "", ttl[24] = "0";
+    if (seen_key(ctx, req, url->str, sig, ts, key, sizeof key))
+        snprintf(ttl, sizeof ttl, "%lld",
+                 ctx->keys.sendgrid_tolerance_ms > 0 ? (long long)ctx->keys.sendgrid_tolerance_ms
+                                                     : 6LL * 3600 * 1000);
+    const char *argv[] = {"EVAL", append_once_lua, "2", key, ctx->stream_key, ttl,
+                          req->provider, req->body, url->str, sig, ts, received};
     size_t argvlen[sizeof argv / sizeof *argv];
     for (size_t i = 0; i < sizeof argv / sizeof *argv; i++)
         argvlen[i] = strlen(argv[i]);
-    argvlen[6] = req->len;
+    argvlen[7] = req->len;
     struct sd_error err;
     redisReply *rep = rds_command_argv(redis, &err, (int)(sizeof argv / sizeof *argv), argv,
                                        argvlen);
@@ -254,8 +259,9 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
                     req->provider, err.message);
         goto out;
     }
+    bool duplicate = rep->type == REDIS_REPLY_NIL;
     freeReplyObject(rep);
-    *reason = NULL;
+    *reason = duplicate ? "duplicate" : NULL;
     ans->status = 204;
 out:
     bson_destroy(&entry);

@@ -74,12 +74,10 @@ struct writes {
 
 /* update_one({_id, status: "pending"}, update); *modified may be NULL. With
  * w, the statement joins the batch's bulk instead (store_bulk_update_doc).
- * Every update here but forget_started increments attempts: the entry's
- * version moves (claim.h). */
+ * An outcome that moves the entry's version (claim.h) sets it->written. */
 static int update_pending_w(mongoc_collection_t *coll, struct writes *w, struct item *it,
                             const bson_t *update, int64_t *modified, struct sd_error *err)
 {
-    it->written = true;
     bson_t filter = BSON_INITIALIZER, reply;
     BSON_APPEND_VALUE(&filter, "_id", &it->id);
     BSON_APPEND_UTF8(&filter, "status", "pending");
@@ -149,6 +147,7 @@ static int record_sent(mongoc_collection_t *coll, struct writes *w, struct item 
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
     BSON_APPEND_UTF8(&unset, "send_started_at", "");
     bson_append_document_end(&u, &unset);
+    it->written = true;
     int rc = update_pending_w(coll, w, it, &u, modified, err);
     bson_destroy(&u);
     return rc;
@@ -201,11 +200,9 @@ static void record_waiting(struct outbox_ctx *ctx, mongoc_collection_t *coll, st
         BSON_APPEND_UTF8(&unset, "send_started_at", "");
         bson_append_document_end(&u, &unset);
     }
-    bool was_written = it->written;
     struct sd_error uerr;
     if (update_pending_w(coll, w, it, &u, NULL, &uerr))
         log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s", uerr.message);
-    it->written = was_written;
     bson_destroy(&u);
     stats->waiting++;
     log_entry(ctx, LOG_WARN, "outbox.waiting", it, msg ? msg->provider : NULL, NULL, st,
@@ -256,6 +253,7 @@ static void record_failure(struct outbox_ctx *ctx, mongoc_collection_t *coll, st
         bson_append_document_end(&u, &unset);
     }
     struct sd_error uerr;
+    it->written = true; /* attempts + 1 */
     if (update_pending_w(coll, w, it, &u, NULL, &uerr))
         log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s", uerr.message);
     bson_destroy(&u);

@@ -7,6 +7,7 @@
 
 #include "core/bson_field.h"
 #include "outbox/outbox.h"
+#include "store/find_in.h"
 #include "store/mongo.h"
 
 void intent_park(bson_t *into, const struct intent_marker *m, const bson_t *content)
@@ -91,18 +92,8 @@ int intent_enqueue_array(mongoc_client_t *mongo, const char *db, const bson_t *a
 /* Step 3 for a batch: the markers of docs go, where still set. */
 static int clear(const struct intent_finish *f, bson_t **docs, size_t n, struct sd_error *err)
 {
-    bson_t filter = BSON_INITIALIZER, in, ids, update = BSON_INITIALIZER, unset;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
-    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
-    for (size_t i = 0; i < n; i++) {
-        bson_iter_t it;
-        char idx[12];
-        snprintf(idx, sizeof idx, "%zu", i);
-        if (bson_iter_init_find(&it, docs[i], "_id"))
-            bson_append_iter(&ids, idx, -1, &it);
-    }
-    bson_append_array_end(&in, &ids);
-    bson_append_document_end(&filter, &in);
+    bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, unset;
+    store_append_in_of(&filter, "_id", docs, n, "_id");
     BSON_APPEND_BOOL(&filter, f->marker->flag, true);
     BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
     BSON_APPEND_UTF8(&unset, f->marker->field, "");

@@ -25,6 +25,26 @@ void store_append_in(bson_t *filter, const char *field, const bson_value_t *valu
     bson_append_document_end(filter, &in);
 }
 
+size_t store_append_in_of(bson_t *filter, const char *field, bson_t *const *docs, size_t n,
+                          const char *key)
+{
+    bson_t in, list;
+    size_t k = 0;
+    BSON_APPEND_DOCUMENT_BEGIN(filter, field, &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &list);
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t it;
+        char idx[16];
+        if (!bson_iter_init_find(&it, docs[i], key))
+            continue;
+        snprintf(idx, sizeof idx, "%zu", k++);
+        bson_append_iter(&list, idx, -1, &it);
+    }
+    bson_append_array_end(&in, &list);
+    bson_append_document_end(filter, &in);
+    return k;
+}
+
 /* MongoDB: {$in} in chunks. */
 static int find_chunks(const struct store_find_in *q, const bson_value_t *values, size_t n,
                        bson_t ***docs, size_t *nd, struct sd_error *err)

@@ -43,4 +43,9 @@ int store_find_in(const struct store_find_in *q, const bson_value_t *values, siz
  * $in on both databases (a handful of values, no index to serve them). */
 void store_append_in(bson_t *filter, const char *field, const bson_value_t *values, size_t n);
 
+/* The same with the values read from docs: {field: {$in: [docs[i].key ...]}},
+ * documents without `key` left out. Returns how many values went in. */
+size_t store_append_in_of(bson_t *filter, const char *field, bson_t *const *docs, size_t n,
+                          const char *key);
+
 #endif

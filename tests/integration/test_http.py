@@ -437,6 +437,22 @@ def test_replayed_webhooks_are_dropped_at_the_door(world):
     assert len(h.stream()) == 3
 
 
+def test_a_request_whose_append_failed_is_no_duplicate_when_retried(world):
+    """The replay check and the append are one step: a request answered 503
+    because the append failed is stored when the provider retries it, not
+    dropped as a duplicate of itself."""
+    h = Http(world)
+    tw = world.message("twilio", status="sent")
+    target, body, headers = h.twilio_request(tw["provider_message_id"], "delivered")
+    world.sd.redis.set(world.stream, "not a stream")  # XADD now fails (WRONGTYPE)
+    r = requests.post(h.base + target, data=body.encode(), headers=headers, timeout=10)
+    assert r.status_code == 503, (r.status_code, r.text)
+    world.sd.redis.delete(world.stream)
+    r = requests.post(h.base + target, data=body.encode(), headers=headers, timeout=10)
+    assert r.status_code == 204
+    assert len(h.stream()) == 1, "the retried request was dropped as a duplicate"
+
+
 def test_request_bodies_in_flight_are_bounded(world):
     """Issue 22: each body is capped at 1 MiB, and all of them together at
     32 MiB: past that a request is answered 503 (the providers retry) instead

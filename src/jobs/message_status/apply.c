@@ -117,18 +117,8 @@ static bool event_landed(const bson_t *doc, const char *event_id)
 static int find_not_landed(struct ms_tick *t, bson_t *const *updates, size_t n,
                            bson_t *not_landed, struct sd_error *err)
 {
-    bson_t filter = BSON_INITIALIZER, in, ids;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
-    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
-    for (size_t i = 0; i < n; i++) {
-        bson_iter_t it;
-        char idx[12];
-        snprintf(idx, sizeof idx, "%zu", i);
-        if (bson_iter_init_find(&it, updates[i], "message_id"))
-            bson_append_iter(&ids, idx, -1, &it);
-    }
-    bson_append_array_end(&in, &ids);
-    bson_append_document_end(&filter, &in);
+    bson_t filter = BSON_INITIALIZER;
+    store_append_in_of(&filter, "_id", updates, n, "message_id");
     bson_t **docs = NULL;
     size_t nd = 0;
     int rc = store_find_all(t->msgs, &filter, NULL, &docs, &nd, err);
