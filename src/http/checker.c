@@ -47,6 +47,7 @@ struct checker {
     struct job_health health[JOB_COUNT];
     bool health_ok;
     int64_t health_mono;
+    int64_t health_at_ms;      /* wall clock when health[] was read */
     pthread_t threads[2];
     int started;
 };
@@ -124,6 +125,7 @@ static void *redis_main(void *arg)
             freeReplyObject(rep);
         struct job_health h[JOB_COUNT];
         memset(h, 0, sizeof h);
+        int64_t read_at = clock_now_ms();
         bool health_ok = ok;
         for (int i = 0; health_ok && i < JOB_COUNT; i++)
             if (c->ctx->cfg->jobs[i].enabled &&
@@ -134,6 +136,7 @@ static void *redis_main(void *arg)
         if (health_ok) {
             memcpy(c->health, h, sizeof h);
             c->health_mono = clock_monotonic_ms();
+            c->health_at_ms = read_at;
         }
         pthread_mutex_unlock(&c->mu);
         bson_string_t *text = ok ? bson_string_new(NULL) : NULL;
@@ -231,6 +234,7 @@ void checker_view(struct checker *c, struct checker_view *v, bool with_metrics)
     view_source(&c->redis, &v->redis, with_metrics);
     v->health_ok = c->health_ok && fresh(c->health_mono);
     memcpy(v->health, c->health, sizeof v->health);
+    v->health_at_ms = c->health_at_ms;
     bool silent[2] = {newly_silent(&c->mongo), newly_silent(&c->redis)};
     pthread_mutex_unlock(&c->mu);
     const struct checker_source *views[2] = {&v->mongo, &v->redis};

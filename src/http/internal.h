@@ -41,6 +41,7 @@ struct checker_view {
     struct checker_source mongo, redis;
     bool health_ok;               /* health[] was read recently */
     struct job_health health[JOB_COUNT];
+    int64_t health_at_ms;         /* when health[] was read (wall clock, Unix ms) */
 };
 
 /* Starts the two checking threads (ctx is borrowed for the checker's life). */

@@ -8,7 +8,7 @@
  * /readyz: MongoDB answers ping, Redis answers PING, and a rules set is
  * loaded (its version is named). Answer 200, or 503 naming what is not.
  * Both answer from the checker's last look (checker.c): no request waits
- * for MongoDB or Redis.
+ * for MongoDB or Redis; /healthz judges the jobs as of that look.
  */
 #include <stdio.h>
 #include <string.h>
@@ -27,7 +27,11 @@ void probes_healthz(const struct http_ctx *ctx, struct rds *redis, struct http_a
         return;
     }
     bson_string_t *out = bson_string_new(NULL);
-    int64_t now = clock_now_ms();
+    /* Judged as of the checker's read, not now: the snapshot is up to one
+     * check period old, and a job with a one-second cron would otherwise
+     * look overdue for a success the snapshot could not yet have seen. A
+     * snapshot too old to trust is refused above. */
+    int64_t now = v.health_at_ms;
     int overdue = 0, enabled = 0;
     for (int i = 0; i < JOB_COUNT; i++) {
         const struct job_config *jc = &ctx->cfg->jobs[i];

@@ -372,6 +372,12 @@ class Supportd:
             "QM_SUPPORT_REDIS_PREFIX": self.prefix,
             "QM_SUPPORT_RULES_DIR": str(REPO / "rules"),
             "LOG_LEVEL": "info",
+            # The dev build links Debian's libmongoc, whose constructor (before
+            # main, so before supportd routes its log) creates /dev/shm/mongoc-<pid>
+            # and prints a raw warning when a process killed with that pid left one
+            # behind. The release build has the counters compiled out
+            # (scripts/build-static-deps: ENABLE_SHM_COUNTERS=OFF).
+            "MONGOC_DISABLE_SHM": "1",
         })
         preload = supportd_preload()
         if preload:
