@@ -80,6 +80,8 @@ const core_sources = [_][]const u8{
     "src/core/tz.c",
     "src/jobs/fixtures.c",
     "src/jobs/dryrun.c",
+    "src/jobs/live.c",
+    "src/jobs/plan_diff.c",
     "src/jobs/commcheck/job.c",
     "src/jobs/commcheck/decide.c",
     "src/jobs/commcheck/plan.c",

@@ -29,6 +29,18 @@
 #include "store/mongo.h"
 #include "store/redis.h"
 
+/* A live dry-run's sink (`supportd dry-run --live`). A job given one collects
+ * and decides exactly as its tick would, appends its actions (and, where
+ * decide reports them, its skipped items) here, and writes nothing: no
+ * document, index or Redis key; it delivers nothing and moves no checkpoint.
+ * Borrowed; the arrays are open children of the caller's job document. */
+struct job_plan {
+    bson_t *actions, *skipped;
+    uint32_t n_actions, n_skipped;
+    int64_t limit;           /* stop after the batch that reaches this many items read; 0 none */
+    int64_t read;            /* items read so far (the job counts) */
+};
+
 struct job_env {
     const struct config *cfg;
     mongoc_client_t *mongo;
@@ -41,6 +53,7 @@ struct job_env {
     struct lease *lease;     /* NULL when run without one */
     struct rules *rules;     /* the rules set of this tick (one version throughout) */
     bson_t *counts;
+    struct job_plan *plan;   /* NULL in a tick; set: plan only (see struct job_plan) */
 };
 
 typedef int (*job_fn)(struct job_env *env, struct sd_error *err);
@@ -48,7 +61,12 @@ typedef int (*job_fn)(struct job_env *env, struct sd_error *err);
 /* The job's function, or NULL when this version does not implement it. */
 job_fn job_function(int id);
 
+/* Stop requested, the lease lost, or a plan's --limit reached. */
 bool job_should_stop(const struct job_env *env);
+
+/* Plan mode: the batch's actions (an array document) appended to the plan,
+ * renumbered. */
+void job_plan_append(struct job_plan *plan, const bson_t *actions, const bson_t *skipped);
 
 int job_probe(struct job_env *env, struct sd_error *err);
 /* Entries one tick delivers (oldest due first); the rest wait for the next.

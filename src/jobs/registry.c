@@ -31,5 +31,25 @@ bool job_uses_lease(int id)
 
 bool job_should_stop(const struct job_env *env)
 {
-    return atomic_load(env->stop) || (env->lease && lease_is_lost(env->lease));
+    return atomic_load(env->stop) || (env->lease && lease_is_lost(env->lease)) ||
+           (env->plan && env->plan->limit > 0 && env->plan->read >= env->plan->limit);
+}
+
+static void append_all(bson_t *to, uint32_t *n, const bson_t *from)
+{
+    bson_iter_t it;
+    if (!from || !bson_iter_init(&it, from))
+        return;
+    while (bson_iter_next(&it)) {
+        char idx[16];
+        const char *key;
+        bson_uint32_to_string((*n)++, &key, idx, sizeof idx);
+        bson_append_iter(to, key, -1, &it);
+    }
+}
+
+void job_plan_append(struct job_plan *plan, const bson_t *actions, const bson_t *skipped)
+{
+    append_all(plan->actions, &plan->n_actions, actions);
+    append_all(plan->skipped, &plan->n_skipped, skipped);
 }

@@ -524,10 +524,14 @@ static int process(struct tick *t, bson_t **all, size_t n_all, struct sd_error *
                                         .rules = t->env->rules,
                                         .log = t->env->log};
         t->bad += notification_decide(&in, &actions, &n_actions);
-        rc = write_outbox(t, &actions, err);
-        seam_wait("notification_after_enqueue");
-        if (rc == 0)
-            rc = write_state(t, docs, n, &actions, err);
+        if (t->env->plan) {
+            job_plan_append(t->env->plan, &actions, NULL);
+        } else {
+            rc = write_outbox(t, &actions, err);
+            seam_wait("notification_after_enqueue");
+            if (rc == 0)
+                rc = write_state(t, docs, n, &actions, err);
+        }
     }
     bson_destroy(&rooms);
     bson_destroy(&states);
@@ -542,7 +546,10 @@ static int process(struct tick *t, bson_t **all, size_t n_all, struct sd_error *
 
 static int process_batch(void *arg, bson_t **docs, size_t n, struct sd_error *err)
 {
-    return process(arg, docs, n, err);
+    struct tick *t = arg;
+    if (t->env->plan)
+        t->env->plan->read += (int64_t)n;
+    return process(t, docs, n, err);
 }
 
 /* The greatest updated_at read: the next checkpoint. */
@@ -648,7 +655,7 @@ static int checkpoint_read(struct tick *t, struct sd_error *err)
             bson_destroy(&any);
             t->mode = nf ? SWEEP_ALL : SWEEP_FIRST;
         }
-        if (rc == 0 && t->mode == SWEEP_FIRST) {
+        if (rc == 0 && t->mode == SWEEP_FIRST && !t->env->plan) {
             bson_t update = BSON_INITIALIZER, set, uopts = BSON_INITIALIZER;
             BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
             BSON_APPEND_DATE_TIME(&set, "first_install_at", t->env->now_ms);
@@ -726,11 +733,11 @@ int job_notification(struct job_env *env, struct sd_error *err)
     bool complete = false;
     if (rc == 0)
         rc = sweep(&t, &complete, err);
-    if (rc == 0 && complete)
+    if (rc == 0 && complete && !env->plan)
         rc = checkpoint_write(&t, err);
     counts_to(&t);
     /* The job delivers what it enqueued, and what any job left pending. */
-    if (rc == 0 && !job_should_stop(env))
+    if (rc == 0 && !env->plan && !job_should_stop(env))
         rc = job_deliver_outbox(env, err);
     mongoc_collection_destroy(t.convs);
     for (size_t i = 0; i < t.n_rooms; i++)

@@ -282,9 +282,13 @@ static int process(struct tick *t, bson_t **docs, size_t n, struct sd_error *err
                                   .redis_prefix = t->env->cfg->redis_prefix,
                                   .rules = t->env->rules,
                                   .log = t->env->log};
-        t->bad += snooze_decide(&in, &actions, &n_actions, &skipped, &n_skipped, false);
-        count_reasons(t, &actions, n, n_skipped);
-        rc = write_wakeups(t, &actions, err);
+        struct job_plan *plan = t->env->plan;
+        t->bad += snooze_decide(&in, &actions, &n_actions, &skipped, &n_skipped, plan != NULL);
+        count_reasons(t, &actions, n, plan ? 0 : n_skipped);
+        if (plan)
+            job_plan_append(plan, &actions, &skipped);
+        else
+            rc = write_wakeups(t, &actions, err);
     }
     bson_destroy(&rooms);
     bson_destroy(&actions);
@@ -303,8 +307,10 @@ static int process_batch(void *arg, bson_t **docs, size_t n, struct sd_error *er
             bson_iter_date_time(&it) > t->max_updated)
             t->max_updated = bson_iter_date_time(&it);
     }
+    if (t->env->plan)
+        t->env->plan->read += (int64_t)n;
     int rc = process(t, docs, n, err);
-    return rc ? rc : finish_marked(t, err);
+    return rc || t->env->plan ? rc : finish_marked(t, err);
 }
 
 /* The tickets to look at, in one query: snoozed and due (`snooze.until <=
@@ -364,8 +370,9 @@ int job_snooze(struct job_env *env, struct sd_error *err)
     t.convs = mongoc_client_get_collection(env->mongo, env->db, COLL_CONVERSATION);
     char key[300];
     int64_t checkpoint = read_checkpoint(&t, key, sizeof key);
-    /* Markers left by a tick that died first, then the sweep. */
-    int rc = finish_marked(&t, err);
+    /* Markers left by a tick that died first, then the sweep. A plan only
+     * reads: the markers' effects were decided by an earlier tick. */
+    int rc = env->plan ? 0 : finish_marked(&t, err);
     bool complete = false;
     if (rc == 0)
         rc = sweep(&t, checkpoint < 0 ? -1 : checkpoint - CHANGED_SKEW_MS, &complete, err);
@@ -376,7 +383,8 @@ int job_snooze(struct job_env *env, struct sd_error *err)
      * replies written meanwhile until their snooze ends), never past our
      * clock, never back. Nothing read, nothing learned: it stays. */
     int64_t next = t.max_updated < t.wall_ms ? t.max_updated : t.wall_ms;
-    if (rc == 0 && complete && !job_should_stop(env) && next >= 0 && next > checkpoint) {
+    if (rc == 0 && !env->plan && complete && !job_should_stop(env) && next >= 0 &&
+        next > checkpoint) {
         char value[64];
         snprintf(value, sizeof value, "%lld %s", (long long)next, rules_version(env->rules));
         redisReply *rep = rds_command(env->redis, err, "SET %s %s", key, value);
@@ -387,7 +395,7 @@ int job_snooze(struct job_env *env, struct sd_error *err)
     }
     counts_to(&t);
     /* SPEC §2: the job that enqueues delivers in the same tick. */
-    if (rc == 0 && !job_should_stop(env))
+    if (rc == 0 && !env->plan && !job_should_stop(env))
         rc = job_deliver_outbox(env, err);
     mongoc_collection_destroy(t.convs);
     return rc;
