@@ -55,6 +55,7 @@ const core_sources = [_][]const u8{
     "src/cli/status.c",
     "src/cli/rules.c",
     "src/cli/dry_run.c",
+    "src/cli/explain.c",
     "src/cli/preview.c",
     "src/cli/sms_segments.c",
     "src/core/seam.c",

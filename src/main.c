@@ -35,6 +35,8 @@ static int dispatch(int argc, char **argv)
         return cli_rules(argc - 1, argv + 1);
     if (!strcmp(cmd, "dry-run"))
         return cli_dry_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "explain"))
+        return cli_explain(argc - 1, argv + 1);
     fprintf(stderr, "supportd: unknown command \"%s\" (see supportd --help)\n", cmd);
     return EXIT_USAGE;
 }

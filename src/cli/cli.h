@@ -15,6 +15,7 @@ int cli_once(int argc, char **argv);
 int cli_status(int argc, char **argv);
 int cli_rules(int argc, char **argv);
 int cli_dry_run(int argc, char **argv);
+int cli_explain(int argc, char **argv);
 /* supportd's version and those of the libraries it was built with (src/cli/version.c). */
 int cli_version(void);
 

@@ -15,6 +15,8 @@ static const char overview[] =
     "  status                   show each job's schedule, last run and lease holder;\n"
     "                           exits 1 when an enabled job has not succeeded lately\n"
     "  dry-run --fixtures DIR   plan the jobs' actions on JSON fixtures, touching nothing\n"
+    "  dry-run --live           plan the next tick on the live database, writing nothing\n"
+    "  explain ID               why a conversation was (or was not) notified; a message's status\n"
     "  rules check [DIR]        load and validate the rule files (exit 1 with file:line)\n"
     "  version                  print the version\n"
     "\n"
@@ -109,7 +111,9 @@ int cli_help(const char *command)
         fputs(status_help, stdout);
     else if (!strcmp(command, "dry-run"))
         fputs("Usage: supportd dry-run --fixtures DIR [--job JOB] [--now TIME] [--format json|text]\n"
-              "                        [--preview OUT]\n\n"
+              "                        [--rules DIR] [--preview OUT]\n"
+              "       supportd dry-run --live [--job JOB] [--now TIME] [--rules DIR] [--against DIR]\n"
+              "                        [--limit N] [--format json|text] [--preview OUT]\n\n"
               "Runs the jobs' decision logic (the same code as production) on JSON fixtures\n"
               "and prints the planned actions to stdout. No database, Redis or network is\n"
               "touched; the same input gives byte-identical output. DIR holds one Extended\n"
@@ -129,7 +133,34 @@ int cli_help(const char *command)
               "by templates.lua (OUT/mail-NNN.html: a header with From, To, Subject, type\n"
               "and outbox key, the HTML part, the text part), and OUT/index.html listing\n"
               "them by job and type, SMS with their text and segment count. Nothing is\n"
-              "written outside OUT, which must be an existing writable folder (else exit 2).\n\n",
+              "written outside OUT, which must be an existing writable folder (else exit 2).\n"
+              "--rules DIR plans with that rule set instead of $QM_SUPPORT_RULES_DIR (checked\n"
+              "first, like a reload).\n\n"
+              "--live plans what the next tick at --now (default: now) would do, on the\n"
+              "database and Redis of the environment (as `run`), with the jobs' own queries\n"
+              "and batches, and writes nothing: no document, index or Redis key, no mail.\n"
+              "Planned: snooze and notification (those enabled, or --job); message-status\n"
+              "and communication-check take their input from a consumer group and the\n"
+              "providers, and are dry-run from fixtures only. A read-only database user and\n"
+              "a Redis user with only read commands are enough. --against DIR plans again\n"
+              "with a second rule set and adds \"diff\": the outbox entries planned by --rules\n"
+              "only (added), by --against only (removed), and with the same key but another\n"
+              "recipient, subject or body (changed), with counts per job and type. --limit N\n"
+              "stops each job after the batch that reaches N items read. A progress line per\n"
+              "job goes to stderr; Ctrl-C stops with exit 1 and no plan.\n\n",
+              stdout);
+    else if (!strcmp(command, "explain"))
+        fputs("Usage: supportd explain CONVERSATION_ID|MESSAGE_ID [--now TIME] [--format text|json]\n\n"
+              "Reads MongoDB and Redis as `run` does and writes nothing. For a conversation:\n"
+              "the fields the jobs read and its room; every decision the snooze and\n"
+              "notification jobs take on it at --now (default: now), with the jobs' own\n"
+              "code, as would_send, already_sent (found in the outbox by its key, with its\n"
+              "status, sent_at and provider id) or suppressed (with the reason); the\n"
+              "outbox's earlier entries for it; its SLA (policy, deadlines, warned,\n"
+              "breached, paused minutes); and every rule call made for it (file, function,\n"
+              "arguments, result, time, error). For a message: its delivery fields and\n"
+              "status history. Exits 1 when no conversation or message has the id, 2 when\n"
+              "the id is not 24 hexadecimal digits.\n\n",
               stdout);
     else if (!strcmp(command, "rules"))
         fputs("Usage: supportd rules check [DIR]\n\n"

@@ -39,6 +39,12 @@ struct job_plan {
     uint32_t n_actions, n_skipped;
     int64_t limit;           /* stop after the batch that reaches this many items read; 0 none */
     int64_t read;            /* items read so far (the job counts) */
+    /* `supportd explain`: only this conversation, decided even when a tick
+     * would pass it by as unchanged; and what decide did not plan, and why
+     * (NULL: not asked), as in notification/model.h. */
+    const bson_oid_t *only;
+    bson_t *why;
+    uint32_t n_why;
 };
 
 struct job_env {

@@ -30,7 +30,12 @@ static int plan_job(const struct live_ctx *c, int id, bson_t *jobs, struct sd_er
     BSON_APPEND_ARRAY_BEGIN(&job, "actions", &actions);
     /* skipped gathers apart: a document has one open child at a time */
     bson_t skipped_tmp = BSON_INITIALIZER;
-    struct job_plan plan = {.actions = &actions, .skipped = &skipped_tmp, .limit = c->limit};
+    struct job_plan plan = {.actions = &actions,
+                            .skipped = &skipped_tmp,
+                            .limit = c->limit,
+                            .only = c->only,
+                            .why = c->why,
+                            .n_why = c->n_why ? *c->n_why : 0};
     mongoc_client_t *client = store_pop(c->store);
     struct job_env env = {.cfg = c->cfg,
                           .mongo = client,
@@ -46,6 +51,8 @@ static int plan_job(const struct live_ctx *c, int id, bson_t *jobs, struct sd_er
     int64_t started = clock_monotonic_ms();
     int rc = job_function(id)(&env, err);
     store_push(c->store, client);
+    if (c->n_why)
+        *c->n_why = plan.n_why;
     bson_append_array_end(&job, &actions);
     BSON_APPEND_ARRAY_BEGIN(&job, "skipped", &skipped);
     bson_iter_t it;

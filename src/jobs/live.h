@@ -36,6 +36,12 @@ struct live_ctx {
     int64_t limit;        /* per job: stop after the batch reaching this many items; 0 none */
     atomic_bool *stop;    /* SIGINT: the plan so far */
     bool progress;        /* a line per job on stderr */
+    /* `supportd explain`: one conversation only, and the notifications decide
+     * did not plan, with why, appended to *why (counted in *n_why); see
+     * struct job_plan. NULL: the whole database, no reasons. */
+    const bson_oid_t *only;
+    bson_t *why;
+    uint32_t *n_why;
 };
 
 /* True when `job` (a CLI name) can be planned live. */

@@ -691,10 +691,71 @@ static uint64_t thread_cpu_ns(void)
 
 void rules_thread_cpu(struct rules_cpu *out) { *out = thread_cpu; }
 
+static _Thread_local bson_t *trace_sink;
+static _Thread_local uint32_t trace_n;
+
+void rules_trace_to(bson_t *sink)
+{
+    trace_sink = sink;
+    trace_n = 0;
+}
+
+/* JSON of a document cut to a readable length (on a UTF-8 boundary). */
+static void append_abbrev(bson_t *to, const char *key, const bson_t *doc)
+{
+    char *json = doc ? bson_as_relaxed_extended_json(doc, NULL) : NULL;
+    if (!json) {
+        BSON_APPEND_NULL(to, key);
+        return;
+    }
+    size_t len = strlen(json), max = 240;
+    if (len > max) {
+        while (max > 0 && ((unsigned char)json[max] & 0xC0) == 0x80)
+            max--;
+        memcpy(json + max, "…", sizeof "…");
+    }
+    BSON_APPEND_UTF8(to, key, json);
+    bson_free(json);
+}
+
+static void trace_call(const char *module, const char *fn, const bson_t *args, const bson_t *out,
+                       int rc, const struct sd_error *err, uint64_t wall_ns)
+{
+    char idx[16], file[96];
+    const char *key;
+    bson_uint32_to_string(trace_n++, &key, idx, sizeof idx);
+    snprintf(file, sizeof file, "%s.lua", module);
+    bson_t call;
+    BSON_APPEND_DOCUMENT_BEGIN(trace_sink, key, &call);
+    BSON_APPEND_UTF8(&call, "file", file);
+    BSON_APPEND_UTF8(&call, "function", fn);
+    append_abbrev(&call, "args", args);
+    bson_iter_t it;
+    if (rc == 0 && out && bson_iter_init_find(&it, out, "result")) {
+        bson_t one = BSON_INITIALIZER;
+        bson_append_iter(&one, "result", -1, &it);
+        append_abbrev(&call, "result", &one);
+        bson_destroy(&one);
+    } else {
+        BSON_APPEND_NULL(&call, "result");
+    }
+    BSON_APPEND_INT64(&call, "duration_us", (int64_t)(wall_ns / 1000));
+    if (rc)
+        BSON_APPEND_UTF8(&call, "error", err->message);
+    bson_append_document_end(trace_sink, &call);
+}
+
+static uint64_t wall_ns_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 int rules_call(struct rules *r, const char *module, const char *fn, const bson_t *args,
                bson_t *out, struct sd_error *err)
 {
-    uint64_t cpu0 = thread_cpu_ns();
+    uint64_t cpu0 = thread_cpu_ns(), wall0 = trace_sink ? wall_ns_now() : 0;
     /* Waiting for the mutex counts: a thread stuck behind a stuck call is
      * stuck too. */
     stall_enter();
@@ -749,6 +810,8 @@ done:
     else
         thread_cpu.other_ns += spent;
     thread_cpu.calls++;
+    if (trace_sink)
+        trace_call(module, fn, args, out, rc, err, wall_ns_now() - wall0);
     return rc;
 }
 

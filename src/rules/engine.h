@@ -79,6 +79,12 @@ struct rules_cpu {
 };
 void rules_thread_cpu(struct rules_cpu *out);
 
+/* `supportd explain`: while a sink is set on the calling thread, every
+ * rules_call appends { file, function, args, result, duration_us, error? }
+ * to it (an array; args and result as relaxed JSON cut to 240 bytes). The
+ * sink is borrowed; NULL stops tracing. */
+void rules_trace_to(bson_t *sink);
+
 /* Reads module.field (any value) into out as field "result". */
 int rules_get(struct rules *r, const char *module, const char *field, bson_t *out,
               struct sd_error *err);

@@ -18,6 +18,7 @@
  *   ticket.response_reminder <last_customer_message_at>:<n>
  * so a change seen in two ticks, or by two instances, inserts the same key
  * (a no-op), and a moved deadline can warn again. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,36 @@ struct ctx {
     struct sd_error cal_err;
 };
 
+/* What explain shows for a notification not planned (model.h, why). */
+static void suppressed(struct ctx *c, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void suppressed(struct ctx *c, const char *type, const char *fmt, ...)
+{
+    if (!c->in->why)
+        return;
+    char reason[512], idx[16];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    const char *key;
+    bson_uint32_to_string((*c->in->n_why)++, &key, idx, sizeof idx);
+    bson_t w;
+    BSON_APPEND_DOCUMENT_BEGIN(c->in->why, key, &w);
+    BSON_APPEND_UTF8(&w, "job", "notification");
+    BSON_APPEND_UTF8(&w, "type", type);
+    BSON_APPEND_UTF8(&w, "verdict", "suppressed");
+    BSON_APPEND_UTF8(&w, "reason", reason);
+    bson_append_document_end(c->in->why, &w);
+}
+
+/* A time for a reason: "2026-03-02T08:30:00.000Z". */
+static const char *at_text(int64_t ms, char *buf, size_t size)
+{
+    clock_format_iso(ms, buf, size);
+    return buf;
+}
+
 static int call(struct ctx *c, const char *module, const char *fn, struct args *a, bson_t *out,
                 struct sd_error *err)
 {
@@ -246,8 +277,13 @@ static int ladder(struct rules *r, int64_t *steps)
 static int emit(struct ctx *c, const char *type, const char *trigger, const bson_t *event,
                 struct sd_error *err)
 {
-    if (!c->mail)
+    if (!c->mail) {
+        if (c->in->baseline)
+            suppressed(c, type, "first install: the present is recorded, nobody is mailed");
+        else
+            suppressed(c, type, "room not found");
         return 0;
+    }
     struct args a = {BSON_INITIALIZER, 0};
     arg_str(&a, type);
     arg_doc(&a, c->conv);
@@ -259,6 +295,7 @@ static int emit(struct ctx *c, const char *type, const char *trigger, const bson
     }
     int rc = 0;
     bson_iter_t rit;
+    uint32_t before = c->n_entries;
     if (sub_doc(&out, "result", &list) && bson_iter_init(&rit, &list)) {
         while (rc == 0 && bson_iter_next(&rit)) {
             if (!BSON_ITER_HOLDS_DOCUMENT(&rit))
@@ -302,6 +339,8 @@ static int emit(struct ctx *c, const char *type, const char *trigger, const bson
             bson_destroy(&rendered);
         }
     }
+    if (rc == 0 && c->n_entries == before)
+        suppressed(c, type, "nobody to tell: notify.lua recipients() named no one");
     bson_destroy(&out);
     return rc;
 }
@@ -334,18 +373,31 @@ static int activity(struct ctx *c, const bson_t *state, struct sd_error *err)
                      (long long)(assigned_at ? assigned_at : ms_at(conv, "created_at")));
             if (emit(c, "ticket.assigned", trigger, NULL, err))
                 return -1;
+        } else if (self) {
+            suppressed(c, "ticket.assigned", "self-assignment (assigned_by = assignee)");
         }
         return 0;
     }
     int64_t seen = ms_at(state, "seen_updated_at");
     const char *was_assignee = bson_path_utf8(state, "assignee");
-    if (assignee[0] && !self && (!was_assignee || strcmp(was_assignee, assignee) != 0)) {
+    char when[40];
+    bool new_assignee = assignee[0] && (!was_assignee || strcmp(was_assignee, assignee) != 0);
+    if (new_assignee && !self) {
         snprintf(trigger, sizeof trigger, "%s:%lld", assignee,
                  (long long)(assigned_at ? assigned_at : seen));
         if (emit(c, "ticket.assigned", trigger, NULL, err))
             return -1;
+    } else if (new_assignee) {
+        suppressed(c, "ticket.assigned", "self-assignment (assigned_by = assignee)");
+    } else if (assignee[0]) {
+        suppressed(c, "ticket.assigned", "assignee unchanged since the last notification (%s)",
+                   at_text(ms_at(state, "at"), when, sizeof when));
     }
     int64_t customer = ms_at(conv, "last_customer_message_at");
+    if (customer && customer <= ms_at(state, "customer_at"))
+        suppressed(c, "ticket.customer_message",
+                   "no customer message since the one already notified (%s)",
+                   at_text(ms_at(state, "customer_at"), when, sizeof when));
     if (customer > ms_at(state, "customer_at")) {
         /* Coalesced: one mail for every message up to the latest. */
         bson_t event = BSON_INITIALIZER;
@@ -361,6 +413,11 @@ static int activity(struct ctx *c, const bson_t *state, struct sd_error *err)
     }
     const char *status = bson_path_utf8(conv, "status"), *was = bson_path_utf8(state, "status");
     /* Snoozing is internal: the customer hears of neither end of it. */
+    if (status && was && strcmp(status, was) != 0 &&
+        (strcmp(status, "snoozed") == 0 || strcmp(was, "snoozed") == 0))
+        suppressed(c, status_type(strcmp(status, "snoozed") ? status : was),
+                   "status %s → %s: snoozing is internal, the customer hears of neither end of it",
+                   was, status);
     if (status && was && strcmp(status, was) != 0 && strcmp(status, "snoozed") != 0 &&
         strcmp(was, "snoozed") != 0) {
         int64_t basis = strcmp(status, "resolved") == 0 ? ms_at(conv, "resolved_at")
@@ -427,8 +484,11 @@ static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t d
         push_tag(&p->warned, &p->n_warned, tag);
     if (breached)
         push_tag(&p->breached, &p->n_breached, tag);
+    char w1[40], w2[40];
     if (now < warn_at) {
         add_next(p, warn_at);
+        suppressed(c, "ticket.sla_warning", "%s due %s: not due until %s", name,
+                   at_text(due, w1, sizeof w1), at_text(warn_at, w2, sizeof w2));
         return 0;
     }
     if (now < due) {
@@ -437,6 +497,8 @@ static int target(struct ctx *c, struct sla_plan *p, const char *name, int64_t d
             push_tag(&p->warned, &p->n_warned, tag);
             return sla_event(c, "ticket.sla_warning", name, due, tag, err);
         }
+        suppressed(c, "ticket.sla_warning", "already warned for this deadline (%s due %s)",
+                   name, at_text(due, w1, sizeof w1));
         return 0;
     }
     if (!breached) {
@@ -516,6 +578,15 @@ static int reminders(struct ctx *c, struct sla_plan *p, const bson_t *state, int
         if (rc)
             return -1;
     }
+    if (k == sent && k < max)
+        suppressed(c, "ticket.response_reminder",
+                   "customer waiting %lld min, reminder %lld of %lld after %lld min (at %s)",
+                   (long long)((c->in->now_ms - customer) / 60000), (long long)k + 1,
+                   (long long)max, (long long)(after + k * every),
+                   at_text(at, (char[40]){0}, 40));
+    else if (k == sent)
+        suppressed(c, "ticket.response_reminder", "all %lld reminders sent for this customer "
+                   "message", (long long)max);
     if (k < max)
         add_next(p, at);
     p->reminders = k;
@@ -607,11 +678,16 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
         int64_t customer = ms_at(conv, "last_customer_message_at");
         if (rc == 0 && customer && customer > ms_at(conv, "last_agent_message_at"))
             rc = reminders(c, &p, state, customer, err);
+        else if (rc == 0 && customer)
+            suppressed(c, "ticket.response_reminder",
+                       "an agent answered after the customer's last message");
         if (rc == 0 && customer) {
             BSON_APPEND_DATE_TIME(new_state, "reminder_for", customer);
             BSON_APPEND_INT64(new_state, "reminders", p.reminders);
         }
     } else {
+        suppressed(c, "ticket.sla_warning", "the SLA clock is stopped while the ticket is %s",
+                   status ? status : "(no status)");
         /* Paused or stopped: nothing is due; what was warned or breached
          * stays recorded (a resume with the same deadline does not repeat). */
         bson_iter_t it;

@@ -485,7 +485,8 @@ static int process(struct tick *t, bson_t **all, size_t n_all, struct sd_error *
     int rc = docs ? load_states(t, all, n_all, &states, err) : sd_error_set(err, "out of memory");
     for (size_t i = 0; rc == 0 && i < n_all; i++) {
         int64_t updated = date_at(all[i], "updated_at");
-        if (unchanged(all[i], &states, t->env->now_ms)) {
+        bool explain = t->env->plan && t->env->plan->only;
+        if (!explain && unchanged(all[i], &states, t->env->now_ms)) {
             t->unchanged++;
             continue;
         }
@@ -523,6 +524,10 @@ static int process(struct tick *t, bson_t **all, size_t n_all, struct sd_error *
                                         .baseline = t->baseline,
                                         .rules = t->env->rules,
                                         .log = t->env->log};
+        if (t->env->plan && t->env->plan->why) {
+            in.why = t->env->plan->why;
+            in.n_why = &t->env->plan->n_why;
+        }
         t->bad += notification_decide(&in, &actions, &n_actions);
         if (t->env->plan) {
             job_plan_append(t->env->plan, &actions, NULL);
@@ -575,7 +580,9 @@ static bool stop_requested(void *arg) { return job_should_stop(((struct tick *)a
 static int sweep(struct tick *t, bool *complete, struct sd_error *err)
 {
     bson_t filter = BSON_INITIALIZER;
-    if (t->mode == SWEEP_CHANGES)
+    if (t->env->plan && t->env->plan->only)
+        BSON_APPEND_OID(&filter, "_id", t->env->plan->only);
+    else if (t->mode == SWEEP_CHANGES)
         store_append_either(&filter, "updated_at", "$gte", t->high - CHANGED_SKEW_MS,
                             "sla.next_due", "$lte", t->env->now_ms);
     struct store_batches b = {.size = BATCH,

@@ -70,6 +70,11 @@ struct notification_input {
     bool baseline;           /* fresh install: record the present, mail nobody */
     struct rules *rules;
     const struct log_ctx *log;
+    /* `supportd explain` only (NULL otherwise): each notification decide
+     * considered and did not plan, as {job, type, verdict: "suppressed",
+     * reason} appended to this array (*n_why counts its members). */
+    bson_t *why;
+    uint32_t *n_why;
 };
 
 /* Appends one action per conversation to `actions` (keys continue from

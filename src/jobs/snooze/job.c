@@ -331,7 +331,9 @@ static int sweep(struct tick *t, int64_t since, bool *complete, struct sd_error 
 {
     bson_t filter = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&filter, "status", "snoozed");
-    if (since >= 0)
+    if (t->env->plan && t->env->plan->only)
+        BSON_APPEND_OID(&filter, "_id", t->env->plan->only);
+    else if (since >= 0)
         store_append_either(&filter, "snooze.until", "$lte", t->env->now_ms, "updated_at",
                             "$gte", since);
     struct store_batches b = {.size = BATCH,
