@@ -26,9 +26,11 @@
 #include "core/bson_field.h"
 #include "core/clock.h"
 #include "jobs/live.h"
+#include "jobs/message_status/model.h"
 #include "jobs/runner.h"
 #include "store/mongo.h"
 #include "store/redis.h"
+#include "store/stream.h"
 
 static atomic_bool no_stop;
 
@@ -43,7 +45,10 @@ static const char *const message_fields[] = {
     "conversation_id", "direction", "channel", "status", "status_updated_at", "provider",
     "provider_message_id", "twilio_sid", "sendgrid_message_id", "error", "error_code",
     "attempts", "retries", "next_retry_at", "send_started_at", "sent_at", "delivered_at",
-    "read_at", "supportd_polled_at", "supportd_resend", "created_at", "updated_at"};
+    "read_at", "failed_at", "retry", "final", "uncertain", "supportd_polled_at",
+    "supportd_resend", "created_at", "updated_at"};
+
+#define STREAM_SCAN_MAX 100000 /* entries read from each stream, at most */
 
 static void project(const bson_t *doc, const char *const *fields, size_t n, bson_t *out)
 {
@@ -248,11 +253,20 @@ static void print_text(const bson_t *r)
         printf("status history:\n");
         if (bson_path_each(r, "status_history", &it))
             while (bson_iter_next(&it))
-                if (bson_iter_child(&it, &d)) {
-                    char *json = bson_as_relaxed_extended_json(&d, NULL);
-                    printf("  %s\n", json);
-                    bson_free(json);
-                }
+                if (bson_iter_child(&it, &d))
+                    printf("  %-12s %-12s %s%s%s\n", bson_path_text(&d, "verdict"),
+                           bson_path_text(&d, "status"), bson_path_text(&d, "event_id"),
+                           *bson_path_text(&d, "reason") ? ": " : "",
+                           bson_path_text(&d, "reason"));
+        printf("events in the streams:\n");
+        if (bson_path_each(r, "events", &it))
+            while (bson_iter_next(&it))
+                if (bson_iter_child(&it, &d))
+                    printf("  %-12s %s %s (%s %s)%s%s\n", bson_path_text(&d, "verdict"),
+                           bson_path_text(&d, "event_id"), bson_path_text(&d, "provider_status"),
+                           bson_path_text(&d, "stream"), bson_path_text(&d, "entry_id"),
+                           *bson_path_text(&d, "reason") ? ": " : "",
+                           bson_path_text(&d, "reason"));
         return;
     }
     printf("  status %s, priority %s, escalation level %lld\n",
@@ -377,20 +391,156 @@ static int explain_conversation(const struct live_ctx *base, const bson_t *conv,
     return rc;
 }
 
-static void explain_message(const bson_t *msg, bson_t *r)
+/* A provider status that maps to none of ours: kept in the history only. */
+static bool history_only(const bson_t *msg, const char *provider_status)
+{
+    const char *provider = bson_path_text(msg, "provider");
+    if (!*provider_status)
+        return false;
+    return !strcmp(provider, "twilio")     ? msgstatus_map_twilio(provider_status) == NULL
+           : !strcmp(provider, "sendgrid") ? msgstatus_map_sendgrid(provider_status, NULL) == NULL
+                                           : false;
+}
+
+/* status_history with what each entry did: the job records every event
+ * (applied: false for one that did not move the status). */
+static void annotated_history(const bson_t *msg, bson_t *r)
+{
+    bson_t out;
+    uint32_t n = 0;
+    char last[64] = "";
+    BSON_APPEND_ARRAY_BEGIN(r, "status_history", &out);
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, msg, "status_history") && bson_iter_recurse(&it, &it)) {
+        while (bson_iter_next(&it)) {
+            bson_t h, e;
+            if (!bson_iter_child(&it, &h))
+                continue;
+            char idx[16], reason[200] = "";
+            const char *key, *verdict = "recorded";
+            bson_iter_t a;
+            const char *status = bson_path_text(&h, "status");
+            if (bson_iter_init_find(&a, &h, "applied") && BSON_ITER_HOLDS_BOOL(&a)) {
+                if (bson_iter_bool(&a)) {
+                    verdict = "applied";
+                    snprintf(last, sizeof last, "%s", status);
+                } else if (history_only(msg, bson_path_text(&h, "provider_status"))) {
+                    verdict = "history_only";
+                    snprintf(reason, sizeof reason, "%s is recorded in the history only", status);
+                } else {
+                    verdict = "ignored";
+                    snprintf(reason, sizeof reason,
+                             "%s after %s: the status does not move backwards", status,
+                             *last ? last : "(none)");
+                }
+            }
+            bson_uint32_to_string(n++, &key, idx, sizeof idx);
+            BSON_APPEND_DOCUMENT_BEGIN(&out, key, &e);
+            bson_concat(&e, &h);
+            BSON_APPEND_UTF8(&e, "verdict", verdict);
+            if (*reason)
+                BSON_APPEND_UTF8(&e, "reason", reason);
+            bson_append_document_end(&out, &e);
+        }
+    }
+    bson_append_array_end(r, &out);
+}
+
+static bool history_has(const bson_t *msg, const char *event_id)
+{
+    bson_iter_t it;
+    if (!bson_iter_init_find(&it, msg, "status_history") || !bson_iter_recurse(&it, &it))
+        return false;
+    while (bson_iter_next(&it)) {
+        bson_t h;
+        if (bson_iter_child(&it, &h) && !strcmp(bson_path_text(&h, "event_id"), event_id))
+            return true;
+    }
+    return false;
+}
+
+/* The events naming this message in status-events (read, not consumed) and
+ * in its rejected and unmatched side streams, each with its fate. */
+static int stream_events(const struct config *cfg, struct rds *redis, const bson_t *msg,
+                         bson_t *r, struct sd_error *err)
+{
+    const char *provider = bson_path_text(msg, "provider"),
+               *pmid = bson_path_text(msg, "provider_message_id");
+    struct msgstatus_keys keys = {.twilio_auth_token = cfg->twilio_auth_token,
+                                  .sendgrid_public_key = cfg->sendgrid_webhook_public_key,
+                                  .sendgrid_tolerance_ms = cfg->webhook_tolerance_s * 1000LL};
+    static const char *const streams[] = {"status-events", "status-events:rejected",
+                                          "status-events:unmatched"};
+    bson_t out;
+    uint32_t n = 0;
+    int rc = 0;
+    BSON_APPEND_ARRAY_BEGIN(r, "events", &out);
+    for (size_t s = 0; *pmid && rc == 0 && s < 3; s++) {
+        char key[300], after[64] = "-";
+        snprintf(key, sizeof key, "%s%s", cfg->redis_prefix, streams[s]);
+        for (int read = 0; rc == 0 && read < STREAM_SCAN_MAX;) {
+            struct stream_batch b = {0};
+            rc = stream_range(redis, key, after, 1000, &b, err);
+            for (size_t i = 0; rc == 0 && i < b.n; i++) {
+                bson_t parsed = BSON_INITIALIZER;
+                msgstatus_parse_entry(b.entries[i], &keys, &parsed);
+                bson_iter_t it;
+                if (bson_iter_init_find(&it, &parsed, "events") && bson_iter_recurse(&it, &it)) {
+                    while (bson_iter_next(&it)) {
+                        bson_t ev, d;
+                        if (!bson_iter_child(&it, &ev) ||
+                            strcmp(bson_path_text(&ev, "provider_message_id"), pmid) ||
+                            (*provider && strcmp(bson_path_text(&ev, "provider"), provider)))
+                            continue;
+                        const char *event_id = bson_path_text(&ev, "event_id");
+                        char idx[16];
+                        const char *k;
+                        bson_uint32_to_string(n++, &k, idx, sizeof idx);
+                        BSON_APPEND_DOCUMENT_BEGIN(&out, k, &d);
+                        BSON_APPEND_UTF8(&d, "stream", streams[s]);
+                        BSON_APPEND_UTF8(&d, "entry_id", bson_path_text(b.entries[i], "id"));
+                        BSON_APPEND_UTF8(&d, "event_id", event_id);
+                        BSON_APPEND_UTF8(&d, "provider_status",
+                                         bson_path_text(&ev, "provider_status"));
+                        if (s == 1 || s == 2) {
+                            BSON_APPEND_UTF8(&d, "verdict", s == 1 ? "rejected" : "unmatched");
+                            BSON_APPEND_UTF8(&d, "reason",
+                                             bson_path_text(b.entries[i], "reason"));
+                        } else if (history_has(msg, event_id)) {
+                            BSON_APPEND_UTF8(&d, "verdict", "in_history");
+                        } else {
+                            BSON_APPEND_UTF8(&d, "verdict", "waiting");
+                            BSON_APPEND_UTF8(&d, "reason",
+                                             "not applied yet: the next message-status tick "
+                                             "reads it (or it waits for a failing rule's retry)");
+                        }
+                        bson_append_document_end(&out, &d);
+                    }
+                }
+                bson_destroy(&parsed);
+            }
+            read += (int)b.n;
+            if (b.n)
+                snprintf(after, sizeof after, "%s", bson_path_text(b.entries[b.n - 1], "id"));
+            bool more = b.n == 1000;
+            stream_batch_clear(&b);
+            if (!more)
+                break;
+        }
+    }
+    bson_append_array_end(r, &out);
+    return rc;
+}
+
+static int explain_message(const struct config *cfg, struct rds *redis, const bson_t *msg,
+                           bson_t *r, struct sd_error *err)
 {
     bson_t part = BSON_INITIALIZER;
     project(msg, message_fields, sizeof message_fields / sizeof *message_fields, &part);
     BSON_APPEND_DOCUMENT(r, "message", &part);
     bson_destroy(&part);
-    bson_iter_t it;
-    if (bson_iter_init_find(&it, msg, "status_history"))
-        bson_append_iter(r, "status_history", -1, &it);
-    else {
-        bson_t empty = BSON_INITIALIZER;
-        BSON_APPEND_ARRAY(r, "status_history", &empty);
-        bson_destroy(&empty);
-    }
+    annotated_history(msg, r);
+    return stream_events(cfg, redis, msg, r, err);
 }
 
 int cli_explain(int argc, char **argv)
@@ -474,7 +624,7 @@ int cli_explain(int argc, char **argv)
         if (conv)
             rc = explain_conversation(&ctx, conv, client, db, &r, &err);
         else
-            explain_message(msg, &r);
+            rc = explain_message(&cfg, redis, msg, &r, &err);
         if (rc) {
             fprintf(stderr, "supportd explain: %s\n", err.message);
         } else {

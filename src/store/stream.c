@@ -121,6 +121,19 @@ int stream_read(struct rds *r, const char *key, const char *group, const char *c
     return rc;
 }
 
+int stream_range(struct rds *r, const char *key, const char *after, int count,
+                 struct stream_batch *out, struct sd_error *err)
+{
+    char start[64];
+    snprintf(start, sizeof start, "%s%s", strcmp(after, "-") ? "(" : "", after);
+    redisReply *rep = rds_command(r, err, "XRANGE %s %s + COUNT %d", key, start, count);
+    if (!rep)
+        return -1;
+    int rc = add_entries(rep, out, err);
+    freeReplyObject(rep);
+    return rc;
+}
+
 int stream_claim(struct rds *r, const char *key, const char *group, const char *consumer,
                  int64_t min_idle_ms, char *cursor, int count, struct stream_batch *out,
                  struct sd_error *err)

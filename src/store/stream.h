@@ -38,6 +38,11 @@ int stream_group_ensure(struct rds *r, const char *key, const char *group, struc
 int stream_read(struct rds *r, const char *key, const char *group, const char *consumer,
                 int count, struct stream_batch *out, struct sd_error *err);
 
+/* XRANGE key (after + COUNT count: up to count entries after the id `after`
+ * ("-" from the start), read-only (no group). */
+int stream_range(struct rds *r, const char *key, const char *after, int count,
+                 struct stream_batch *out, struct sd_error *err);
+
 /* XAUTOCLAIM key group consumer min_idle_ms cursor COUNT count: entries pending
  * longer than min_idle_ms with any consumer become ours. cursor (in/out, size
  * ≥ 48) starts at "0-0" and is "0-0" again when the pending list is done. */

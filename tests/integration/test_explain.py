@@ -11,6 +11,7 @@ from bson import ObjectId
 
 from fakes_fixtures import *  # noqa: F401,F403
 from test_live_dry_run import snapshot, snoozed
+from test_message_status import World as MsWorld
 from test_notification import T0, World, installed, iso
 
 
@@ -121,18 +122,30 @@ def test_explain_writes_nothing(world):
     assert snapshot(world) == before
 
 
-def test_a_message_shows_its_status_history(world):
-    mid = ObjectId()
-    history = [{"status": "sent", "at": T0, "event_id": "ev-1"},
-               {"status": "delivered", "at": T0 + timedelta(seconds=5), "event_id": "ev-2"}]
-    world.db["conversation-message"].insert_one({
-        "_id": mid, "conversation_id": ObjectId(), "direction": "outbound", "channel": "sms",
-        "body": "secret body", "status": "delivered", "provider_message_id": "SM123",
-        "status_history": history})
-    report = explain(world, mid)
-    assert report["kind"] == "message" and report["message"]["status"] == "delivered"
-    assert [h["event_id"] for h in report["status_history"]] == ["ev-1", "ev-2"]
-    assert "body" not in report["message"]
+def test_a_message_shows_each_event_and_what_became_of_it(sd, providers):
+    ms = MsWorld(sd, providers)
+    m = ms.message("twilio", status="sent")
+    sid = m["provider_message_id"]
+    ms.twilio(sid, "read")
+    ms.twilio(sid, "delivered")  # late: after read
+    assert ms.once().returncode == 0
+    ms.twilio(sid, "failed", error_code=30003)  # arrived after the tick: still in the stream
+    cp = sd.cli("explain", str(m["_id"]), "--format", "json", **ms.env())
+    assert cp.returncode == 0, cp.stderr
+    report = json.loads(cp.stdout)
+    assert report["kind"] == "message" and report["message"]["status"] == "read"
+    assert "body" not in report["message"] and "Hello Lena" not in cp.stdout
+    by_id = {h.get("event_id"): h for h in report["status_history"]}
+    assert by_id[f"twilio:{sid}:read"]["verdict"] == "applied"
+    late = by_id[f"twilio:{sid}:delivered"]
+    assert late["verdict"] == "ignored"
+    assert late["reason"] == "delivered after read: the status does not move backwards"
+    events = {(e["event_id"], e["verdict"]) for e in report["events"]}
+    # acknowledged entries are trimmed from the stream; any still there is in the history
+    assert all(v == "in_history" for e, v in events if e != f"twilio:{sid}:failed")
+    assert (f"twilio:{sid}:failed", "waiting") in events
+    text = sd.cli("explain", str(m["_id"]), **ms.env())
+    assert "does not move backwards" in text.stdout and "waiting" in text.stdout
 
 
 def test_unknown_and_malformed_ids(world):
