@@ -237,6 +237,73 @@ static void print_json(const bson_t *doc)
     bson_free(json);
 }
 
+static const char *date_text(const bson_t *doc, const char *path, char *buf, size_t size)
+{
+    bson_iter_t it;
+    if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &it) &&
+        BSON_ITER_HOLDS_DATE_TIME(&it))
+        clock_format_iso(bson_iter_date_time(&it), buf, size);
+    else
+        snprintf(buf, size, "none");
+    return buf;
+}
+
+static void print_list_of(const bson_t *doc, const char *path)
+{
+    bson_iter_t it;
+    bool first = true;
+    printf("[");
+    if (bson_path_each(doc, path, &it))
+        while (bson_iter_next(&it)) {
+            printf("%s%s", first ? "" : ", ", BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : "?");
+            first = false;
+        }
+    printf("]");
+}
+
+/* The SLA as the job stores it, then each deadline's walk through the
+ * room's business hours. */
+static void print_sla(const bson_t *s)
+{
+    char a[40], b[40];
+    printf("sla: policy %s, first response due %s, resolution due %s, next due %s\n",
+           bson_path_text(s, "policy"), date_text(s, "first_response_due", a, sizeof a),
+           date_text(s, "resolution_due", b, sizeof b),
+           date_text(s, "next_due", (char[40]){0}, 40));
+    printf("  warned ");
+    print_list_of(s, "warned");
+    printf(", breached ");
+    print_list_of(s, "breached");
+    printf(", paused %lld business min\n", (long long)bson_path_int(s, "paused_minutes", 0));
+    bson_iter_t walks, w;
+    if (!bson_iter_init(&walks, s) || !bson_iter_find_descendant(&walks, "walk", &walks) ||
+        !bson_iter_recurse(&walks, &walks))
+        return;
+    while (bson_iter_next(&walks)) {
+        bson_t d, x;
+        if (!bson_iter_child(&walks, &d))
+            continue;
+        printf("  %s: %lld business min from %s → due %s\n", bson_iter_key(&walks),
+               (long long)bson_path_int(&d, "business_minutes", 0), date_text(&d, "start", a, sizeof a),
+               date_text(&d, "due", b, sizeof b));
+        bson_iter_t f;
+        if (bson_iter_init_find(&f, &d, "around_the_clock"))
+            printf("    around the clock (the room has no business hours)\n");
+        if (bson_path_each(&d, "spans", &w))
+            while (bson_iter_next(&w))
+                if (bson_iter_child(&w, &x))
+                    printf("    %s  %s – %s  %lld min (UTC%+lld min)\n", bson_path_text(&x, "day"),
+                           date_text(&x, "from", a, sizeof a), date_text(&x, "to", b, sizeof b),
+                           (long long)bson_path_int(&x, "minutes", 0),
+                           (long long)bson_path_int(&x, "utc_offset_minutes", 0));
+        if (bson_path_each(&d, "skipped", &w))
+            while (bson_iter_next(&w))
+                if (bson_iter_child(&w, &x))
+                    printf("    %s  skipped: %s\n", bson_path_text(&x, "day"),
+                           bson_path_text(&x, "why"));
+    }
+}
+
 static void print_text(const bson_t *r)
 {
     printf("%s %s at %s (rules %s)\n", bson_path_text(r, "kind"), bson_path_text(r, "id"),
@@ -297,9 +364,7 @@ static void print_text(const bson_t *r)
     if (bson_iter_init_find(&it, r, "sla") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
         bson_t s;
         bson_iter_child(&it, &s);
-        char *json = bson_as_relaxed_extended_json(&s, NULL);
-        printf("sla:\n  %s\n", json);
-        bson_free(json);
+        print_sla(&s);
     }
     printf("rule calls:\n");
     if (bson_path_each(r, "rules_calls", &it))
@@ -344,12 +409,13 @@ static int explain_conversation(const struct live_ctx *base, const bson_t *conv,
         return -1;
 
     bson_t why = BSON_INITIALIZER, calls = BSON_INITIALIZER, snooze = BSON_INITIALIZER,
-           notify = BSON_INITIALIZER;
+           notify = BSON_INITIALIZER, walks = BSON_INITIALIZER;
     uint32_t n_why = 0;
     struct live_ctx c = *base;
     c.only = oid;
     c.why = &why;
     c.n_why = &n_why;
+    c.walks = &walks;
     rules_trace_to(&calls);
     rc = live_plan(&c, "snooze", &snooze, err);
     if (rc == 0)
@@ -375,16 +441,21 @@ static int explain_conversation(const struct live_ctx *base, const bson_t *conv,
     }
     if (rc == 0) {
         BSON_APPEND_ARRAY(r, "decisions", &o.decisions);
-        bson_t sla;
-        if (action_part(&notify, "notification", "sla", &sla))
-            BSON_APPEND_DOCUMENT(r, "sla", &sla);
-        else
+        bson_t sla, out;
+        if (action_part(&notify, "notification", "sla", &sla)) {
+            BSON_APPEND_DOCUMENT_BEGIN(r, "sla", &out);
+            bson_concat(&out, &sla);
+            BSON_APPEND_DOCUMENT(&out, "walk", &walks);
+            bson_append_document_end(r, &out);
+        } else {
             BSON_APPEND_NULL(r, "sla");
+        }
         BSON_APPEND_ARRAY(r, "rules_calls", &calls);
     }
     bson_destroy(&o.decisions);
     bson_destroy(&o.keys);
     bson_destroy(&why);
+    bson_destroy(&walks);
     bson_destroy(&calls);
     bson_destroy(&snooze);
     bson_destroy(&notify);

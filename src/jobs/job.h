@@ -45,6 +45,7 @@ struct job_plan {
     const bson_oid_t *only;
     bson_t *why;
     uint32_t n_why;
+    bson_t *walks;           /* explain: the SLA deadlines' business-time walks */
 };
 
 struct job_env {

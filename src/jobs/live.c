@@ -35,6 +35,7 @@ static int plan_job(const struct live_ctx *c, int id, bson_t *jobs, struct sd_er
                             .limit = c->limit,
                             .only = c->only,
                             .why = c->why,
+                            .walks = c->walks,
                             .n_why = c->n_why ? *c->n_why : 0};
     mongoc_client_t *client = store_pop(c->store);
     struct job_env env = {.cfg = c->cfg,

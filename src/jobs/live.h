@@ -42,6 +42,7 @@ struct live_ctx {
     const bson_oid_t *only;
     bson_t *why;
     uint32_t *n_why;
+    bson_t *walks;        /* explain: the SLA deadlines' business-time walks */
 };
 
 /* True when `job` (a CLI name) can be planned live. */

@@ -153,3 +153,25 @@ def test_unknown_and_malformed_ids(world):
     assert cp.returncode == 1 and "no conversation or message has the id" in cp.stderr
     cp = explain(world, "not-an-id", check=False)
     assert cp.returncode == 2 and "not an id" in cp.stderr
+
+
+def test_the_sla_walk_through_business_hours_holidays_and_closed_days(world):
+    """Thursday 24 Dec 16:30 CET, 60 business minutes (high): 30 on Thursday, Friday a
+    holiday, the weekend closed, 30 on Monday (the case of test_notification's SLA test)."""
+    from test_notification import SPLIT_WEEK
+    from datetime import datetime, timezone
+    created = datetime(2026, 12, 24, 15, 30, tzinfo=timezone.utc)
+    room = world.room(hours=SPLIT_WEEK, holidays=["2026-12-25"])
+    installed(world, created - timedelta(minutes=5))
+    t = world.ticket(created, room=room, priority="high")
+    report = explain(world, t, now=created + timedelta(minutes=1))
+    walk = report["sla"]["walk"]["first_response"]
+    assert walk["business_minutes"] == 60
+    assert walk["due"] == {"$date": "2026-12-28T08:30:00Z"}
+    assert [(s["day"], s["minutes"], s["utc_offset_minutes"]) for s in walk["spans"]] == [
+        ("2026-12-24 thu", 30, 60), ("2026-12-28 mon", 30, 60)]
+    assert [(s["day"], s["why"]) for s in walk["skipped"]] == [
+        ("2026-12-25 fri", "holiday"), ("2026-12-26 sat", "no business hours on sat"),
+        ("2026-12-27 sun", "no business hours on sun")]
+    text = explain(world, t, now=created + timedelta(minutes=1), fmt="text").stdout
+    assert "first_response: 60 business min" in text and "skipped: holiday" in text

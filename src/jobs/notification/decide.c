@@ -659,6 +659,23 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
         return -1;
     }
 
+    if (c->in->walks) {
+        const struct sla_calendar *cal = calendar(c, err);
+        const char *names[2] = {"first_response", "resolution"};
+        int64_t mins[2] = {first + paused, resolution + paused}, dues[2] = {fr_due, res_due};
+        for (int i = 0; cal && i < 2; i++) {
+            if (!dues[i] || bson_has_field(c->in->walks, names[i]))
+                continue;
+            bson_t w;
+            BSON_APPEND_DOCUMENT_BEGIN(c->in->walks, names[i], &w);
+            BSON_APPEND_DATE_TIME(&w, "start", created);
+            BSON_APPEND_INT64(&w, "business_minutes", mins[i]);
+            BSON_APPEND_INT64(&w, "paused_minutes", paused);
+            BSON_APPEND_DATE_TIME(&w, "due", dues[i]);
+            sla_calendar_walk(cal, created, mins[i], &w);
+            bson_append_document_end(c->in->walks, &w);
+        }
+    }
     struct sla_plan p = {0};
     p.level = bson_path_int(conv, "escalation_level", 0);
     int64_t old_level = p.level;

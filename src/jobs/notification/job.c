@@ -527,6 +527,7 @@ static int process(struct tick *t, bson_t **all, size_t n_all, struct sd_error *
         if (t->env->plan && t->env->plan->why) {
             in.why = t->env->plan->why;
             in.n_why = &t->env->plan->n_why;
+            in.walks = t->env->plan->walks;
         }
         t->bad += notification_decide(&in, &actions, &n_actions);
         if (t->env->plan) {

@@ -75,6 +75,9 @@ struct notification_input {
      * reason} appended to this array (*n_why counts its members). */
     bson_t *why;
     uint32_t *n_why;
+    /* explain only (NULL otherwise): each SLA deadline's business-time walk
+     * (sla_calendar_walk) under its target's name, with start, minutes, due. */
+    bson_t *walks;
 };
 
 /* Appends one action per conversation to `actions` (keys continue from

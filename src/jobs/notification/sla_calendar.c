@@ -1,6 +1,8 @@
 #include "jobs/notification/sla_calendar.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 
 #include "core/clock.h"
@@ -262,4 +264,74 @@ int64_t sla_calendar_between(const struct sla_calendar *c, int64_t from_ms, int6
             break;
     }
     return floor_div(total, 60000);
+}
+
+static void day_text(int64_t local_day_ms, int wday, char *buf, size_t size)
+{
+    time_t t = (time_t)(local_day_ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(buf, size, "%04d-%02d-%02d %s", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             day_names[wday]);
+}
+
+void sla_calendar_walk(const struct sla_calendar *c, int64_t start_ms, int64_t minutes,
+                       bson_t *out)
+{
+    if (c->always) {
+        BSON_APPEND_BOOL(out, "around_the_clock", true);
+        return;
+    }
+    bson_t spans, skipped;
+    uint32_t n = 0, n_skipped = 0;
+    int64_t left = minutes * 60000, from, to, end = start_ms;
+    struct walk w;
+    walk_begin(&w, c, start_ms);
+    int64_t first_day = w.day;
+    int first_wday = w.wday;
+    BSON_APPEND_ARRAY_BEGIN(out, "spans", &spans);
+    while (left > 0 && walk_next(&w, &from, &to)) {
+        int64_t used = to - from < left ? to - from : left;
+        end = from + used;
+        left -= used;
+        if (n >= 64)
+            continue;
+        char idx[16], day[32];
+        const char *key;
+        bson_uint32_to_string(n++, &key, idx, sizeof idx);
+        day_text(w.day, w.wday, day, sizeof day);
+        bson_t s;
+        BSON_APPEND_DOCUMENT_BEGIN(&spans, key, &s);
+        BSON_APPEND_UTF8(&s, "day", day);
+        BSON_APPEND_DATE_TIME(&s, "from", from);
+        BSON_APPEND_DATE_TIME(&s, "to", from + used);
+        BSON_APPEND_INT64(&s, "minutes", used / 60000);
+        BSON_APPEND_INT64(&s, "utc_offset_minutes", offset_at(c, from) / 60000);
+        bson_append_document_end(&spans, &s);
+    }
+    bson_append_array_end(out, &spans);
+    /* the local days up to the due day that count nothing */
+    int64_t last_day = floor_div(end + offset_at(c, end), DAY_MS) * DAY_MS;
+    BSON_APPEND_ARRAY_BEGIN(out, "skipped", &skipped);
+    int wday = first_wday;
+    for (int64_t day = first_day; day <= last_day && n_skipped < 64; day += DAY_MS) {
+        const char *why = closed(c, floor_div(day, DAY_MS)) ? "holiday"
+                          : c->n[wday] == 0                   ? "no business hours"
+                                                              : NULL;
+        if (why) {
+            char idx[16], text[32], reason[48];
+            const char *key;
+            bson_uint32_to_string(n_skipped++, &key, idx, sizeof idx);
+            day_text(day, wday, text, sizeof text);
+            snprintf(reason, sizeof reason, "%s%s%s", why, c->n[wday] || *why == 'h' ? "" : " on ",
+                     c->n[wday] || *why == 'h' ? "" : day_names[wday]);
+            bson_t d;
+            BSON_APPEND_DOCUMENT_BEGIN(&skipped, key, &d);
+            BSON_APPEND_UTF8(&d, "day", text);
+            BSON_APPEND_UTF8(&d, "why", reason);
+            bson_append_document_end(&skipped, &d);
+        }
+        wday = (wday + 1) % 7;
+    }
+    bson_append_array_end(out, &skipped);
 }

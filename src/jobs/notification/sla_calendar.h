@@ -53,6 +53,15 @@ void sla_calendar_free(struct sla_calendar *c);
 int sla_calendar_due(const struct sla_calendar *c, int64_t start_ms, int64_t minutes,
                      int64_t *out, struct sd_error *err);
 
+/* `supportd explain`: the walk behind sla_calendar_due, appended to `out`:
+ *   spans: [{day: "YYYY-MM-DD mon", from, to (dates, UTC), minutes,
+ *            utc_offset_minutes}]  each business span counted (at most 64),
+ *   skipped: [{day, why: "holiday" | "no business hours on sun"}]
+ *            the local days between start and due that count nothing,
+ *   around_the_clock: true  when the room has no business hours. */
+void sla_calendar_walk(const struct sla_calendar *c, int64_t start_ms, int64_t minutes,
+                       bson_t *out);
+
 /* Whole business minutes in [from_ms, to_ms). */
 int64_t sla_calendar_between(const struct sla_calendar *c, int64_t from_ms, int64_t to_ms);
 
