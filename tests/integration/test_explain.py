@@ -4,6 +4,7 @@ calls behind it; a message's status history. Read-only, like dry-run --live."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from bson import ObjectId
 from fakes_fixtures import *  # noqa: F401,F403
 from test_live_dry_run import snapshot, snoozed
 from test_message_status import World as MsWorld
-from test_notification import T0, World, installed, iso
+from test_notification import T0, World, failing_rules, installed, iso
 
 
 @pytest.fixture
@@ -175,3 +176,14 @@ def test_the_sla_walk_through_business_hours_holidays_and_closed_days(world):
         ("2026-12-27 sun", "no business hours on sun")]
     text = explain(world, t, now=created + timedelta(minutes=1), fmt="text").stdout
     assert "first_response: 60 business min" in text and "skipped: holiday" in text
+
+
+def test_a_failing_rule_is_shown_with_its_file_and_line(world, tmp_path):
+    installed(world)
+    t = world.ticket(T0, subject=f"boom {world.tag}")
+    cp = world.sd.cli("explain", str(t), "--now", iso(T0), "--format", "json", timeout=90,
+                      **world.env(QM_SUPPORT_RULES_DIR=failing_rules(tmp_path)))
+    assert cp.returncode == 0, cp.stderr
+    failed = [c for c in json.loads(cp.stdout)["rules_calls"] if "error" in c]
+    assert [(c["file"], c["function"]) for c in failed] == [("sla.lua", "policy")]
+    assert re.search(r"sla\.lua:\d+: no policy for this one", failed[0]["error"]), failed

@@ -200,6 +200,10 @@ def test_a_read_only_redis_user_is_enough(world, services, tmp_path):
                "REDIS_TLS_CA_FILE": secure.ca}
         plan = json.loads(live(world, env=env).stdout)
         assert planned_keys(plan, "notification")
+        some = world.db["conversation-conversation"].find_one({"status": "open"})["_id"]
+        cp = world.sd.cli("explain", str(some), "--now", iso(T0), timeout=90,
+                          **world.env(**{**ENABLED, **env}))
+        assert cp.returncode == 0 and "decisions:" in cp.stdout, cp.stderr
     finally:
         admin.execute_command("ACL", "DELUSER", user)
 
