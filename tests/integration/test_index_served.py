@@ -170,3 +170,50 @@ def test_services_index_step_restores_missing_twins(sd, pg):
     services_script("index", sd.db_name)  # idempotent
     assert gin_indexes(pg, sd.db_name, table) == gin
     client.close()
+
+
+def twin_options(pg, db: str, table: str) -> dict[str, str]:
+    """{GIN twin name: its reloptions} on FerretDB's table."""
+    out = {}
+    for name in gin_indexes(pg, db, table).values():
+        out[name] = pg(f"SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class "
+                       f"WHERE oid = '\"{db}\".\"{name}\"'::regclass")
+    return out
+
+
+def lookup_blocks(pg, db: str, table: str, value_json: str) -> int:
+    """Buffers the GIN index scan of one lookup by _id touches (FerretDB's statement shape):
+    what a lookup costs, counted, not timed."""
+    # the index path at either size (the planner would scan 1,000 rows instead)
+    out = pg("SET enable_seqscan = off",
+             f"PREPARE q(text, jsonb) AS SELECT _jsonb FROM \"{db}\".\"{table}\" WHERE _jsonb->$1 @> $2",
+             f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE q('_id', '{value_json}')")
+    nodes = [n for n in plan_nodes(json.loads(out)[0]["Plan"]) if n["Node Type"] == "Bitmap Index Scan"]
+    assert nodes, out
+    return sum(n.get("Shared Hit Blocks", 0) + n.get("Shared Read Blocks", 0) for n in nodes)
+
+
+def test_lookups_cost_the_same_among_100000_rows_inserted_after_the_index(sd, pg):
+    """supportd creates its indexes before the platform's documents arrive, so every row
+    reaches the GIN twins as an insert. With GIN's fast-update on, inserts wait in a
+    pending list (up to gin_pending_list_limit, 4 MB) that every lookup scans linearly;
+    the twins are made with fastupdate = off, so a lookup among 100,000 such rows reads
+    what it reads among 1,000."""
+    client = pymongo.MongoClient(sd.mongo_url)
+    client[sd.db_name]["bulk"].create_index("key")  # the table and its twins, still empty
+    table = table_of(pg, sd.db_name, "bulk")
+    options = twin_options(pg, sd.db_name, table)
+    assert len(options) == 2 and all("fastupdate=off" in o for o in options.values()), options
+
+    def insert(first: int, last: int):
+        pg(f"INSERT INTO \"{sd.db_name}\".\"{table}\" (_jsonb) SELECT jsonb_build_object("
+           f"'_id', 'id' || g, 'key', 'k' || g) FROM generate_series({first}, {last}) g")
+
+    insert(1, 1000)
+    pg(f'ANALYZE "{sd.db_name}"."{table}"')
+    small = lookup_blocks(pg, sd.db_name, table, '"id500"')
+    insert(1001, 100000)
+    pg(f'ANALYZE "{sd.db_name}"."{table}"')
+    large = lookup_blocks(pg, sd.db_name, table, '"id500"')
+    assert large <= 2 * small + 4, (small, large)
+    client.close()
