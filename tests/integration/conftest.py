@@ -112,7 +112,7 @@ SERVICES_ENV = REPO / ".services.env"
 SERVICE_VARS = ("MONGO_DB_URL", "REDIS_HOST", "REDIS_PORT", "SMTP_URL", "MAILPIT_API_URL",
                 "POSTGRES_URL", "SECURE_TLS_DIR", "SECURE_MONGO_PORT", "SECURE_MONGO_USER",
                 "SECURE_MONGO_PASSWORD", "SECURE_REDIS_PORT", "SECURE_REDIS_USER",
-                "SECURE_REDIS_PASSWORD")
+                "SECURE_REDIS_PASSWORD", "REDIS_SERVER")
 
 # Variables the daemon reads; never inherited from the caller's environment so
 # that a developer's shell cannot change what a test means.
