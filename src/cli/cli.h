@@ -23,6 +23,17 @@ int cli_version(void);
  * and returns EXIT_USAGE on failure. */
 int cli_load_config(struct config *cfg);
 
+/* cli_load_config, then a database required (MONGO_DB_URL): the commands that
+ * read MongoDB. Prints the error and returns EXIT_USAGE on failure (cfg freed). */
+int cli_load_config_mongo(struct config *cfg);
+
+/* A rule set loaded and checked as a reload checks it (dry-run, explain):
+ * NULL when it cannot be used, printed as "supportd COMMAND: rules in DIR:
+ * file:line …", with *rc EXIT_USAGE (malformed) or EXIT_RUNTIME (failed while
+ * running: a self-test, its time budget). */
+struct rules *cli_load_rules_checked(const char *command, const char *dir,
+                                     const struct config *cfg, int *rc);
+
 /* Loads the rules of cfg->rules_dir; prints the error (file:line) and returns
  * NULL when they are invalid: with no last good set there is nothing to run. */
 struct rules_live *cli_load_rules(const struct config *cfg);

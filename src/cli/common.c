@@ -17,6 +17,33 @@ struct rules_live *cli_load_rules(const struct config *cfg)
     return live;
 }
 
+int cli_load_config_mongo(struct config *cfg)
+{
+    if (cli_load_config(cfg) != EXIT_OK)
+        return EXIT_USAGE;
+    struct sd_error err;
+    if (config_require_mongo(cfg, &err)) {
+        fprintf(stderr, "supportd: configuration error: %s\n", err.message);
+        config_free(cfg);
+        return EXIT_USAGE;
+    }
+    return EXIT_OK;
+}
+
+struct rules *cli_load_rules_checked(const char *command, const char *dir,
+                                     const struct config *cfg, int *rc)
+{
+    struct rules_limits limits = {.timeout_ms = cfg->rules_timeout_ms};
+    bool failed_running = false;
+    struct sd_error err;
+    struct rules *rules = rules_load_checked(dir, &limits, &failed_running, &err);
+    if (!rules) {
+        fprintf(stderr, "supportd %s: rules in %s: %s\n", command, dir, err.message);
+        *rc = failed_running ? EXIT_RUNTIME : EXIT_USAGE;
+    }
+    return rules;
+}
+
 /* Verification is always on for everything supportd connects to, except
  * where MONGO_DB_URL turns it off with mongoc's own options: accepted (a
  * test cluster with a self-signed certificate needs it), but never silently. */

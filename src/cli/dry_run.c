@@ -87,22 +87,6 @@ static void on_interrupt(int sig)
     atomic_store(&interrupted, true);
 }
 
-/* Loads and checks a rule set as a reload would. NULL: printed, *rc set. */
-static struct rules *load_rules(const char *dir, const struct config *cfg, int *rc)
-{
-    struct rules_limits limits = {.timeout_ms = cfg->rules_timeout_ms};
-    bool failed_running = false;
-    struct sd_error err;
-    struct rules *rules = rules_load_checked(dir, &limits, &failed_running, &err);
-    if (!rules) {
-        /* A rule that fails while running (its time budget, say) is a
-         * runtime failure; a malformed set is a configuration error. */
-        fprintf(stderr, "supportd dry-run: rules in %s: %s\n", dir, err.message);
-        *rc = failed_running ? EXIT_RUNTIME : EXIT_USAGE;
-    }
-    return rules;
-}
-
 /* The plan (and diff) on stdout, the preview into its folder. */
 static int emit(const struct args *a, bson_t *plan)
 {
@@ -149,7 +133,8 @@ static int fixture_dry_run(struct args *a, const struct config *cfg)
     if (a->now_ms < 0)
         a->now_ms = fixtures_now(fx) >= 0 ? fixtures_now(fx) : clock_now_ms();
     int rc = EXIT_USAGE;
-    struct rules *rules = load_rules(a->rules_dir ? a->rules_dir : cfg->rules_dir, cfg, &rc);
+    const char *dir = a->rules_dir ? a->rules_dir : cfg->rules_dir;
+    struct rules *rules = cli_load_rules_checked("dry-run", dir, cfg, &rc);
     if (rules) {
         bson_t plan = BSON_INITIALIZER;
         struct dryrun_ctx ctx = {.fx = fx, .rules = rules, .now_ms = a->now_ms, .cfg = cfg};
@@ -171,15 +156,13 @@ static int fixture_dry_run(struct args *a, const struct config *cfg)
 static int live_dry_run(struct args *a, const struct config *cfg)
 {
     struct sd_error err;
-    if (config_require_mongo(cfg, &err)) {
-        fprintf(stderr, "supportd: configuration error: %s\n", err.message);
-        return EXIT_USAGE;
-    }
     if (a->now_ms < 0)
         a->now_ms = clock_now_ms();
     int rc = EXIT_USAGE;
-    struct rules *rules = load_rules(a->rules_dir ? a->rules_dir : cfg->rules_dir, cfg, &rc);
-    struct rules *against = rules && a->against ? load_rules(a->against, cfg, &rc) : NULL;
+    const char *dir = a->rules_dir ? a->rules_dir : cfg->rules_dir;
+    struct rules *rules = cli_load_rules_checked("dry-run", dir, cfg, &rc);
+    struct rules *against =
+        rules && a->against ? cli_load_rules_checked("dry-run", a->against, cfg, &rc) : NULL;
     if (!rules || (a->against && !against)) {
         if (rules)
             rules_destroy(rules);
@@ -296,7 +279,7 @@ int cli_dry_run(int argc, char **argv)
         return cli_usage_error("dry-run", "%s", err.message);
 
     struct config cfg;
-    if (cli_load_config(&cfg) != EXIT_OK)
+    if ((a.live ? cli_load_config_mongo(&cfg) : cli_load_config(&cfg)) != EXIT_OK)
         return EXIT_USAGE;
     int rc = a.live ? live_dry_run(&a, &cfg) : fixture_dry_run(&a, &cfg);
     config_free(&cfg);

@@ -643,20 +643,13 @@ int cli_explain(int argc, char **argv)
         return cli_usage_error("explain", "--now: %s", err.message);
 
     struct config cfg;
-    if (cli_load_config(&cfg) != EXIT_OK)
+    if (cli_load_config_mongo(&cfg) != EXIT_OK)
         return EXIT_USAGE;
-    if (config_require_mongo(&cfg, &err)) {
-        fprintf(stderr, "supportd: configuration error: %s\n", err.message);
-        config_free(&cfg);
-        return EXIT_USAGE;
-    }
-    struct rules_limits limits = {.timeout_ms = cfg.rules_timeout_ms};
-    bool failed_running = false;
-    struct rules *rules = rules_load_checked(cfg.rules_dir, &limits, &failed_running, &err);
+    int rules_rc;
+    struct rules *rules = cli_load_rules_checked("explain", cfg.rules_dir, &cfg, &rules_rc);
     if (!rules) {
-        fprintf(stderr, "supportd explain: rules in %s: %s\n", cfg.rules_dir, err.message);
         config_free(&cfg);
-        return failed_running ? EXIT_RUNTIME : EXIT_USAGE;
+        return rules_rc;
     }
     struct store *store = store_new(cfg.mongo_url, cfg.mongo_db, &err);
     if (!store) {

@@ -51,13 +51,8 @@ int cli_once(int argc, char **argv)
         return cli_usage_error("once", "--now: %s", err.message);
 
     struct config cfg;
-    if (cli_load_config(&cfg) != EXIT_OK)
+    if (cli_load_config_mongo(&cfg) != EXIT_OK)
         return EXIT_USAGE;
-    if (config_require_mongo(&cfg, &err)) {
-        fprintf(stderr, "supportd: configuration error: %s\n", err.message);
-        config_free(&cfg);
-        return EXIT_USAGE;
-    }
     struct sigaction sa = {.sa_handler = on_stop};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
