@@ -323,17 +323,35 @@ class Watchdog:
         self._t.join(self.timeout_s + 5)
 
 
+def vm_hwm_kb(pid: int) -> int:
+    """The process's peak RSS so far (VmHWM: its own address space's high-water mark since
+    exec), 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_measured(argv: list[str], env: dict, cwd: Path, stderr_path: Path, timeout_s: float,
                  abort: threading.Event | None = None) -> dict:
-    """Runs a child to completion and returns its exit code, wall time and its
-    own rusage (os.wait4: this child only, so earlier children do not leak
-    into ru_maxrss). Kills it (by pid) on timeout or when `abort` is set."""
+    """Runs a child to completion and returns its exit code, wall time, its own CPU
+    (os.wait4: this child only) and its peak RSS. The peak is VmHWM sampled while it runs,
+    not ru_maxrss: Linux carries the forking parent's RSS into the child's ru_maxrss across
+    exec, so a child of this (large) Python process reported the benchmark's own memory —
+    every "peak RSS" in the README before 2026-12 was that. Kills it (by pid) on timeout or
+    when `abort` is set."""
     with open(stderr_path, "wb") as err:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=err)
     killed = None
+    hwm = 0
     while True:
+        hwm = max(hwm, vm_hwm_kb(proc.pid))
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             break
@@ -349,7 +367,7 @@ def run_measured(argv: list[str], env: dict, cwd: Path, stderr_path: Path, timeo
     wall = time.monotonic() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"rc": proc.returncode, "wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
-            "maxrss_kb": ru.ru_maxrss, "killed": killed}
+            "maxrss_kb": hwm, "killed": killed}
 
 
 def log_events(path: Path) -> list[dict]:

@@ -219,7 +219,9 @@ def main():
                    "stream_entries": xlen, "seconds": round(wall, 2), "rps": w["requests"] / wall,
                    "cpu_s": round(cpu, 2), "cpu_us_per_req": cpu / max(w["requests"], 1) * 1e6,
                    "per_core": w["requests"] / cpu if cpu else 0.0, "p50_ms": w["p50_ms"],
-                   "p99_ms": w["p99_ms"], "non_2xx": w["non_2xx"], "socket_errors": w["socket_errors"]}
+                   "p99_ms": w["p99_ms"], "non_2xx": w["non_2xx"], "socket_errors": w["socket_errors"],
+                   # the process's high-water mark so far (it serves every run in turn)
+                   "peak_rss_mb": common.vm_hwm_kb(proc.pid) / 1024}
             if accepted and (w["non_2xx"] or xlen < ok):
                 die(f"{name}: {w['non_2xx']} requests not accepted, stream has {xlen} of {ok} "
                     f"(log: {work})")
@@ -235,13 +237,14 @@ def main():
         rds.stop()
 
     floor = results[0]
-    lines = ["| run | requests/s | supportd CPU/request | requests per supportd CPU-second | p50 | p99 | 2xx (stream entries) |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| run | requests/s | supportd CPU/request | requests per supportd CPU-second | p50 | p99 | 2xx (stream entries) | peak RSS so far |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
     for row in results:
         # (the stream may hold a few more: requests in flight when wrk stopped counting)
         acc = f"{row['accepted']:,} ({row['stream_entries']:,})" if row["accepted"] else "—"
         lines.append(f"| {row['run']} | {row['rps']:,.0f} | {row['cpu_us_per_req']:.0f} µs | "
-                     f"{row['per_core']:,.0f} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {acc} |")
+                     f"{row['per_core']:,.0f} | {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {acc} | "
+                     f"{row['peak_rss_mb']:.0f} MB |")
     ratios = ", ".join(f"{row['run'].split()[0]} {row['cpu_us_per_req'] / floor['cpu_us_per_req']:.1f}×"
                        for row in results[1:])
     lines.append("")

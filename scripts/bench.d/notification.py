@@ -116,7 +116,7 @@ def delivery(binary, env, db, r, fake, n, workdir, label, job) -> dict:
              "subject": f"Bench {i}", "text": "hello", "html": "<p>hello</p>"} for i in range(n)]
     for i in range(0, n, 1000):
         db["conversation-notification"].insert_many(docs[i:i + 1000], ordered=False)
-    wall = cmds = rtt = cpu = 0.0
+    wall = cmds = rtt = cpu = rss = 0.0
     ticks = 0
     while db["conversation-notification"].count_documents({"status": "pending"}) and ticks < 200:
         ticks += 1
@@ -126,11 +126,12 @@ def delivery(binary, env, db, r, fake, n, workdir, label, job) -> dict:
         cpu += m["user_s"] + m["sys_s"]
         cmds += m["counts"].get("db_commands", 0)
         rtt += m["counts"].get("redis_round_trips", 0)
+        rss = max(rss, m["maxrss_kb"] / 1024)
     sent = fake.sent()
     return {"label": f"{label} (once {job})", "entries": n, "sent_at_fake": sent, "ticks": ticks, "wall_s": wall,
             "mails_per_s": sent / wall if wall else 0, "db_per_1000": cmds * 1000 / n,
             "cpu_us_per_mail": cpu * 1e6 / max(sent, 1),
-            "redis_rt_per_1000": rtt * 1000 / n}
+            "redis_rt_per_1000": rtt * 1000 / n, "peak_rss_mb": rss}
 
 
 KINDS = ("customer_message", "customer_message", "customer_message", "customer_message",
@@ -367,12 +368,12 @@ def main():
         fake.stop()
         ferret.stop()
         own_redis.stop()
-    lines = ["| deliverer | entries | ticks | wall | mails/s | db commands / 1,000 | Redis round trips / 1,000 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| deliverer | entries | ticks | wall | mails/s | db commands / 1,000 | Redis round trips / 1,000 | peak RSS of a tick |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for d in results["delivery"]:
         lines.append(f"| {d['label']} | {d['entries']:,} ({d['sent_at_fake']:,} at the fake) | {d['ticks']} | "
                      f"{d['wall_s']:.1f} s | {d['mails_per_s']:.0f} | {d['db_per_1000']:.0f} | "
-                     f"{d['redis_rt_per_1000']:.0f} |")
+                     f"{d['redis_rt_per_1000']:.0f} | {d['peak_rss_mb']:.0f} MB |")
     if "decide" in results:
         d = results["decide"]
         o = d["one"]

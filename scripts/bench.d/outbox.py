@@ -100,7 +100,7 @@ def drain(binary: Path, env: dict, workdir: Path, name: str, now: dt.datetime, m
           timeout_s: float) -> dict:
     """`supportd once outbox` until nothing is due (or max_ticks)."""
     out = {"ticks": 0, "wall_s": 0.0, "tick_s": 0.0, "cpu_s": 0.0, "sent": 0, "due": 0,
-           "db_commands": 0, "redis_round_trips": 0, "other": {}}
+           "db_commands": 0, "redis_round_trips": 0, "other": {}, "peak_rss_mb": 0.0}
     for k in range(max_ticks):
         err = workdir / f"{name}-{k:03d}.stderr"
         m = run_measured([str(binary), "once", "outbox", "--now", now.strftime("%Y-%m-%dT%H:%M:%SZ")],
@@ -114,6 +114,7 @@ def drain(binary: Path, env: dict, workdir: Path, name: str, now: dt.datetime, m
         out["wall_s"] += m["wall_s"]
         out["tick_s"] += ends[-1]["duration_ms"] / 1000
         out["cpu_s"] += m["user_s"] + m["sys_s"]
+        out["peak_rss_mb"] = max(out["peak_rss_mb"], m["maxrss_kb"] / 1024)
         out["due"] += c.get("outbox_due", 0)
         out["sent"] += c.get("outbox_sent", 0)
         out["db_commands"] += c.get("db_commands", 0)
@@ -238,7 +239,8 @@ def main():
          f"| entries/s | {fmt_n(b and b['per']['ms'] and 1000 / b['per']['ms'])} | {fmt_n(1000 / a['per']['ms'])} |",
          f"| database commands per entry | {fmt_n(b and b['per']['cmds'], 2)} | {fmt_n(a['per']['cmds'], 2)} |",
          f"| Redis round trips per entry | {fmt_n(b and b['per']['rtt'], 2)} | {fmt_n(a['per']['rtt'], 2)} |",
-         f"| client CPU per entry | {fmt_n(b and b['per']['cpu_us'])} µs | {fmt_n(a['per']['cpu_us'])} µs |", ""]
+         f"| client CPU per entry | {fmt_n(b and b['per']['cpu_us'])} µs | {fmt_n(a['per']['cpu_us'])} µs |",
+         f"| peak RSS of a tick | {fmt_n(b and b['peak_rss_mb'])} MB | {fmt_n(a['peak_rss_mb'])} MB |", ""]
     if b and b.get("extrapolated_s"):
         x = b["extrapolated_s"] / a["wall_s"]
         L.append(f"- **{x:.1f}× faster** index-served (target ≥ 10×: {'met' if x >= 10 else '**missed**'}).")
