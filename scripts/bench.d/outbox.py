@@ -41,7 +41,7 @@ from common import (CACHE, REPO, BENCH_PG_DB, Postgres, PrivateFerretDB, Private
 DB = "bench_outbox"
 PREFIX = "bench:"
 OUTBOX = "conversation-notification"
-TICK_LIMIT = 200  # OUTBOX_JOB_LIMIT, src/jobs/outbox.c
+TICK_LIMIT = 5000  # JOB_OUTBOX_LIMIT, src/jobs/job.h
 
 
 def fmt_s(s):
