@@ -17,6 +17,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import tarfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -114,6 +115,24 @@ def test_config(arch):
     assert labels["org.opencontainers.image.created"] == cfg["created"]
     summary = inspect(arch)
     assert len(summary["Layers"]) == 1 and summary["Architecture"] == arch
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_docker_archive(arch):
+    """The `docker load` archive holds the same image, tagged supportd:<version>. (No
+    Docker daemon here: skopeo reads it back, and the tag is the one docker load uses.)"""
+    path = Path(IMAGE) / f"supportd-{version()}-{arch}.docker.tar"
+    cfg = json.loads(skopeo("inspect", "--config", f"docker-archive:{path}"))
+    oci = inspect(arch, "--config")
+    assert (cfg["os"], cfg["architecture"]) == ("linux", arch)
+    for key in ("Entrypoint", "Cmd", "User", "Env", "Labels"):
+        assert cfg["config"][key] == oci["config"][key], key
+    assert cfg["rootfs"]["diff_ids"] == oci["rootfs"]["diff_ids"]  # the same layer, byte for byte
+    with tarfile.open(path) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+    # (skopeo writes the name fully qualified, as docker load reads a short one)
+    tags = [t for m in manifest for t in m["RepoTags"]]
+    assert len(tags) == 1 and tags[0].rsplit("/", 1)[-1] == f"supportd:{version()}", tags
 
 
 @pytest.mark.parametrize("arch", ARCHES)
