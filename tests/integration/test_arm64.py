@@ -3,9 +3,9 @@ under qemu-user (Debian's qemu-user-static): `version`, `rules check`, dry-runs 
 shipped fixtures compared byte for byte with the x86_64 release binary's, and a `once
 snooze` against the test services.
 
-SUPPORTD_ARM64_BIN names the arm64 binary (scripts/test --release sets it); without it
+SUPPORTD_ARM64_BIN names the arm64 binary (scripts/test sets it, after building it); without it
 these tests skip. The x86_64 reference is SUPPORTD_BIN, which must be the static release
-binary for the comparisons (scripts/test --release runs this file with it)."""
+binary for the comparisons (scripts/test runs this file with it)."""
 from __future__ import annotations
 
 import json
@@ -23,7 +23,7 @@ from tls_helpers import is_static
 
 ARM64 = os.environ.get("SUPPORTD_ARM64_BIN")
 
-pytestmark = pytest.mark.skipif(not ARM64, reason="SUPPORTD_ARM64_BIN not set (scripts/test --release builds it)")
+pytestmark = pytest.mark.skipif(not ARM64, reason="SUPPORTD_ARM64_BIN not set (scripts/test builds it, then sets it)")
 
 # (folder, extra arguments): every shipped fixture set, whole and per job, both formats
 DRY_RUNS = [

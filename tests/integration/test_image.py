@@ -5,7 +5,7 @@ binary run from that root in an empty environment, as the image's user, with chr
 through Mailpit). The arm64 image runs the same way through qemu-user (a copy of its root
 with qemu-aarch64-static added beside the listed files).
 
-SUPPORTD_IMAGE names the output folder of scripts/image (scripts/test --release sets it);
+SUPPORTD_IMAGE names the output folder of scripts/image (scripts/test sets it, after building it);
 without it these tests skip. SUPPORTD_IMAGE_ARCHES: the architectures it was built for
 (default amd64,arm64). Needs root (chroot, a root-owned unpack)."""
 from __future__ import annotations
@@ -31,7 +31,7 @@ ARCHES = [a for a in os.environ.get("SUPPORTD_IMAGE_ARCHES", "amd64,arm64").spli
 ELF_MACHINE = {"amd64": 62, "arm64": 183}  # e_machine: EM_X86_64, EM_AARCH64
 UID = 65532  # scripts/image IMAGE_UID
 
-pytestmark = pytest.mark.skipif(not IMAGE, reason="SUPPORTD_IMAGE not set (scripts/test --release builds the image)")
+pytestmark = pytest.mark.skipif(not IMAGE, reason="SUPPORTD_IMAGE not set (scripts/test builds the image, then sets it)")
 
 
 def version() -> str:
