@@ -10,6 +10,8 @@
 //!   zig build -Dstatic=true -Doptimize=ReleaseSafe
 //!                                  the release binary: static x86_64-linux-musl, libraries
 //!                                  built from pinned sources (vendor/static.zig)
+//!   zig build -Dstatic=true -Doptimize=ReleaseSafe -Dtarget=aarch64-linux-musl
+//!                                  the same for arm64, cross-compiled
 const std = @import("std");
 const vendor = @import("vendor/static.zig");
 const hiredis = @import("vendor/hiredis.zig");
@@ -121,12 +123,12 @@ const system_libs = [_][]const u8{ "libmongoc-1.0", "libbson-1.0", "lua5.4", "li
 const unit_tests = [_][]const u8{ "cron", "config", "clock", "scheduler", "log", "rules", "pattern", "stall", "marshal", "signature", "http", "smtp", "outbox", "clients", "enqueue", "cabundle", "msgstatus", "metrics", "commcheck", "tz", "sla_calendar", "redis" };
 
 pub fn build(b: *std.Build) void {
-    const static = b.option(bool, "static", "Release build: one static x86_64-linux-musl binary (vendor/)") orelse false;
+    const static = b.option(bool, "static", "Release build: one static x86_64-linux-musl (or -Dtarget=aarch64-linux-musl) binary (vendor/)") orelse false;
     const target = if (static) vendor.target(b) else b.standardTargetOptions(.{});
     const optimize = b.standardOptimizeOption(.{});
     const sanitize = b.option(bool, "sanitize", "Build with AddressSanitizer and UBSan") orelse false;
     if (static and sanitize) std.debug.panic("-Dstatic and -Dsanitize do not mix (ASan comes from the system's glibc toolchain)", .{});
-    if (static) static_libs = vendor.build(b) else dev_hiredis = devHiredis(b, target);
+    if (static) static_libs = vendor.build(b, target) else dev_hiredis = devHiredis(b, target);
 
     var flags: std.ArrayList([]const u8) = .empty;
     flags.appendSlice(b.allocator, &c_flags) catch @panic("OOM");

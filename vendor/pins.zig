@@ -1,6 +1,6 @@
 //! The pinned versions of vendor/manifest.txt, read when the build is configured, and
 //! the folders named after them. The build reads the versioned folders
-//! (.cache/vendor/src/<name>-<version>, .cache/static/<name>-<version>), never a
+//! (.cache/vendor/src/<name>-<version>, .cache/static/<target>/<name>-<version>), never a
 //! "current" symlink: work trees may share one .cache and pin different versions.
 const std = @import("std");
 
@@ -51,12 +51,12 @@ const links = [_]struct { []const u8, []const u8 }{
     .{ "mongoc", "openssl" },
 };
 
-/// `rel` inside the install folder of `name` (scripts/build-static-deps):
-/// .cache/static/<name>-<version>[+<dep>-<version>].
-pub fn static(b: *std.Build, name: []const u8, rel: []const u8) std.Build.LazyPath {
+/// `rel` inside the install folder of `name` for `triple` (scripts/build-static-deps
+/// --target): .cache/static/<triple>/<name>-<version>[+<dep>-<version>].
+pub fn static(b: *std.Build, triple: []const u8, name: []const u8, rel: []const u8) std.Build.LazyPath {
     var folder = b.fmt("{s}-{s}", .{ name, version(b, name) });
     for (links) |l| {
         if (std.mem.eql(u8, l[0], name)) folder = b.fmt("{s}+{s}-{s}", .{ folder, l[1], version(b, l[1]) });
     }
-    return b.path(b.fmt(".cache/static/{s}/{s}", .{ folder, rel }));
+    return b.path(b.fmt(".cache/static/{s}/{s}/{s}", .{ triple, folder, rel }));
 }
