@@ -117,6 +117,11 @@ def ms(d) -> int:
 def provider_view(run) -> dict:
     sent = run.fake.call("GET", "/_fake/sent")
     reqs = run.fake.call("GET", "/_fake/requests")
+    # the evidence, kept with the logs
+    with open(run.logdir / "provider_requests.json", "w") as fh:
+        json.dump(reqs, fh, indent=0)
+    with open(run.logdir / "provider_sent.json", "w") as fh:
+        json.dump(sent, fh, indent=0)
     v = {"twilio_sids": {x["sid"] for x in sent["twilio"]},
          "sg_ids": {x["message_id"] for x in sent["sendgrid"]},
          "sg_by_key": {}, "tw_by_to_body": {}, "uncertain_sg_keys": set(),
@@ -289,10 +294,11 @@ def check_webhooks(run, work, out, notes):
         if len(hist) > 1:
             out.append(f"event {eid} applied {len(hist)} times to message {e['mid']}")
             continue
+        # in the stream when Redis went down, or appended after its snapshot (the SAVE, or
+        # the look at the stream just before a restart without data) and before it was back
         lost = [l for l in run.redis_losses
                 if eid in l["stream_event_ids"]
-                or (l["keep"] and (l["saved_at"] or 0) <= e["accepted_at"] <= l["done"])
-                or (not l["keep"] and e["accepted_at"] <= l["done"] and eid in l["stream_event_ids"])]
+                or ((l["saved_at"] if l["keep"] else l["at"]) - 0.5 <= e["accepted_at"] <= l["done"] + 0.5)]
         if lost:
             excused += 1
             continue
@@ -383,23 +389,23 @@ def check_notify(run, work, pv, out, notes):
         created = doc["created_at"].timestamp()
         types = {e["type"]: e for e in db[OUTBOX].find({"conversation_id": cid})}
         mgr = t["room"]["manager"]["email"]
-        if created + 120 < end - 15:
+        if created + 60 < end - 15:
             breached += 1
             b = list(db[OUTBOX].find({"conversation_id": cid, "type": "ticket.sla_breached",
                                       "recipient.email": mgr}))
             if not b:
                 out.append(f"conversation {cid} (urgent, created {doc['created_at'].isoformat()}) "
-                           f"breached its first response at +2 min but {mgr} got no "
+                           f"breached its first response at +1 min but {mgr} got no "
                            f"ticket.sla_breached (entries: {sorted(types)}; sla {doc.get('sla')})")
             elif not any(x.get("status") == "sent" for x in b):
                 out.append(f"conversation {cid}: ticket.sla_breached to {mgr} not sent: "
                            f"{[(x['key'], x.get('status')) for x in b]}")
-        if created + 60 < end - 15:
+        if created < end - 15:
             warned += 1
             w = [e for e in db[OUTBOX].find({"conversation_id": cid, "type": "ticket.sla_warning"})]
             if not w:
                 out.append(f"conversation {cid} (urgent, created {doc['created_at'].isoformat()}) "
-                           f"entered its warning window at +1 min but no ticket.sla_warning "
+                           f"was in its warning window from the start but no ticket.sla_warning "
                            f"was enqueued (entries: {sorted(types)})")
             elif not all(x.get("status") == "sent" for x in w):
                 out.append(f"conversation {cid}: ticket.sla_warning not all sent: "
