@@ -1096,9 +1096,9 @@ def main(argv=None) -> int:
     ap.add_argument("--binary", help="supportd to run (default: see the module docstring)")
     ap.add_argument("--drain", type=float, default=45,
                     help="seconds the instances get to finish the work at the end")
-    ap.add_argument("--drain-max", type=float, default=360,
+    ap.add_argument("--drain-max", type=float, default=150,
                     help="the drain's bound when outbox entries wait out a backoff or a "
-                         "killed deliverer's claim (5 min)")
+                         "killed deliverer's claim; an entry still held past it is a violation")
     ap.add_argument("--keep", action="store_true", help="keep the database and Redis keys")
     args = ap.parse_args(argv)
     if args.minutes < 1 and not args.soak:

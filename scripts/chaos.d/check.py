@@ -200,7 +200,13 @@ def check_outbox(run, pv, out, notes):
         for e in entries:
             v = run.redis.get(f"{run.prefix}outbox:claim:{e['_id']}")
             if v and v.startswith("claimed:"):
-                out.append(f"outbox {e['_id']} ({e.get('key')}) still claimed: {v}")
+                pid = re.match(r"^claimed:[^:]+:(\d+)/", v)
+                pid = int(pid.group(1)) if pid else None
+                alive = pid in run.before_stop["live_pids"]
+                ttl = run.redis.pttl(f"{run.prefix}outbox:claim:{e['_id']}")
+                out.append(f"outbox {e['_id']} ({e.get('key')}) still claimed: {v} "
+                           f"({'a running' if alive else 'a stopped or killed'} process; "
+                           f"{ttl / 1000:.0f} s of its claim left)")
     except redis.RedisError as ex:
         out.append(f"outbox claims unreadable: {ex}")
 
