@@ -3,9 +3,11 @@
 platform-like workload and random faults, then every guarantee checked (check.py).
 
 Deterministic for a seed: the workload's choices come from random.Random(f"{seed}:work"),
-the fault schedule from random.Random(f"{seed}:faults") (made up front). What supportd does
-in between (timing, provider ids) is not, so two runs of one seed inject the same things at
-the same offsets, not byte-identical outcomes.
+the fault schedule from random.Random(f"{seed}:faults") (made up front), the door a webhook
+goes to from random.Random(f"{seed}:doors"). What supportd does in between (timing, provider
+ids) is not, so two runs of one seed inject the same faults at the same offsets and make the
+same workload choices until a timing-dependent branch (a platform write retried through a
+restart, a revoked key skipping an e-mail reply) shifts the later ones.
 
 The binary: --binary, else SUPPORTD_BIN, else the static release build
 (zig-out/static/bin/supportd) when present, else the sanitized build with gcc's libasan
@@ -429,6 +431,7 @@ class Workload:
     def __init__(self, run: Run):
         self.run = run
         self.rng = run.work_rng
+        self.door_rng = random.Random(f"{run.seed}:doors")
         self.tickets: dict[ObjectId, dict] = {}
         self.messages: dict[ObjectId, dict] = {}   # outbound: {doc, provider, pmids, plan}
         self.by_pmid: dict[str, ObjectId] = {}
@@ -688,7 +691,7 @@ class Workload:
         balancer would); 503 is retried later, as the providers do."""
         target, body, headers = req
         order = list(self.run.instances)
-        self.rng.shuffle(order)
+        self.door_rng.shuffle(order)  # its own stream: retries must not shift the workload's
         code = None
         for inst in order:
             if not inst.alive or inst.stopped:
