@@ -530,6 +530,18 @@ def check_resources(run, out, notes):
         notes["RSS bound"] = "not judged: AddressSanitizer build"
 
 
+def versions_before(evs: list[dict], t: float) -> set[str]:
+    """The rules version a process ran last before t (from rules.loaded/reloaded)."""
+    last = None
+    for e in evs:
+        if ts_of(e) > t:
+            break
+        if e.get("event") in ("rules.loaded", "rules.reloaded"):
+            m = re.match(r"rules (\w+) (?:loaded|replace)", e.get("msg", ""))
+            last = m.group(1) if m else last
+    return {last} if last else set()
+
+
 def check_processes(run, out, notes):
     exits = 0
     for inst in run.instances:
@@ -560,11 +572,27 @@ def check_processes(run, out, notes):
                 if not failed:
                     out.append(f"instance {inst.idx} pid {p['pid']}: no rules.reload_failed "
                                f"while sla.lua was broken (+{w['at'] - run.start_time:.0f}s)")
-                ticks = [e for e in evs if e.get("event") == "tick.start"
+                # its scheduler goes on: a tick, or a slot skipped for another's lease
+                slots = [e for e in evs if e.get("event") in ("tick.start", "tick.skipped")
                          and w["at"] + 1 <= ts_of(e) <= w["until"]]
-                if w["until"] - w["at"] > 4 and not ticks:
-                    out.append(f"instance {inst.idx} pid {p['pid']}: no tick while sla.lua "
-                               f"was broken: the last good set did not keep running")
+                if w["until"] - w["at"] > 4 and not slots:
+                    out.append(f"instance {inst.idx} pid {p['pid']}: no tick and no slot while "
+                               f"sla.lua was broken (+{w['at'] - run.start_time:.0f}s)")
+                for e in evs:
+                    if (e.get("event") == "tick.start" and w["at"] + 1 <= ts_of(e) <= w["until"]
+                            and e.get("rules") not in versions_before(evs, w["at"])):
+                        out.append(f"instance {inst.idx} pid {p['pid']}: tick {e.get('tick')} "
+                                   f"ran rules {e.get('rules')} while sla.lua was broken, not "
+                                   f"the last good set {sorted(versions_before(evs, w['at']))}")
+    for w in run.rule_windows:
+        if w["kind"] != "broken" or w["until"] - w["at"] <= 4:
+            continue
+        ran = [1 for inst in run.instances for p in inst.procs
+               for e in read_log(p["log"])[0] if e.get("event") == "tick.start"
+               and w["at"] + 1 <= ts_of(e) <= w["until"]]
+        if not ran:
+            out.append(f"no instance ran a tick while sla.lua was broken "
+                       f"(+{w['at'] - run.start_time:.0f}s to +{w['until'] - run.start_time:.0f}s)")
     notes["unexpected exits"] = exits
 
 
@@ -668,6 +696,7 @@ def report(run, work, result) -> int:
                 print(f"  ... and {len(v[n]) - 40} more (summary.json)")
     with open(run.logdir / "summary.json", "w") as fh:
         json.dump({"seed": run.seed, "minutes": run.args.minutes, "faults": run.faults,
+                   "rule_windows": run.rule_windows,
                    "items": run.items, "violations": {NAMES[n]: v[n] for n in v},
                    "notes": notes}, fh, indent=1, default=str)
     print(f"\n{'PASS' if not bad else 'FAIL'}: {bad} violation(s)")
