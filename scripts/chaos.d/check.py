@@ -230,13 +230,13 @@ def check_resends(run, work, pv, out, notes):
             continue
         n += attempts - 1
         # the first send was the platform's (its own account); the re-sends are supportd's
+        # Twilio is looked up before a re-send after a lost answer: no excuse there; an
+        # e-mail re-send after a lost answer is made final instead, so none either
         if m["provider"] == "twilio":
             got = pv["tw_by_to_body"].get((doc["to"], doc["body"]), [])
-            uncertain = (doc["to"], doc["body"]) in pv["uncertain_tw"]
         else:
             got = pv["sg_by_body"].get(doc["body"], [])
-            uncertain = False
-        if len(got) != attempts - 1 and not (uncertain and len(got) > attempts - 1):
+        if len(got) != attempts - 1:
             out.append(f"message {mid}: attempts {attempts}, the provider accepted "
                        f"{len(got)} re-sends: {got}")
         if doc.get("supportd_resend"):
@@ -317,7 +317,12 @@ def check_webhooks(run, work, out, notes):
             continue
         cur = (doc or {}).get("provider_message_id")
         extra = ""
-        if doc and cur != e["pmid"]:
+        known = {h.get("event_id", "").split(":")[1] for h in (doc or {}).get("status_history", [])
+                 if h.get("event_id", "").startswith("twilio:")}
+        if doc and cur != e["pmid"] and e["pmid"] not in known and e["pmid"] not in work.messages[e["mid"]]["pmids"][:1]:
+            extra = (f" (a send supportd never recorded: the message's provider_message_id is "
+                     f"{cur}; a duplicate re-send, see invariant 1)")
+        elif doc and cur != e["pmid"]:
             superseded += 1
             extra = (f" (the message was re-sent meanwhile: its provider_message_id is now "
                      f"{cur}; events for an earlier attempt's id are not matched)")
