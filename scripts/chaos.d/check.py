@@ -226,8 +226,6 @@ def check_resends(run, work, pv, out, notes):
         if not doc:
             continue
         attempts = doc.get("attempts") or 1
-        if attempts <= 1:
-            continue
         n += attempts - 1
         # the first send was the platform's (its own account); the re-sends are supportd's
         # Twilio is looked up before a re-send after a lost answer: no excuse there; an
@@ -236,9 +234,15 @@ def check_resends(run, work, pv, out, notes):
             got = pv["tw_by_to_body"].get((doc["to"], doc["body"]), [])
         else:
             got = pv["sg_by_body"].get(doc["body"], [])
-        if len(got) != attempts - 1:
+        gave_up = (doc.get("final") and (doc.get("error") or {}).get("code") == "resend_uncertain")
+        if len(got) == attempts and gave_up and m["provider"] == "sendgrid":
+            # the documented case: an e-mail re-send whose answer was lost is not sent again
+            # and not recorded (SendGrid cannot be asked), although it may have arrived
+            notes["e-mail re-sends given up as uncertain that had arrived"] = \
+                notes.get("e-mail re-sends given up as uncertain that had arrived", 0) + 1
+        elif len(got) != attempts - 1:
             out.append(f"message {mid}: attempts {attempts}, the provider accepted "
-                       f"{len(got)} re-sends: {got}")
+                       f"{len(got)} re-sends: {got} (recorded: {doc.get('provider_message_id')})")
         if doc.get("supportd_resend"):
             out.append(f"message {mid}: re-send marker left: {doc['supportd_resend']}")
     notes["re-sends recorded"] = n
@@ -656,6 +660,7 @@ def report(run, work, result) -> int:
               "SLA breaches due", "snoozed tickets", "provider requests",
               "documented duplicates (SendGrid answer lost)",
               "stale claim markers on finished entries",
+              "e-mail re-sends given up as uncertain that had arrived",
               "queue entries lost with Redis's data"):
         if k in notes:
             print(f"| {k} | {notes[k]} |")
