@@ -24,7 +24,8 @@ in reference/providers.md):
 
 Control API (never recorded):
   GET  /_fake/requests[?path=substr]  recorded requests: method, path, query,
-                                      headers, body, json, form, time, client_port
+                                      headers, body, json, form, time, client_port,
+                                      fault (the fault applied to it, or null)
   GET  /_fake/sent                    what was accepted: {"twilio": [messages],
                                       "sendgrid": [{"message_id", "json"}]}
   POST /_fake/reset                   forget requests, faults, messages; default state
@@ -38,9 +39,13 @@ Control API (never recorded):
          "delay_ms": 3000,           wait before answering (slow answers, timeouts)
          "accept": true,             do the real work (e.g. store the message) first,
                                      then answer the fault: "5xx but sent"
+         "reset": true,              answer nothing: close the connection with a TCP
+                                     reset (after delay_ms; with "accept", after the
+                                     real work: "sent, but the answer was lost")
          "times": 1}                 how many requests it applies to (default 1; 0 = forever)
   POST /_fake/message                 add or change one Twilio message: {"sid", "status",
                                       "error_code", …} (delivery reports, for polling)
+  POST /_fake/faults/clear            drop every queued fault (requests and messages stay)
   POST /_fake/state                   set: twilio_sid, twilio_token, sendgrid_key,
                                       subaccounts [sid], account_status, account_type,
                                       balance ("12.34" or null for 404), numbers [..],
@@ -65,6 +70,8 @@ import email.utils
 import json
 import re
 import secrets
+import socket
+import struct
 import sys
 import threading
 import time
@@ -197,7 +204,7 @@ class Handler(BaseHTTPRequestHandler):
                "body": body.decode("utf-8", "replace"), "json": None, "form": None,
                "time": time.time(),
                # the client's port: equal ports = one reused connection
-               "client_port": self.client_address[1]}
+               "client_port": self.client_address[1], "fault": None}
         ctype = self.headers.get("Content-Type", "")
         if "json" in ctype:
             try:
@@ -211,8 +218,15 @@ class Handler(BaseHTTPRequestHandler):
             self.fake.requests.append(rec)
 
         fault = self.fake.take_fault(method, path)
+        if fault:
+            with self.fake.lock:
+                rec["fault"] = {k: v for k, v in fault.items() if k != "times"}
         if fault and fault.get("delay_ms"):
             time.sleep(fault["delay_ms"] / 1000.0)
+        if fault and fault.get("reset"):
+            if fault.get("accept"):
+                self._route(method, path, query, body, rec, discard=True)
+            return self._reset()
         if fault and (fault.get("status") is not None or fault.get("body") is not None):
             headers = {}
             status = fault.get("status")
@@ -232,6 +246,23 @@ class Handler(BaseHTTPRequestHandler):
                 raw = raw.encode()
             return self._send(status, headers=headers, raw=raw)
         self._route(method, path, query, body, rec)
+
+    def _reset(self):
+        """Closes the connection with a TCP RST (SO_LINGER 0), no answer: what a
+        provider's load balancer dropping the connection looks like to the client."""
+        self.close_connection = True
+        self._was_reset = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
+    def finish(self):
+        if getattr(self, "_was_reset", False):
+            return  # nothing to flush: the socket is gone
+        super().finish()
 
     def _fault_body(self, path: str, status: int) -> dict:
         if path.startswith("/v3/"):
@@ -281,6 +312,10 @@ class Handler(BaseHTTPRequestHandler):
             with f.lock:
                 f.faults.extend(items)
             return self._send(200, {"ok": True, "queued": len(f.faults)})
+        if method == "POST" and path == "/_fake/faults/clear":
+            with f.lock:
+                f.faults.clear()
+            return self._send(200, {"ok": True})
         if method == "POST" and path == "/_fake/state":
             with f.lock:
                 f.state.update(json.loads(body or b"{}"))
