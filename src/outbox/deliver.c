@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/clock.h"
 #include "core/seam.h"
@@ -593,6 +594,28 @@ static void *flush_thread(void *arg)
     return NULL;
 }
 
+/* The batch's claims released (claim_finish_many). A connection dropped at
+ * that moment (Redis restarted, a failover: found by the chaos run) would
+ * leave them held for their full claim, and an entry due for a retry
+ * unsendable by anyone until then; the compare-and-set is idempotent, so it
+ * is tried again once the connection's reconnect delay (0.1 s, doubling) has
+ * passed, three times in about 1.5 s. */
+static void release_claims(struct outbox_ctx *ctx, struct flush *f)
+{
+    seam_wait("outbox_before_release");
+    struct sd_error e;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        if (attempt) {
+            struct timespec ts = {0, (long)(100L << attempt) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+        if (claim_finish_many(ctx->redis, f->release, f->versions, f->n_release, &e) == 0)
+            return;
+    }
+    log_msg(LOG_WARN, ctx->log, "outbox.claim", NULL, "%s (they expire by themselves)",
+            e.message);
+}
+
 /* Waits for the batch being written, then turns its claims into "done:"
  * markers (compare-and-set; an accepted entry's "sent:" marker no longer
  * holds our token and stays). */
@@ -610,10 +633,8 @@ static void flush_finish(struct outbox_ctx *ctx, struct pool *pool)
                 "recording %d outbox outcomes: %s (sends are recorded in Redis)", f->n,
                 store_errmsg(&f->berr));
     mongoc_bulk_operation_destroy(f->bulk);
-    struct sd_error e;
-    if (f->n_release && claim_finish_many(ctx->redis, f->release, f->versions, f->n_release, &e))
-        log_msg(LOG_WARN, ctx->log, "outbox.claim", NULL, "%s (they expire by themselves)",
-                e.message);
+    if (f->n_release)
+        release_claims(ctx, f);
     free(f->release);
     free(f->versions);
     memset(f, 0, sizeof *f);

@@ -289,6 +289,26 @@ def test_sent_entry_keeps_marker_and_claim_released_on_retry(providers, redis_cl
     assert 0 < redis_client.pttl(key) <= 120_000
 
 
+def test_claims_are_released_after_a_dropped_redis_connection(providers, redis_client, tmp_path):
+    """Found by the chaos run (seed 1): Redis dropped the deliverer's connection just as the
+    batch's claims were released, and they stayed held for the full 5-minute claim, so an
+    entry due for a retry could not be sent by anyone until then. The release is retried."""
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    (seams / "outbox_before_release.arm").touch()
+    providers.fake.fault(match="/v3/mail/send", status=503, times=0)
+    retry = providers.entry("email")
+    d = providers.start("blip", QM_SUPPORT_TEST_SEAMS=str(seams))
+    wait_until(lambda: (seams / "outbox_before_release.reached").exists(), 60, what="the seam")
+    # every other client's connection closed, as a Redis restart or failover does
+    redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    (seams / "outbox_before_release.go").touch()
+    assert d.wait_exit(60) == 0, d.tail()
+    providers.outputs.append(d.stderr())
+    assert providers.get(retry)["attempts"] == 1
+    assert redis_client.get(providers.sd.key(f"outbox:claim:{retry['_id']}")) == "done:1"
+
+
 def test_copy_older_than_the_done_marker_is_not_sent(providers, redis_client):
     """Another deliverer finished the entry (attempts 0 → 1) after our due
     query read it: its "done:1" refuses our copy at attempts 0, without a
