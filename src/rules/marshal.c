@@ -196,7 +196,17 @@ static int append_table(struct walk *w, int idx, bson_t *out, const char *key, i
         struct field_key fk = {0};
         char numkey[24];
         if (lua_type(L, -1) == LUA_TSTRING) {
-            fk.text = strdup(lua_tostring(L, -1));
+            size_t klen;
+            const char *k = lua_tolstring(L, -1, &klen);
+            /* A field name is a C string of valid UTF-8: anything else would make a
+             * document libbson itself rejects (found by fuzz_marshal). */
+            if (!bson_utf8_validate(k, klen, false)) {
+                sd_error_set(w->err, "%s: a field name is not valid UTF-8 (or holds a NUL)", key);
+                lua_pop(L, 1);
+                free_keys(keys, n_keys);
+                return -1;
+            }
+            fk.text = strdup(k);
         } else if (lua_isinteger(L, -1)) {
             fk.integer = true;
             fk.n = lua_tointeger(L, -1);
