@@ -66,12 +66,40 @@ static int entry_attempts(const bson_t *doc)
     return bson_iter_init_find(&it, doc, "attempts") ? (int)bson_iter_as_int64(&it) : 0;
 }
 
-/* The batch's writes: one unordered bulk, executed once the batch is sent.
- * NULL where a write must happen at once. */
+/* The batch's writes, kept as statements (filter, update) and executed as
+ * one unordered bulk once the batch is sent: kept so that a bulk that failed
+ * can be built again and retried (flush_execute). NULL where a write must
+ * happen at once. */
 struct writes {
-    mongoc_bulk_operation_t *bulk;
-    int n;
+    bson_t **ops; /* owned: filter, update, filter, update, … */
+    int n;        /* statements */
+    int cap;
 };
+
+static int writes_add(struct writes *w, const bson_t *filter, const bson_t *update,
+                      struct sd_error *err)
+{
+    if (w->n == w->cap) {
+        int cap = w->cap ? 2 * w->cap : 64;
+        bson_t **ops = realloc(w->ops, (size_t)cap * 2 * sizeof *ops);
+        if (!ops)
+            return sd_error_set(err, "out of memory");
+        w->ops = ops;
+        w->cap = cap;
+    }
+    w->ops[2 * w->n] = bson_copy(filter);
+    w->ops[2 * w->n + 1] = bson_copy(update);
+    w->n++;
+    return 0;
+}
+
+static void writes_free(struct writes *w)
+{
+    for (int i = 0; i < 2 * w->n; i++)
+        bson_destroy(w->ops[i]);
+    free(w->ops);
+    memset(w, 0, sizeof *w);
+}
 
 /* update_one({_id, status: "pending"}, update); *modified may be NULL. With
  * w, the statement joins the batch's bulk instead (store_bulk_update_doc).
@@ -83,11 +111,20 @@ static int update_pending_w(mongoc_collection_t *coll, struct writes *w, struct 
     BSON_APPEND_VALUE(&filter, "_id", &it->id);
     BSON_APPEND_UTF8(&filter, "status", "pending");
     if (w) {
-        int rc = store_bulk_update_doc(w->bulk, &filter, update, false, err);
+        /* Only the version we claimed: a retried bulk (flush_execute) that
+         * had reached the database before never adds an attempt twice. */
+        if (it->attempts > 0 || bson_has_field(it->entry, "attempts")) {
+            BSON_APPEND_INT32(&filter, "attempts", it->attempts);
+        } else {
+            bson_t ex;
+            BSON_APPEND_DOCUMENT_BEGIN(&filter, "attempts", &ex);
+            BSON_APPEND_BOOL(&ex, "$exists", false);
+            bson_append_document_end(&filter, &ex);
+        }
+        int rc = writes_add(w, &filter, update, err);
         bson_destroy(&filter);
         if (rc)
             return sd_error_prefix(err, "updating outbox entry %s", it->id_text);
-        w->n++;
         return 0;
     }
     bson_error_t berr;
@@ -356,8 +393,10 @@ struct flush {
     bool active;
     pthread_t thread;
     bool threaded;
-    mongoc_bulk_operation_t *bulk;
-    int n;
+    struct writes w;
+    mongoc_collection_t *coll;           /* the writer's, or the caller's */
+    const struct log_ctx *log;
+    int tries;
     bool ok;
     bson_error_t berr;
     uint64_t commands;
@@ -579,12 +618,57 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
     return rc;
 }
 
+/* How long a batch's outcomes are tried before they are left to the claims'
+ * "sent:" markers alone. Through a database restart or failover (seconds)
+ * they reach MongoDB; had they been given up at the first error, Redis losing
+ * its data meanwhile would have had the next tick send them again (found by
+ * the chaos run). Each statement names the entry's version, so a bulk that
+ * reached the database in part before it failed is harmless to repeat. */
+#define OUTCOME_RETRY_MS (30 * 1000)
+
+static bool bulk_once(struct flush *f)
+{
+    bson_t bopts = BSON_INITIALIZER, reply;
+    BSON_APPEND_BOOL(&bopts, "ordered", false);
+    mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(f->coll,
+                                                                                      &bopts);
+    bson_destroy(&bopts);
+    struct sd_error e;
+    for (int i = 0; i < f->w.n; i++)
+        if (store_bulk_update_doc(bulk, f->w.ops[2 * i], f->w.ops[2 * i + 1], false, &e)) {
+            bson_set_error(&f->berr, MONGOC_ERROR_BSON, MONGOC_ERROR_BSON_INVALID, "%s",
+                           e.message);
+            mongoc_bulk_operation_destroy(bulk);
+            return false;
+        }
+    bool ok = mongoc_bulk_operation_execute(bulk, &reply, &f->berr);
+    bson_destroy(&reply);
+    mongoc_bulk_operation_destroy(bulk);
+    return ok;
+}
+
 static void flush_execute(struct flush *f)
 {
     uint64_t before = store_thread_commands();
-    bson_t reply;
-    f->ok = mongoc_bulk_operation_execute(f->bulk, &reply, &f->berr);
-    bson_destroy(&reply);
+    int64_t t0 = clock_monotonic_ms();
+    long wait_ms = 250;
+    seam_wait("outbox_before_outcomes");
+    for (f->tries = 1;; f->tries++) {
+        if ((f->ok = bulk_once(f)))
+            break;
+        if (f->berr.domain == MONGOC_ERROR_BSON ||
+            clock_monotonic_ms() - t0 + wait_ms > OUTCOME_RETRY_MS)
+            break;
+        if (f->tries == 1)
+            log_msg(LOG_WARN, f->log, "outbox.update", NULL,
+                    "recording %d outbox outcomes: %s; trying again for up to %d s (sends are "
+                    "recorded in Redis meanwhile)",
+                    f->w.n, store_errmsg(&f->berr), OUTCOME_RETRY_MS / 1000);
+        struct timespec ts = {wait_ms / 1000, (wait_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        if (wait_ms < 4000)
+            wait_ms *= 2;
+    }
     f->commands = store_thread_commands() - before;
 }
 
@@ -628,11 +712,14 @@ static void flush_finish(struct outbox_ctx *ctx, struct pool *pool)
         pthread_join(f->thread, NULL);
         store_thread_commands_add(f->commands);
     }
-    if (f->n && !f->ok)
+    if (f->w.n && !f->ok)
         log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL,
-                "recording %d outbox outcomes: %s (sends are recorded in Redis)", f->n,
-                store_errmsg(&f->berr));
-    mongoc_bulk_operation_destroy(f->bulk);
+                "recording %d outbox outcomes: %s (%d tries; sends are recorded in Redis)",
+                f->w.n, store_errmsg(&f->berr), f->tries);
+    else if (f->tries > 1)
+        log_msg(LOG_INFO, ctx->log, "outbox.update", NULL,
+                "recorded %d outbox outcomes at try %d", f->w.n, f->tries);
+    writes_free(&f->w);
     if (f->n_release)
         release_claims(ctx, f);
     free(f->release);
@@ -646,12 +733,12 @@ static void flush_start(struct pool *pool, struct flush *f)
 {
     f->active = true;
     f->ok = true;
-    if (f->n && pool->writer &&
+    if (f->w.n && pool->writer &&
         pthread_create(&f->thread, NULL, flush_thread, f) == 0) {
         f->threaded = true;
         return;
     }
-    if (f->n)
+    if (f->w.n)
         flush_execute(f);
 }
 
@@ -671,8 +758,7 @@ static void forget_started(struct writes *w, struct item *it)
     BSON_APPEND_UTF8(&unset, "send_started_at", "");
     bson_append_document_end(&u, &unset);
     struct sd_error e;
-    if (store_bulk_update_doc(w->bulk, &filter, &u, false, &e) == 0)
-        w->n++;
+    writes_add(w, &filter, &u, &e);
     bson_destroy(&filter);
     bson_destroy(&u);
 }
@@ -749,12 +835,7 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
     /* The previous batch's outcomes are in (its claims finished) before this
      * one's are built on the same writer client. */
     flush_finish(ctx, pool);
-    bson_t bopts = BSON_INITIALIZER;
-    BSON_APPEND_BOOL(&bopts, "ordered", false);
-    struct writes w = {mongoc_collection_create_bulk_operation_with_opts(
-                           pool->wcoll ? pool->wcoll : coll, &bopts),
-                       0};
-    bson_destroy(&bopts);
+    struct writes w = {0};
     for (size_t i = 0; rc == 0 && i < n_mine; i++) {
         struct item *it = mine[i];
         if (!due[i]) {
@@ -889,8 +970,9 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         versions[i] = mine[i]->attempts + (mine[i]->written ? 1 : 0);
     /* Ownership of the bulk, the claims to finish and their versions moves
      * to the flush. */
-    pool->flush = (struct flush){.bulk = w.bulk,
-                                 .n = w.n,
+    pool->flush = (struct flush){.w = w,
+                                 .coll = pool->wcoll ? pool->wcoll : coll,
+                                 .log = ctx->log,
                                  .release = release,
                                  .versions = versions,
                                  .n_release = n_mine};

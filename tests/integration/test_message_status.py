@@ -467,6 +467,39 @@ def test_resend_5xx_or_timeout_is_looked_up_not_repeated_blindly(world, fault):
     assert any(r["method"] == "GET" for r in world.p.fake.requests("/Messages.json"))
 
 
+def test_resend_backoff_counts_from_the_failed_send_not_the_tick(world):
+    """Found by the chaos run: a re-send that timed out (HTTP timeout 2 s) got next_retry_at
+    from the tick's start, so with a send slower than the backoff the next attempt was due
+    at once; its look-up came before Twilio, which accepted late, showed the message, and a
+    second SMS went out. The backoff (retry.lua: 60 s) now counts from the failed send."""
+    m = world.message("twilio", status="sent")
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    t = now_ms() + 2 * 60 * 1000
+    # accepted by Twilio 3 s after the request, 1 s after the client gave up
+    world.p.fake.fault(match="/Messages.json", method="POST", delay_ms=3000, status=201,
+                       accept=True)
+    cp = world.once("--now", iso(t))
+    assert cp.returncode == 0, cp.stderr
+    got = world.get(m)
+    assert got["supportd_resend"]["uncertain"] is True
+    due = int(got["next_retry_at"].timestamp() * 1000)
+    assert due >= t + 2000 + 60 * 1000, \
+        f"next_retry_at {due - t} ms after the tick's now: the 2 s send was not counted"
+    # the backoff after the tick's now has passed, the one after the send not yet: nothing
+    cp = world.once("--now", iso(t + 61 * 1000))
+    assert cp.returncode == 0, cp.stderr
+    wait_until(lambda: len(world.p.fake.sent()["twilio"]) >= 1, 10, what="the message at Twilio")
+    assert len(world.p.fake.sent()["twilio"]) == 1, "sent twice: the look-up came too early"
+    # once due, the look-up finds the late message: recovered, not sent again
+    cp = world.once("--now", iso(t + 5 * 60 * 1000))
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1, "sent twice"
+    assert world.get(m)["provider_message_id"] == sent[0]["sid"]
+    assert tick_end(cp)["counts"]["resend_recovered"] == 1
+
+
 def test_resend_timeout_of_an_email_is_not_repeated(world):
     m = world.message("sendgrid", status="sent")
     world.sendgrid([World.sg_event(m, "bounce", type="blocked", reason="451")])

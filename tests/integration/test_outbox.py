@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pymongo
 import pytest
 
-from conftest import parse_log_lines, wait_until
+from conftest import parse_log_lines, services_script, wait_until
 from fakes_fixtures import *  # noqa: F401,F403  (provider_fake, providers)
 
 
@@ -307,6 +307,47 @@ def test_claims_are_released_after_a_dropped_redis_connection(providers, redis_c
     providers.outputs.append(d.stderr())
     assert providers.get(retry)["attempts"] == 1
     assert redis_client.get(providers.sd.key(f"outbox:claim:{retry['_id']}")) == "done:1"
+
+
+def test_outcomes_reach_the_database_through_an_outage_and_a_redis_loss(providers, redis_client,
+                                                                         tmp_path):
+    """Found by the chaos run (seed 1): a batch's outcome write failed while PostgreSQL
+    restarted under FerretDB, Redis lost its data half a second later (the claim's "sent:"
+    marker with it), and the next tick sent the entry again. The outcomes are now tried
+    again until the database is back, and only for the version claimed."""
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    (seams / "outbox_before_outcomes.arm").touch()
+    sent = providers.entry("email")
+    failed = providers.entry("email", key=f"retry:{sent['key']}",
+                             recipient={"role": "agent", "email": "bob@example.org"})
+    providers.fake.fault(match="/v3/mail/send", status=500)  # one of the two: attempt 1
+    d = providers.start("outage", QM_SUPPORT_TEST_SEAMS=str(seams))
+    wait_until(lambda: (seams / "outbox_before_outcomes.reached").exists(), 60, what="the seam")
+    assert len(providers.fake.requests("/v3/mail/send")) == 2
+    services_script("stop-postgres")
+    try:
+        (seams / "outbox_before_outcomes.go").touch()
+        wait_until(lambda: "recording 2 outbox outcomes" in d.stderr(), 60,
+                   what="the outcome write failing")
+        for key in redis_client.scan_iter(providers.sd.key("*")):  # Redis loses its data
+            redis_client.delete(key)
+    finally:
+        services_script("start-postgres", timeout=120)
+    assert d.wait_exit(120) == 0, d.tail()
+    providers.outputs.append(d.stderr())
+    ok = [s for s in (providers.get(sent), providers.get(failed)) if s["status"] == "sent"]
+    retry = [s for s in (providers.get(sent), providers.get(failed)) if s["status"] == "pending"]
+    assert len(ok) == 1 and ok[0]["attempts"] == 1, (ok, retry)
+    assert len(retry) == 1 and retry[0]["attempts"] == 1, "the failed attempt counted twice"
+    providers.coll.update_one({"_id": retry[0]["_id"]},
+                              {"$set": {"next_attempt_at": datetime.now(timezone.utc)}})
+    cp = providers.run()  # the next tick: the retry goes out, the sent one does not
+    assert cp.returncode == 0, cp.stderr
+    to = [r["json"]["personalizations"][0]["to"][0]["email"]
+          for r in providers.fake.requests("/v3/mail/send")]
+    assert sorted(to) == sorted(["ann@example.org", "bob@example.org",
+                                 retry[0]["recipient"]["email"]]), to
 
 
 def test_copy_older_than_the_done_marker_is_not_sent(providers, redis_client):

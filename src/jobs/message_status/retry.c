@@ -234,8 +234,16 @@ static int record_resend_failure(struct ms_tick *t, const bson_t *item, int64_t 
         BSON_APPEND_UTF8(&e, "message", perr->message);
         bson_append_document_end(&set, &e);
     } else {
+        /* The backoff counts from now, when the send has failed, not from the
+         * tick's start: after a send slower than the backoff (a timeout), the
+         * next attempt's look-up would otherwise come at once, before a
+         * provider that accepted late shows the message, and send a second
+         * one (found by the chaos run). Elapsed wall time moves the tick's
+         * now (maybe --now) along. */
+        int64_t since = clock_now_ms() - t->wall_ms;
         BSON_APPEND_DATE_TIME(&set, "next_retry_at",
-                              t->env->now_ms + retry_delay_s(t, attempt - 1) * 1000);
+                              t->env->now_ms + (since > 0 ? since : 0) +
+                                  retry_delay_s(t, attempt - 1) * 1000);
         if (keep_marker) {
             bson_t r;
             BSON_APPEND_DOCUMENT_BEGIN(&set, "supportd_resend", &r);
