@@ -64,11 +64,11 @@ int ms_journal_forget(struct ms_tick *t, const bson_t *const *entries, size_t n,
 }
 
 /* The sweep's query: copies received before `before`, after the cursor (the
- * last one looked at; "" from the oldest), oldest first. */
-static void page_query(int64_t before, const char *cursor, bson_t *filter, bson_t *opts,
-                       bool with_fields)
+ * last one looked at; NULL from the oldest), oldest first, without their
+ * bodies (up to 1 MiB each: read only for the copies to append). */
+static void page_query(int64_t before, const char *cursor, bson_t *filter, bson_t *opts)
 {
-    bson_t range, or, alt, gt, sort, proj;
+    bson_t range, alts, alt, gt, sort, proj;
     bson_init(filter);
     bson_init(opts);
     BSON_APPEND_DOCUMENT_BEGIN(filter, "received_at", &range);
@@ -77,32 +77,29 @@ static void page_query(int64_t before, const char *cursor, bson_t *filter, bson_
     long long at = 0;
     char id[64];
     if (cursor && sscanf(cursor, "%lld %63s", &at, id) == 2) {
-        BSON_APPEND_ARRAY_BEGIN(filter, "$or", &or);
-        BSON_APPEND_DOCUMENT_BEGIN(&or, "0", &alt);
+        BSON_APPEND_ARRAY_BEGIN(filter, "$or", &alts);
+        BSON_APPEND_DOCUMENT_BEGIN(&alts, "0", &alt);
         BSON_APPEND_DOCUMENT_BEGIN(&alt, "received_at", &gt);
         BSON_APPEND_DATE_TIME(&gt, "$gt", at);
         bson_append_document_end(&alt, &gt);
-        bson_append_document_end(&or, &alt);
-        BSON_APPEND_DOCUMENT_BEGIN(&or, "1", &alt);
+        bson_append_document_end(&alts, &alt);
+        BSON_APPEND_DOCUMENT_BEGIN(&alts, "1", &alt);
         BSON_APPEND_DATE_TIME(&alt, "received_at", at);
         BSON_APPEND_DOCUMENT_BEGIN(&alt, "_id", &gt);
         BSON_APPEND_UTF8(&gt, "$gt", id);
         bson_append_document_end(&alt, &gt);
-        bson_append_document_end(&or, &alt);
-        bson_append_array_end(filter, &or);
+        bson_append_document_end(&alts, &alt);
+        bson_append_array_end(filter, &alts);
     }
     BSON_APPEND_DOCUMENT_BEGIN(opts, "sort", &sort);
     BSON_APPEND_INT32(&sort, "received_at", 1);
     BSON_APPEND_INT32(&sort, "_id", 1);
     bson_append_document_end(opts, &sort);
     BSON_APPEND_INT64(opts, "limit", PAGE);
-    if (!with_fields) {
-        /* bodies (up to 1 MiB each) are read only for the copies to append */
-        BSON_APPEND_DOCUMENT_BEGIN(opts, "projection", &proj);
-        BSON_APPEND_INT32(&proj, "received_at", 1);
-        BSON_APPEND_INT32(&proj, "stream_id", 1);
-        bson_append_document_end(opts, &proj);
-    }
+    BSON_APPEND_DOCUMENT_BEGIN(opts, "projection", &proj);
+    BSON_APPEND_INT32(&proj, "received_at", 1);
+    BSON_APPEND_INT32(&proj, "stream_id", 1);
+    bson_append_document_end(opts, &proj);
 }
 
 /* Marks in missing[] the copies whose entry is not in the stream: no
@@ -251,7 +248,7 @@ static int sweep_page(struct ms_tick *t, int64_t before, const char *cursor, siz
                       char *last, size_t last_size, struct sd_error *err)
 {
     bson_t filter, opts;
-    page_query(before, cursor, &filter, &opts, false);
+    page_query(before, cursor, &filter, &opts);
     mongoc_collection_t *coll =
         mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_STATUS_INBOX);
     bson_t **docs = NULL;
