@@ -72,6 +72,7 @@ const core_sources = [_][]const u8{
     "src/jobs/message_status/select.c",
     "src/jobs/message_status/retry.c",
     "src/jobs/message_status/dryrun.c",
+    "src/jobs/message_status/journal.c",
     "src/store/stream.c",
     "src/store/find_in.c",
     "src/store/batches.c",

@@ -1077,10 +1077,22 @@ def pending_until(run: Run) -> float:
     return latest
 
 
+def journal_until(run: Run) -> float:
+    """When message-status's repair sweep will have appended the newest webhook journal
+    copy again, should its entry be gone (it waits 30 s from received_at)."""
+    latest = 0.0
+    for j in run.db["conversation-status-inbox"].find({}, {"received_at": 1}):
+        latest = max(latest, j["received_at"].replace(tzinfo=timezone.utc).timestamp() + 30)
+    return latest
+
+
 def drained(run: Run) -> tuple[bool, str]:
     db = run.db
     t = now()
     why = []
+    n = db["conversation-status-inbox"].count_documents({})
+    if n:
+        why.append(f"{n} webhook journal copies not yet applied")
     n = db["conversation-notification"].count_documents({"status": "pending"})
     if n:
         why.append(f"{n} outbox entries pending")
@@ -1181,7 +1193,7 @@ def main(argv=None) -> int:
             try:
                 # an entry waiting out its backoff (or a dead deliverer's claim) is not lost:
                 # the drain waits for it, within --drain-max
-                deadline = min(max(deadline, pending_until(run) + 10),
+                deadline = min(max(deadline, pending_until(run) + 10, journal_until(run) + 10),
                                drain_start + args.drain_max)
             except (pymongo.errors.PyMongoError, redis.RedisError):
                 pass

@@ -46,6 +46,8 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct job_metrics jobs[MAX_JOBS];
 static int n_jobs;
 static struct pairs webhooks_received, webhooks_rejected, http_requests;
+/* by provider (b ""): accepted with one copy only (metrics_webhook_one_copy) */
+static struct pairs journal_failures, journal_only;
 static int64_t reloads_ok, reloads_failed;
 
 static void copy(char *dst, const char *src)
@@ -144,6 +146,15 @@ void metrics_webhook_declare(const char *provider)
 {
     pthread_mutex_lock(&mu);
     pair_locked(&webhooks_received, provider, "");
+    pair_locked(&journal_failures, provider, "");
+    pair_locked(&journal_only, provider, "");
+    pthread_mutex_unlock(&mu);
+}
+
+void metrics_webhook_one_copy(const char *provider, bool journal_failed)
+{
+    pthread_mutex_lock(&mu);
+    pair_locked(journal_failed ? &journal_failures : &journal_only, provider, "")->v++;
     pthread_mutex_unlock(&mu);
 }
 
@@ -265,6 +276,23 @@ void metrics_render(bson_string_t *out)
         bson_string_append_printf(out, "} %lld\n", (long long)webhooks_rejected.rows[i].v);
     }
 
+    head(out, "supportd_webhook_journal_failures_total", "counter",
+         "Webhook requests whose copy in the journal (conversation-status-inbox) could not be "
+         "written, by provider: the stream held the only copy (503 if it failed too).");
+    for (int i = 0; i < journal_failures.n; i++) {
+        bson_string_append(out, "supportd_webhook_journal_failures_total{");
+        label(out, "provider", journal_failures.rows[i].a, true);
+        bson_string_append_printf(out, "} %lld\n", (long long)journal_failures.rows[i].v);
+    }
+    head(out, "supportd_webhook_journal_only_total", "counter",
+         "Webhook requests accepted into the journal only (status-events could not be "
+         "appended to; message-status appends them), by provider.");
+    for (int i = 0; i < journal_only.n; i++) {
+        bson_string_append(out, "supportd_webhook_journal_only_total{");
+        label(out, "provider", journal_only.rows[i].a, true);
+        bson_string_append_printf(out, "} %lld\n", (long long)journal_only.rows[i].v);
+    }
+
     head(out, "supportd_rules_reloads_total", "counter",
          "Rules reload attempts (file change or SIGHUP), by result.");
     bson_string_append_printf(out, "supportd_rules_reloads_total{result=\"ok\"} %lld\n",
@@ -293,6 +321,8 @@ void metrics_reset(void)
     n_jobs = 0;
     memset(&webhooks_received, 0, sizeof webhooks_received);
     memset(&webhooks_rejected, 0, sizeof webhooks_rejected);
+    memset(&journal_failures, 0, sizeof journal_failures);
+    memset(&journal_only, 0, sizeof journal_only);
     memset(&http_requests, 0, sizeof http_requests);
     reloads_ok = reloads_failed = 0;
     pthread_mutex_unlock(&mu);

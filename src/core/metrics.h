@@ -2,11 +2,12 @@
  *
  * A small registry of what happens inside this process: job ticks by outcome,
  * their durations (a histogram), the items each tick counted (the int64
- * members of tick.end's `counts`), webhooks received and rejected, rules
- * reloads and HTTP requests. Writers are the tick runner, the rules manager
- * and the HTTP threads; every function is thread-safe (one mutex: each call is
- * a few additions, far from any hot loop). Values that live elsewhere (Redis,
- * MongoDB, /proc) are read at scrape time by src/http/exposition.c instead.
+ * members of tick.end's `counts`), webhooks received, rejected and stored
+ * with one copy only, rules reloads and HTTP requests. Writers are the tick
+ * runner, the rules manager and the HTTP threads; every function is
+ * thread-safe (one mutex: each call is a few additions, far from any hot
+ * loop). Values that live elsewhere (Redis, MongoDB, /proc) are read at
+ * scrape time by src/http/exposition.c instead.
  *
  * metrics_render appends the Prometheus text exposition format (version 0.0.4)
  * of everything registered; names follow Prometheus conventions (supportd_
@@ -38,8 +39,13 @@ void metrics_tick(const char *job, enum metrics_outcome outcome, int64_t duratio
  * "too_large", "not_configured", "unavailable", "method"). */
 void metrics_webhook(const char *provider, const char *reason);
 
-/* Declares a provider so that its received counter exists (at 0). */
+/* Declares a provider so that its received and journal counters exist (at 0). */
 void metrics_webhook_declare(const char *provider);
+
+/* A webhook request with one of its two copies not written: journal_failed,
+ * its copy in the journal (MongoDB); else its stream entry (it was accepted
+ * into the journal only). */
+void metrics_webhook_one_copy(const char *provider, bool journal_failed);
 
 /* A rules reload attempt (file change or SIGHUP) and whether it took. */
 void metrics_rules_reload(bool ok);

@@ -1,5 +1,6 @@
 /* http.h — supportd's HTTP surface (QM_SUPPORT_HTTP_LISTEN): the signed webhook
- * receiver that appends provider callbacks to `status-events` (SPEC §2), the
+ * receiver that appends provider callbacks to `status-events` (SPEC §2), with
+ * a copy in MongoDB's conversation-status-inbox until they are applied, the
  * /healthz and /readyz probes and the Prometheus /metrics endpoint.
  *
  * The server is libmicrohttpd with its own pool of QM_SUPPORT_HTTP_THREADS
@@ -9,7 +10,9 @@
  * QM_SUPPORT_HTTP_REQUEST_TIMEOUT seconds for a whole request to arrive (a
  * watchdog closes slow connections, so a slowloris client holds a slot for at
  * most that long). Each pool thread owns its Redis connection (hiredis
- * contexts are not thread-safe); MongoDB clients come from the store's pool.
+ * contexts are not thread-safe); the background checks take MongoDB clients
+ * from the store's pool, the webhooks from a pool of the server's own whose
+ * every wait is bounded (2 s).
  *
  * Ownership: http_server_start borrows cfg, store and rules for the server's
  * lifetime; http_server_stop joins every thread and frees everything.

@@ -21,6 +21,7 @@ struct checker;
 struct http_ctx {
     const struct config *cfg;
     struct store *store;
+    struct store *journal;        /* the door's own pool: every wait bounded (server.c) */
     struct rules_live *rules;
     struct msgstatus_keys keys;   /* what message-status verifies with */
     int64_t started_ms;           /* process start: /healthz's grace */
@@ -77,8 +78,10 @@ struct webhook_request {
     int64_t received_at;          /* ms, when the request arrived */
 };
 
-/* Verifies, and appends to status-events: 204, or 400/403/503 with the reason
- * in the answer's body. *reason gets the metrics label (NULL when accepted). */
+/* Verifies, writes the journal's copy (conversation-status-inbox) and appends
+ * to status-events: 204 when either copy was stored, or 400/403/503 with the
+ * reason in the answer's body. *reason gets the metrics label (NULL when
+ * accepted). */
 void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
                     const struct webhook_request *req, struct http_answer *ans,
                     const char **reason);

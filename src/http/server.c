@@ -30,6 +30,11 @@
 /* Redis calls from a request thread fail fast: the provider retries a 503,
  * and a pool thread stuck on a hung Redis would stop answering probes. */
 #define HTTP_REDIS_TIMEOUT_MS 2000
+/* The same for the journal's insert into MongoDB (webhook.c): the stream's
+ * copy alone is enough to answer 204, so a hung database costs a webhook at
+ * most this long (connect, server selection and socket timeouts), not the
+ * 5 minutes of mongoc's default socket timeout. */
+#define HTTP_MONGO_TIMEOUT_MS 2000
 
 enum route { R_NONE, R_TWILIO, R_SENDGRID, R_HEALTHZ, R_READYZ, R_METRICS };
 
@@ -460,6 +465,9 @@ struct http_server *http_server_start(const struct config *cfg, struct store *st
         .started_ms = clock_now_ms(),
     };
     snprintf(s->ctx.stream_key, sizeof s->ctx.stream_key, "%sstatus-events", cfg->redis_prefix);
+    /* the URL was accepted by the process's store already: NULL only when out
+     * of memory, and then every request counts a journal failure */
+    s->ctx.journal = store_new_bounded(cfg->mongo_url, cfg->mongo_db, HTTP_MONGO_TIMEOUT_MS, err);
     runner_redis_options(cfg, &s->redis_opts);
     s->redis_opts.timeout_ms = HTTP_REDIS_TIMEOUT_MS;
     for (int i = 0; i < JOB_COUNT; i++)
@@ -519,6 +527,7 @@ void http_server_stop(struct http_server *s)
     if (s->watchdog_started)
         pthread_join(s->watchdog, NULL);
     checker_stop(s->ctx.checker);
+    store_destroy(s->ctx.journal);
     for (struct rds_list *n = s->conns, *next; n; n = next) {
         next = n->next;
         rds_destroy(n->r);

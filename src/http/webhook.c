@@ -4,8 +4,15 @@
  * checked with the very function the message-status job applies to entries
  * (msgstatus_parse_entry): a request the job would reject is answered 403 or
  * 400 here and never stored, and one it would accept is stored before the
- * provider hears 2xx. Twilio and SendGrid retry on 5xx, so an outage of Redis
- * is answered 503 and loses nothing.
+ * provider hears 2xx.
+ *
+ * Stored twice, because a provider that heard 2xx never sends it again and
+ * Redis may lose its data (SPEC §3): first in the journal, MongoDB's
+ * conversation-status-inbox (_id = the request's digest), then in the stream
+ * (with `journal` naming that _id, so message-status deletes the copy once it
+ * is done with the entry, and re-appends copies whose entry vanished). Either
+ * copy is enough for 204; 503 (Twilio and SendGrid retry on 5xx) only when
+ * neither could be written.
  *
  * Nothing of the request reaches the logs: a rejection is logged with its
  * provider, status, reason label, size and a short hash of the body (to find
@@ -19,6 +26,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "http/internal.h"
 
 /* Twilio's status callbacks carry about 30 parameters. A form with many more
@@ -125,11 +133,13 @@ static bool configured(const struct http_ctx *ctx, const char *provider, const c
     return *what == NULL;
 }
 
-/* The request's digest key, <prefix>webhook:seen:<first 16 bytes of SHA-256
- * of provider, URL, signature, timestamp and body, in hex>; false if it
- * cannot be computed. */
+/* The request's digest key, <prefix>webhook:seen:<digest>, the digest (the
+ * journal's _id, 32 characters) being the first 16 bytes of SHA-256 of
+ * provider, URL, signature, timestamp and body, in hex; false if it cannot be
+ * computed. */
 static bool seen_key(const struct http_ctx *ctx, const struct webhook_request *req,
-                     const char *url, const char *sig, const char *ts, char *key, size_t size)
+                     const char *url, const char *sig, const char *ts, char *key, size_t size,
+                     char digest[33])
 {
     EVP_MD_CTX *sha = EVP_MD_CTX_new();
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -143,10 +153,64 @@ static bool seen_key(const struct http_ctx *ctx, const struct webhook_request *r
     EVP_MD_CTX_free(sha);
     if (!hashed)
         return false;
-    int n = snprintf(key, size, "%swebhook:seen:", ctx->cfg->redis_prefix);
-    for (int i = 0; i < 16 && n > 0 && (size_t)n + 3 < size; i++)
-        n += snprintf(key + (size_t)n, size - (size_t)n, "%02x", md[i]);
+    for (int i = 0; i < 16; i++)
+        snprintf(digest + 2 * i, 3, "%02x", md[i]);
+    snprintf(key, size, "%swebhook:seen:%s", ctx->cfg->redis_prefix, digest);
     return true;
+}
+
+/* ---- the journal ------------------------------------------------------------
+ * One document per accepted request, {_id: digest, provider, body, url,
+ * signature, timestamp, received_at (date), stream_id (the entry's id, null
+ * until the append succeeded)}: what message-status needs to append the entry
+ * again. A replay of a request still in the journal hits the unique _id. */
+
+enum journal_result { JOURNAL_STORED, JOURNAL_DUPLICATE, JOURNAL_FAILED };
+
+static enum journal_result journal_insert(mongoc_client_t *client, const char *db,
+                                          const char *digest, const bson_t *entry,
+                                          int64_t received_at, bson_error_t *berr)
+{
+    bson_t doc = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&doc, "_id", digest);
+    bson_iter_t it;
+    if (bson_iter_init(&it, entry))
+        while (bson_iter_next(&it))
+            if (strcmp(bson_iter_key(&it), "received_at"))
+                bson_append_iter(&doc, bson_iter_key(&it), -1, &it);
+    BSON_APPEND_DATE_TIME(&doc, "received_at", received_at);
+    BSON_APPEND_NULL(&doc, "stream_id");
+    mongoc_collection_t *coll = mongoc_client_get_collection(client, db, COLL_STATUS_INBOX);
+    bool ok = mongoc_collection_insert_one(coll, &doc, NULL, NULL, berr);
+    mongoc_collection_destroy(coll);
+    bson_destroy(&doc);
+    if (ok)
+        return JOURNAL_STORED;
+    return berr->code == MONGOC_ERROR_DUPLICATE_KEY ? JOURNAL_DUPLICATE : JOURNAL_FAILED;
+}
+
+/* After the append: the entry's id (message-status then knows the entry is
+ * there), or, for a request the stream already had, the document goes. Not
+ * checked: a document left with stream_id null is appended again by
+ * message-status's repair sweep, and the copy applied once (event ids). */
+static void journal_after(mongoc_client_t *client, const char *db, const char *digest,
+                          const char *stream_id)
+{
+    mongoc_collection_t *coll = mongoc_client_get_collection(client, db, COLL_STATUS_INBOX);
+    bson_t sel = BSON_INITIALIZER, upd = BSON_INITIALIZER, set;
+    BSON_APPEND_UTF8(&sel, "_id", digest);
+    bson_error_t berr;
+    if (stream_id) {
+        BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+        BSON_APPEND_UTF8(&set, "stream_id", stream_id);
+        bson_append_document_end(&upd, &set);
+        mongoc_collection_update_one(coll, &sel, &upd, NULL, NULL, &berr);
+    } else {
+        mongoc_collection_delete_one(coll, &sel, NULL, NULL, &berr);
+    }
+    bson_destroy(&sel);
+    bson_destroy(&upd);
+    mongoc_collection_destroy(coll);
 }
 
 /* The digest check, the XADD and the digest's SET in one script, in that
@@ -154,11 +218,13 @@ static bool seen_key(const struct http_ctx *ctx, const struct webhook_request *r
  * only once the entry is, and a request whose append failed is not taken for
  * a duplicate when the provider retries it. Returns the entry id, or nil for
  * a duplicate. KEYS: seen key, stream; ARGV: ttl ms (0: no digest), then the
- * six fields' values. */
+ * six fields' values, then the journal's _id ("": no `journal` field). */
 static const char append_once_lua[] =
     "if ARGV[1] ~= '0' and redis.call('EXISTS', KEYS[1]) == 1 then return false end "
-    "local id = redis.call('XADD', KEYS[2], '*', 'provider', ARGV[2], 'body', ARGV[3], "
-    "'url', ARGV[4], 'signature', ARGV[5], 'timestamp', ARGV[6], 'received_at', ARGV[7]) "
+    "local f = {'provider', ARGV[2], 'body', ARGV[3], 'url', ARGV[4], 'signature', ARGV[5], "
+    "'timestamp', ARGV[6], 'received_at', ARGV[7]} "
+    "if ARGV[8] ~= '' then f[#f + 1] = 'journal'; f[#f + 1] = ARGV[8] end "
+    "local id = redis.call('XADD', KEYS[2], '*', unpack(f)) "
     "if ARGV[1] ~= '0' then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end "
     "return id";
 
@@ -205,6 +271,7 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
     const char *ts = req->timestamp ? req->timestamp : "";
 
     bson_t entry = BSON_INITIALIZER, parsed = BSON_INITIALIZER;
+    mongoc_client_t *client = NULL; /* the journal's, once there is a digest */
     BSON_APPEND_UTF8(&entry, "provider", req->provider);
     bson_append_utf8(&entry, "body", 4, req->body, (int)req->len);
     BSON_APPEND_UTF8(&entry, "url", url->str);
@@ -233,14 +300,41 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
      * 15 minutes while its message is unknown. Same provider, URL, signature,
      * timestamp and body within the tolerance = the same request; it is
      * answered 204 (it is stored already) and counted as "duplicate".
-     * SPEC §2: the entry has exactly these six fields, the body as received. */
-    char key[400] = "", ttl[24] = "0";
-    if (seen_key(ctx, req, url->str, sig, ts, key, sizeof key))
+     * SPEC §2's six fields, the body as received, and `journal`. */
+    char key[400] = "", ttl[24] = "0", digest[33] = "";
+    if (seen_key(ctx, req, url->str, sig, ts, key, sizeof key, digest))
         snprintf(ttl, sizeof ttl, "%lld",
                  ctx->keys.sendgrid_tolerance_ms > 0 ? (long long)ctx->keys.sendgrid_tolerance_ms
                                                      : 6LL * 3600 * 1000);
+
+    /* The journal first: once the entry is in the stream message-status may
+     * finish with it at any moment, and then deletes the journal's copy. */
+    if (digest[0] && ctx->journal)
+        client = store_pop(ctx->journal);
+    bson_error_t berr = {0};
+    enum journal_result journal = JOURNAL_FAILED;
+    if (client)
+        journal = journal_insert(client, store_db(ctx->journal), digest, &entry,
+                                 req->received_at, &berr);
+    else
+        bson_set_error(&berr, 0, 0, "%s", digest[0] ? "no MongoDB client" : "no digest");
+    if (journal == JOURNAL_DUPLICATE) {
+        /* the same request is in the journal, not yet applied: stored */
+        *reason = "duplicate";
+        ans->status = 204;
+        goto out;
+    }
+    if (journal == JOURNAL_FAILED) {
+        metrics_webhook_one_copy(req->provider, true);
+        long suppressed = 0;
+        if (may_log(&suppressed))
+            log_msg(LOG_WARN, NULL, "webhook.journal_failed", NULL,
+                    "%s webhook: cannot write its copy to %s (the stream's is the only one): %s",
+                    req->provider, COLL_STATUS_INBOX, store_errmsg(&berr));
+    }
+
     const char *argv[] = {"EVAL", append_once_lua, "2", key, ctx->stream_key, ttl,
-                          req->provider, req->body, url->str, sig, ts, received};
+                          req->provider, req->body, url->str, sig, ts, received, digest};
     size_t argvlen[sizeof argv / sizeof *argv];
     for (size_t i = 0; i < sizeof argv / sizeof *argv; i++)
         argvlen[i] = strlen(argv[i]);
@@ -248,6 +342,19 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
     struct sd_error err;
     redisReply *rep = rds_command_argv(redis, &err, (int)(sizeof argv / sizeof *argv), argv,
                                        argvlen);
+    if (!rep && journal == JOURNAL_STORED) {
+        /* message-status appends it from the journal */
+        metrics_webhook_one_copy(req->provider, false);
+        long suppressed = 0;
+        if (may_log(&suppressed))
+            log_msg(LOG_WARN, NULL, "webhook.journal_only", NULL,
+                    "%s webhook answered 204 with its copy in %s only (message-status appends "
+                    "it): cannot append to status-events: %s",
+                    req->provider, COLL_STATUS_INBOX, err.message);
+        *reason = NULL;
+        ans->status = 204;
+        goto out;
+    }
     if (!rep) {
         *reason = "unavailable";
         http_answer_text(ans, 503, "status-events is unavailable; retry later\n");
@@ -255,15 +362,20 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
         long suppressed = 0;
         if (may_log(&suppressed))
             log_msg(LOG_ERROR, NULL, "webhook.unavailable", NULL,
-                    "%s webhook answered 503: cannot append to status-events: %s",
-                    req->provider, err.message);
+                    "%s webhook answered 503: cannot append to status-events (%s) nor write "
+                    "its copy to %s",
+                    req->provider, err.message, COLL_STATUS_INBOX);
         goto out;
     }
     bool duplicate = rep->type == REDIS_REPLY_NIL;
+    if (journal == JOURNAL_STORED && (duplicate || rep->type == REDIS_REPLY_STRING))
+        journal_after(client, store_db(ctx->journal), digest, duplicate ? NULL : rep->str);
     freeReplyObject(rep);
     *reason = duplicate ? "duplicate" : NULL;
     ans->status = 204;
 out:
+    if (client)
+        store_push(ctx->journal, client);
     bson_destroy(&entry);
     bson_destroy(&parsed);
     bson_string_free(url, true);

@@ -43,6 +43,8 @@ static const struct index_spec indexes[] = {
     /* communication-check: alerts whose notifications are not in the outbox yet */
     {COLL_ALERT, "supportd_notify_pending", "{\"supportd_notify_pending\": 1}", false},
     {COLL_CHANNEL, "supportd_active", "{\"active\": 1}", false},
+    /* message-status: the webhook journal's repair sweep, oldest first, by pages */
+    {COLL_STATUS_INBOX, "supportd_received_at", "{\"received_at\": 1, \"_id\": 1}", false},
 };
 
 /* 85 IndexOptionsConflict / 86 IndexKeySpecsConflict: an equivalent index is

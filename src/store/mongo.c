@@ -25,8 +25,9 @@ struct store {
 };
 
 /* What MONGO_DB_URL points at, for connection errors: hosts (or the SRV name),
- * TLS, user and authSource; never the password. Set once by store_new (one store
- * per process), read by store_errmsg from any thread afterwards. */
+ * TLS, user and authSource; never the password. Set by the process's first store
+ * (every store of a process has the same URL), read by store_errmsg from any
+ * thread afterwards. */
 static char target[256];
 
 static void describe_target(const mongoc_uri_t *uri)
@@ -67,7 +68,16 @@ const char *store_errmsg(const bson_error_t *e)
     return buf;
 }
 
-struct store *store_new(const char *url, const char *db, struct sd_error *err)
+/* Sets a timeout option to bound_ms unless the URL asks for less. */
+static void bound_option(mongoc_uri_t *uri, const char *option, int32_t bound_ms)
+{
+    int32_t v = mongoc_uri_get_option_as_int32(uri, option, 0);
+    if (!mongoc_uri_has_option(uri, option) || v <= 0 || v > bound_ms)
+        mongoc_uri_set_option_as_int32(uri, option, bound_ms);
+}
+
+struct store *store_new_bounded(const char *url, const char *db, int32_t bound_ms,
+                                struct sd_error *err)
 {
     bson_error_t berr;
     mongoc_uri_t *uri = mongoc_uri_new_with_error(url, &berr);
@@ -75,7 +85,15 @@ struct store *store_new(const char *url, const char *db, struct sd_error *err)
         sd_error_set(err, "MONGO_DB_URL: %s", berr.message);
         return NULL;
     }
-    describe_target(uri);
+    if (!target[0])
+        describe_target(uri);
+    if (bound_ms > 0) {
+        /* socketTimeoutMS is what bounds a server that accepted the
+         * connection and stopped answering (mongoc's default: 5 minutes) */
+        bound_option(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, bound_ms);
+        bound_option(uri, MONGOC_URI_CONNECTTIMEOUTMS, bound_ms);
+        bound_option(uri, MONGOC_URI_SOCKETTIMEOUTMS, bound_ms);
+    }
     if (!mongoc_uri_get_appname(uri))
         mongoc_uri_set_appname(uri, "supportd");
     /* mongoc waits 30 s by default; a tick should fail sooner when the
@@ -106,6 +124,11 @@ struct store *store_new(const char *url, const char *db, struct sd_error *err)
     mongoc_apm_callbacks_destroy(apm);
     s->db = strdup(db);
     return s;
+}
+
+struct store *store_new(const char *url, const char *db, struct sd_error *err)
+{
+    return store_new_bounded(url, db, 0, err);
 }
 
 void store_destroy(struct store *s)

@@ -24,10 +24,19 @@
 #define COLL_CHANNEL "conversation-channel"
 #define COLL_ALERT "conversation-alert"
 #define COLL_NOTIFICATION "conversation-notification"
+/* supportd's own: the HTTP door's copy of each webhook request it accepted,
+ * until message-status has applied it (README, The message-status job). */
+#define COLL_STATUS_INBOX "conversation-status-inbox"
 
 struct store;
 
 struct store *store_new(const char *url, const char *db, struct sd_error *err);
+
+/* The same with every wait bounded by bound_ms (server selection, connect and
+ * socket timeouts; lower ones the URL sets are kept): for callers that must
+ * answer within a deadline whatever the database does (the HTTP door). */
+struct store *store_new_bounded(const char *url, const char *db, int32_t bound_ms,
+                                struct sd_error *err);
 void store_destroy(struct store *s);
 
 mongoc_client_t *store_pop(struct store *s);

@@ -217,6 +217,10 @@ def test_indexes_created(sd):
         assert ixs["supportd_key"].get("unique") is True, (coll, ixs["supportd_key"])
         assert list(ixs["supportd_key"]["key"].items()) == [("key", 1)]
 
+    # the webhook journal's repair sweep pages by {received_at, _id}
+    inbox = {ix["name"]: ix for ix in db["conversation-status-inbox"].list_indexes()}
+    assert list(inbox["supportd_received_at"]["key"].items()) == [("received_at", 1), ("_id", 1)]
+
     # a second start-up finds them in place and still succeeds
     cp = sd.cli("once", "probe")
     assert cp.returncode == EXIT_OK, cp.stderr

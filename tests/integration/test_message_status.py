@@ -685,6 +685,59 @@ def test_many_messages_in_one_batch_are_found_by_helper_threads(world):
     assert all(world.get(m)["status"] == "delivered" for m in msgs)
 
 
+# ------------------------------------------------- the webhook journal ----
+
+INBOX = "conversation-status-inbox"
+
+
+def test_journal_sweep_is_bounded_per_tick_and_resumes_where_it_stopped(world):
+    """The repair sweep looks at 5 pages of 1,000 journal copies a tick, oldest
+    first, and the next tick goes on from there (its cursor is in Redis): a
+    copy whose entry is gone, behind 5,000 whose entries wait in the stream
+    for their message, is appended again by the second tick and applied; the
+    third starts at the oldest again."""
+    old = now_ms() - 10 * 60 * 1000
+    pipe = world.sd.redis.pipeline()
+    docs = []
+    for i in range(5000):
+        sid = "SM" + uuid.uuid4().hex  # no such message: the entry waits
+        params = {"MessageSid": sid, "MessageStatus": "delivered"}
+        fields = {"provider": "twilio", "body": urlencode(params), "url": HOOK,
+                  "signature": world.validator.compute_signature(HOOK, params), "timestamp": "",
+                  "received_at": str(old + i), "journal": f"{i:032x}"}
+        pipe.xadd(world.stream, fields)
+        docs.append(fields)
+    stream_ids = pipe.execute()
+    m = world.message("twilio", status="sent")
+    sid = m["provider_message_id"]
+    params = {"MessageSid": sid, "MessageStatus": "delivered"}
+    docs.append({"provider": "twilio", "body": urlencode(params), "url": HOOK,
+                 "signature": world.validator.compute_signature(HOOK, params), "timestamp": "",
+                 "received_at": str(old + 5000), "journal": "f" * 32})
+    stream_ids.append("1-1")  # its entry was lost with Redis's data
+    world.db[INBOX].insert_many([
+        {"_id": f.pop("journal"), **{k: v for k, v in f.items() if k != "received_at"},
+         "received_at": datetime.fromtimestamp(int(f["received_at"]) / 1000, timezone.utc),
+         "stream_id": i} for f, i in zip(docs, stream_ids)])
+
+    cp = world.once(QM_SUPPORT_TEST_FLAVOR="mongodb")
+    assert cp.returncode == 0, cp.stderr
+    c = tick_end(cp)["counts"]
+    assert c["journal_checked"] == 5000 and c["journal_reappended"] == 0, c
+    assert c["waiting"] == 5000 and world.get(m)["status"] == "sent"
+    cp = world.once(QM_SUPPORT_TEST_FLAVOR="mongodb")
+    assert cp.returncode == 0, cp.stderr
+    c = tick_end(cp)["counts"]
+    assert c["journal_checked"] == 1 and c["journal_reappended"] == 1, c
+    assert world.history_ids(m) == [f"twilio:{sid}:delivered"]
+    assert world.db[INBOX].count_documents({}) == 5000 and c["journal_deleted"] == 1
+    cp = world.once(QM_SUPPORT_TEST_FLAVOR="mongodb")
+    assert cp.returncode == 0, cp.stderr
+    c = tick_end(cp)["counts"]
+    assert c["journal_checked"] == 5000 and c["journal_reappended"] == 0, c
+    assert world.history_ids(m) == [f"twilio:{sid}:delivered"]
+
+
 # --------------------------------------------------- a rule that fails ----
 
 BAD_PHONE = "+15559990000"

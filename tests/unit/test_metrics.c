@@ -68,8 +68,16 @@ static void test_webhooks_reloads_escape(void **state)
     metrics_rules_reload(true);
     metrics_rules_reload(false);
     metrics_http_request("/healthz", 503);
+    metrics_webhook_one_copy("sendgrid", true);
+    metrics_webhook_one_copy("sendgrid", false);
+    metrics_webhook_one_copy("sendgrid", false);
     char *text = render();
     assert_non_null(strstr(text, "supportd_webhooks_received_total{provider=\"twilio\"} 0\n"));
+    /* declared providers have their journal counters at 0 */
+    assert_non_null(strstr(text, "supportd_webhook_journal_failures_total{provider=\"twilio\"} 0\n"));
+    assert_non_null(strstr(text, "supportd_webhook_journal_only_total{provider=\"twilio\"} 0\n"));
+    assert_non_null(strstr(text, "supportd_webhook_journal_failures_total{provider=\"sendgrid\"} 1\n"));
+    assert_non_null(strstr(text, "supportd_webhook_journal_only_total{provider=\"sendgrid\"} 2\n"));
     assert_non_null(strstr(text, "supportd_webhooks_received_total{provider=\"sendgrid\"} 3\n"));
     assert_non_null(strstr(
         text, "supportd_webhooks_rejected_total{provider=\"sendgrid\",reason=\"bad_signature\"} 2\n"));

@@ -1,5 +1,6 @@
-/* message_status/job.c — the tick (see model.h): collect from the stream,
- * apply (apply.c), acknowledge; then the sweeps of retry.c and the trim.
+/* message_status/job.c — the tick (see model.h): the journal's repair sweep
+ * (journal.c); collect from the stream, apply (apply.c), forget the journal's
+ * copies, acknowledge; then the sweeps of retry.c and the trim.
  *
  * Once-only effects rest on event ids, not on the stream: an entry is
  * acknowledged only after its updates are written, so a crash between the
@@ -65,6 +66,9 @@ static void counts_to(struct ms_tick *t)
         {"poll_failed", k->poll_failed},
         {"trimmed", k->trimmed},
         {"batches", k->batches},
+        {"journal_checked", k->journal_checked},
+        {"journal_reappended", k->journal_reappended},
+        {"journal_deleted", k->journal_deleted},
     };
     for (size_t i = 0; i < sizeof list / sizeof *list; i++)
         BSON_APPEND_INT64(c, list[i].name, list[i].v);
@@ -231,6 +235,15 @@ static int process_batch(struct ms_tick *t, struct stream_batch *b, struct sd_er
             done[nd++] = d;
         }
     }
+    if (rc == 0 && nd) {
+        /* done with: their journal copies go first (an entry is acknowledged
+         * only once nothing of it is left to do) */
+        const bson_t **finished = calloc(nd, sizeof *finished);
+        for (size_t i = 0; i < nd; i++)
+            finished[i] = done[i].entry;
+        rc = ms_journal_forget(t, finished, nd, err);
+        free(finished);
+    }
     if (rc == 0) {
         seam_wait("message_status_before_ack");
         rc = stream_finish(t->env->redis, t->stream, GROUP, done, nd, SIDE_MAXLEN, err);
@@ -298,9 +311,14 @@ int job_message_status(struct job_env *env, struct sd_error *err)
     snprintf(t.rejected, sizeof t.rejected, "%sstatus-events:rejected", cfg->redis_prefix);
     snprintf(t.unmatched, sizeof t.unmatched, "%sstatus-events:unmatched", cfg->redis_prefix);
     snprintf(t.tries, sizeof t.tries, "%sstatus-events:tries:", cfg->redis_prefix);
+    snprintf(t.journal_cursor, sizeof t.journal_cursor, "%sstatus-events:journal-cursor",
+             cfg->redis_prefix);
     runner_instance_id(t.consumer, sizeof t.consumer);
     t.msgs = mongoc_client_get_collection(env->mongo, env->db, COLL_MESSAGE);
     int rc = stream_group_ensure(env->redis, t.stream, GROUP, err);
+    /* before the stream is read: what is appended again is read this tick */
+    if (rc == 0)
+        rc = ms_journal_sweep(&t, err);
     if (rc == 0)
         rc = sweep_pending(&t, err);
     if (rc == 0)

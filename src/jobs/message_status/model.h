@@ -13,10 +13,13 @@
  *          per entry XACK — with a copy to status-events:rejected or
  *          :unmatched where that is its fate — in one MULTI/EXEC.
  * Then the retry sweep (retry.c) and the reconcile sweep, and the
- * stream is trimmed to what every consumer group has acknowledged.
+ * stream is trimmed to what every consumer group has acknowledged. Before
+ * all that, the journal's repair sweep (journal.c) appends again what the
+ * HTTP door accepted and Redis lost; the journal's copy of an entry goes
+ * just before the entry is acknowledged.
  *
  * The files: job.c (the tick: the stream, acknowledgement, the sweeps in
- * turn), apply.c (decide + the fenced, conditional writes to messages, for
+ * turn), journal.c (the webhook journal), apply.c (decide + the fenced, conditional writes to messages, for
  * stream entries and poll answers alike), retry.c (re-sends and polls: the
  * provider calls); events.c (parse), decide.c, select.c: pure; dryrun.c (the
  * job on fixtures, jobs/dryrun.h). They share this header and nothing else.
@@ -43,6 +46,11 @@
 /* An event for a message not (yet) in the database waits this long (from the
  * entry's received_at), then goes to status-events:unmatched. */
 #define MSGSTATUS_UNKNOWN_GRACE_MS (15 * 60 * 1000)
+
+/* The repair sweep (journal.c) looks at a journal document once it is this
+ * old (from its received_at): by then the door that wrote it has appended
+ * its entry, or given up (its waits are bounded to a few seconds). */
+#define MSGSTATUS_JOURNAL_AGE_MS (30 * 1000)
 
 struct msgstatus_keys {
     const char *twilio_auth_token;      /* NULL: Twilio entries are rejected */
@@ -124,7 +132,7 @@ struct ms_counts {
     int64_t entries, claimed, acknowledged, deferred, events, applied, duplicates, ignored,
         history_only, unknown, rejected, rule_failed, unmatched, waiting, conflicts, messages_updated, retries_due, resent, resend_recovered,
         resend_uncertain, resend_failed, retry_exhausted, polled, poll_failed, trimmed,
-        batches;
+        batches, journal_checked, journal_reappended, journal_deleted;
 };
 
 struct ms_tick {
@@ -132,7 +140,7 @@ struct ms_tick {
     mongoc_collection_t *msgs;
     int64_t wall_ms;
     struct msgstatus_keys keys;
-    char stream[256], rejected[256], unmatched[256], tries[256];
+    char stream[256], rejected[256], unmatched[256], tries[256], journal_cursor[256];
     char consumer[128];
     struct ms_counts c;
 };
@@ -149,6 +157,21 @@ int ms_decide_and_write(struct ms_tick *t, const bson_t *const *parsed, size_t n
 /* apply.c. False (err set) when the lease can no longer be counted on for a
  * write. */
 bool ms_fence(struct ms_tick *t, struct sd_error *err);
+
+/* journal.c: the HTTP door's copies of the entries it appended
+ * (COLL_STATUS_INBOX; the entry's `journal` field names its copy).
+ * ms_journal_forget deletes the copies of these entries (done with: their
+ * effect is written, or they are about to be moved to a side stream), one
+ * delete for the batch; called before they are acknowledged, so an entry
+ * whose copy could not be deleted stays pending and comes back (applying it
+ * again changes nothing: event ids). ms_journal_sweep, before the stream is
+ * read: copies older than MSGSTATUS_JOURNAL_AGE_MS whose entry is not in the
+ * stream (Redis lost it, or it was never appended) are appended again with
+ * the same fields and their new id recorded; at most 5 pages of 1,000 a tick,
+ * resuming where the last tick stopped. */
+int ms_journal_forget(struct ms_tick *t, const bson_t *const *entries, size_t n,
+                      struct sd_error *err);
+int ms_journal_sweep(struct ms_tick *t, struct sd_error *err);
 
 /* retry.c: the sweeps that call the providers. */
 int ms_retry_sweep(struct ms_tick *t, struct sd_error *err);
