@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/bson_field.h"
 #include "core/clock.h"
 #include "core/seam.h"
 #include "outbox/claim.h"
@@ -780,6 +781,20 @@ static void report_unusable(struct outbox_ctx *ctx, struct pool *pool, const str
               text);
 }
 
+/* An SMS whose send started (mark_started: send_started_at and updated_at set
+ * together) and got no outcome since, less than a claim's lifetime ago: the
+ * deliverer that started it may still be waiting for Twilio's answer. We got
+ * its claim only because Redis lost it (a restart without its data, a
+ * flush), and a look-up now would not see a message Twilio has not created
+ * yet (found by the chaos run: an SMS sent twice). A deliverer that crashed
+ * left its claim for as long anyway. */
+static bool in_flight(const struct item *it, int64_t started)
+{
+    int64_t updated = bson_field_date(it->entry, "updated_at", -1);
+    int64_t age = clock_now_ms() - started;
+    return updated == started && age >= 0 && age < OUTBOX_CLAIM_TTL_MS;
+}
+
 /* read_mono: clock_monotonic_ms() before the due query that read items. */
 static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, struct pool *pool,
                          struct item *items, size_t n, int64_t now_ms, int64_t read_mono,
@@ -851,6 +866,15 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         struct sd_error e = {""};
         if (outbox_message_prepare(ctx, it->entry, &s->msg, &s->st, &e)) {
             record_failure(ctx, coll, &w, it, &s->msg, &s->st, &e, now_ms, stats);
+            outbox_message_free(&s->msg);
+            continue;
+        }
+        if (s->msg.via == VIA_SMS && s->msg.send_started_at && in_flight(it, s->msg.send_started_at)) {
+            stats->skipped++;
+            log_entry(ctx, LOG_WARN, "outbox.in_flight", it, s->msg.provider, NULL, NULL,
+                      "left alone: a send of it started less than the claim's 5 minutes ago "
+                      "and has no outcome yet, and its claim is gone (Redis lost it?): another "
+                      "deliverer may be waiting for Twilio's answer right now");
             outbox_message_free(&s->msg);
             continue;
         }

@@ -146,6 +146,39 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud)
     return len;
 }
 
+/* A send's body, read by curl through body_read. A request that is not
+ * idempotent must never go out twice from one call: on a reused connection
+ * that dies before the first byte of an answer, libcurl sends the request
+ * again on a fresh connection by itself ("Connection died, retrying a fresh
+ * connect"), yet the provider may have accepted the first (found by the chaos
+ * run: a Twilio re-send reset after it was created went out twice). curl has
+ * to rewind the body for that, and body_seek refuses once any of it was read:
+ * the call ends with CURLE_SEND_FAIL_REWIND, an uncertain send (looked up
+ * before any re-send). Curl 8.16's CURLOPT_FORBID_RETRY_ON_REUSE says the
+ * same; the versions built here predate it. */
+struct body_reader {
+    const char *data;
+    size_t len, pos;
+};
+
+static size_t body_read(char *buf, size_t size, size_t nitems, void *arg)
+{
+    struct body_reader *r = arg;
+    size_t n = size * nitems, left = r->len - r->pos;
+    if (n > left)
+        n = left;
+    memcpy(buf, r->data + r->pos, n);
+    r->pos += n;
+    return n;
+}
+
+static int body_seek(void *arg, curl_off_t offset, int origin)
+{
+    const struct body_reader *r = arg;
+    return r->pos == 0 && offset == 0 && origin == SEEK_SET ? CURL_SEEKFUNC_OK
+                                                              : CURL_SEEKFUNC_CANTSEEK;
+}
+
 static int attempt(struct http_client *c, const struct http_request *req,
                    struct http_response *resp, struct sd_error *err)
 {
@@ -208,10 +241,18 @@ static int attempt(struct http_client *c, const struct http_request *req,
         headers = curl_slist_append(headers, ct);
     }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    struct body_reader reader = {req->body ? req->body : "", req->body ? req->body_len : 0, 0};
     if (strcmp(req->method, "POST") == 0) {
         curl_easy_setopt(h, CURLOPT_POST, 1L);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body ? req->body : "");
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        if (req->idempotent) {
+            curl_easy_setopt(h, CURLOPT_POSTFIELDS, reader.data);
+        } else {
+            curl_easy_setopt(h, CURLOPT_READFUNCTION, body_read);
+            curl_easy_setopt(h, CURLOPT_READDATA, &reader);
+            curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, body_seek);
+            curl_easy_setopt(h, CURLOPT_SEEKDATA, &reader);
+        }
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)reader.len);
     } else if (strcmp(req->method, "GET") != 0) {
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
     }
@@ -245,6 +286,9 @@ static int attempt(struct http_client *c, const struct http_request *req,
         sd_error_set(err, "%s: answer larger than %zu bytes", host, o->max_response_bytes);
     } else if (resp->failure == HTTP_FAIL_TIMEOUT) {
         sd_error_set(err, "%s: no answer within %d ms", host, o->timeout_ms);
+    } else if (rc == CURLE_SEND_FAIL_REWIND) {
+        sd_error_set(err, "%s: the connection closed after the request went out, before any "
+                          "answer (not sent again: it may have arrived)", host);
     } else {
         char *clean = log_redact_dup(errbuf[0] ? errbuf : curl_easy_strerror(rc));
         sd_error_set(err, "%s: %s", host, clean ? clean : curl_easy_strerror(rc));

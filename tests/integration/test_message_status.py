@@ -500,6 +500,37 @@ def test_resend_backoff_counts_from_the_failed_send_not_the_tick(world):
     assert tick_end(cp)["counts"]["resend_recovered"] == 1
 
 
+def test_resend_reset_after_twilio_created_it_is_not_sent_again_by_curl(world):
+    """Found by the chaos run (seed 21): the re-send's look-up (a GET) left its connection
+    open, the POST went out on it, Twilio created the message and the connection was reset
+    before the answer; libcurl then sent the POST again on a fresh connection by itself (it
+    does so on a reused connection that dies before any answer byte): two SMS. The request
+    now goes out once; the send is uncertain, and the next attempt's look-up finds it."""
+    m = world.message("twilio", status="sent")
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    # a 500 (not created): this attempt is uncertain, so the next try looks up first
+    world.p.fake.fault(match="/Messages.json", method="POST", status=500)
+    assert world.once("--now", iso(now_ms() + 2 * 60 * 1000)).returncode == 0
+    assert world.get(m)["supportd_resend"]["uncertain"] is True
+    assert world.p.fake.sent()["twilio"] == []
+    world.p.fake.fault(match="/Messages.json", method="POST", reset=True, accept=True)
+    cp = world.once("--now", iso(now_ms() + 10 * 60 * 1000))
+    assert cp.returncode == 0, cp.stderr
+    reqs = world.p.fake.requests("/Messages.json")
+    lookup = [r for r in reqs if r["method"] == "GET"][-1]
+    posts = [r for r in reqs if r["method"] == "POST"]
+    assert posts[1]["client_port"] == lookup["client_port"], "the send did not reuse the connection"
+    assert len(posts) == 2 and len(world.p.fake.sent()["twilio"]) == 1, \
+        f"{len(posts) - 1} POSTs for one try: the request was sent again"
+    assert world.get(m)["supportd_resend"]["uncertain"] is True
+    cp = world.once("--now", iso(now_ms() + 30 * 60 * 1000))
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1 and world.get(m)["provider_message_id"] == sent[0]["sid"]
+    assert tick_end(cp)["counts"]["resend_recovered"] == 1
+
+
 def test_resend_timeout_of_an_email_is_not_repeated(world):
     m = world.message("sendgrid", status="sent")
     world.sendgrid([World.sg_event(m, "bounce", type="blocked", reason="451")])

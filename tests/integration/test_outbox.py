@@ -350,6 +350,30 @@ def test_outcomes_reach_the_database_through_an_outage_and_a_redis_loss(provider
                                  retry[0]["recipient"]["email"]]), to
 
 
+def test_sms_in_flight_is_left_alone_when_redis_lost_its_claim(providers, redis_client):
+    """Found by the chaos run (seed 21): Redis restarted without its data while a deliverer
+    waited for Twilio's answer to an SMS; another deliverer got the claim, looked Twilio up
+    (nothing yet: Twilio had not created it) and sent it again. An SMS whose send started
+    less than a claim's lifetime ago without an outcome is now left to its deliverer."""
+    e = providers.entry("sms")
+    # Twilio takes 4 s to create the message and answer
+    providers.fake.fault(match="/Messages.json", method="POST", delay_ms=4000)
+    a = providers.start("slow", QM_SUPPORT_HTTP_TIMEOUT_MS="15000")
+    wait_until(lambda: any(r["method"] == "POST" for r in providers.fake.requests("/Messages.json")),
+               30, what="the first deliverer's request")
+    for key in redis_client.scan_iter(providers.sd.key("*")):  # Redis loses its data
+        redis_client.delete(key)
+    cp = providers.run()  # a second deliverer, while the first waits for the answer
+    assert cp.returncode == 0, cp.stderr
+    assert a.wait_exit(60) == 0, a.tail()
+    providers.outputs.append(a.stderr())
+    msgs = providers.fake.sent()["twilio"]
+    assert len(msgs) == 1, f"sent {len(msgs)} times"
+    doc = providers.get(e)
+    assert doc["status"] == "sent" and doc["provider_message_id"] == msgs[0]["sid"]
+    assert any(ev.get("event") == "outbox.in_flight" for ev in parse_log_lines(cp.stderr)[0])
+
+
 def test_copy_older_than_the_done_marker_is_not_sent(providers, redis_client):
     """Another deliverer finished the entry (attempts 0 → 1) after our due
     query read it: its "done:1" refuses our copy at attempts 0, without a
