@@ -113,6 +113,7 @@ const core_sources = [_][]const u8{
     "src/http/answer.c",
     "src/http/server.c",
     "src/http/webhook.c",
+    "src/http/journal_late.c",
     "src/http/probes.c",
     "src/http/checker.c",
     "src/http/exposition.c",

@@ -17,11 +17,13 @@
 #include "store/redis.h"
 
 struct checker;
+struct journal_late;
 
 struct http_ctx {
     const struct config *cfg;
     struct store *store;
     struct store *journal;        /* the door's own pool: every wait bounded (server.c) */
+    struct journal_late *late;    /* copies the journal could not take at once (journal_late.h) */
     struct rules_live *rules;
     struct msgstatus_keys keys;   /* what message-status verifies with */
     int64_t started_ms;           /* process start: /healthz's grace */

@@ -25,6 +25,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "http/internal.h"
+#include "http/journal_late.h"
 #include "jobs/runner.h"
 
 /* Redis calls from a request thread fail fast: the provider retries a 503,
@@ -468,6 +469,7 @@ struct http_server *http_server_start(const struct config *cfg, struct store *st
     /* the URL was accepted by the process's store already: NULL only when out
      * of memory, and then every request counts a journal failure */
     s->ctx.journal = store_new_bounded(cfg->mongo_url, cfg->mongo_db, HTTP_MONGO_TIMEOUT_MS, err);
+    s->ctx.late = journal_late_start(s->ctx.journal);
     runner_redis_options(cfg, &s->redis_opts);
     s->redis_opts.timeout_ms = HTTP_REDIS_TIMEOUT_MS;
     for (int i = 0; i < JOB_COUNT; i++)
@@ -527,6 +529,7 @@ void http_server_stop(struct http_server *s)
     if (s->watchdog_started)
         pthread_join(s->watchdog, NULL);
     checker_stop(s->ctx.checker);
+    journal_late_stop(s->ctx.late); /* no request adds one any more */
     store_destroy(s->ctx.journal);
     for (struct rds_list *n = s->conns, *next; n; n = next) {
         next = n->next;

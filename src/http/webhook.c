@@ -12,7 +12,8 @@
  * (with `journal` naming that _id, so message-status deletes the copy once it
  * is done with the entry, and re-appends copies whose entry vanished). Either
  * copy is enough for 204; 503 (Twilio and SendGrid retry on 5xx) only when
- * neither could be written.
+ * neither could be written. A copy MongoDB did not take at once is written
+ * as soon as it answers again (journal_late.h).
  *
  * Nothing of the request reaches the logs: a rejection is logged with its
  * provider, status, reason label, size and a short hash of the body (to find
@@ -28,6 +29,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "http/internal.h"
+#include "http/journal_late.h"
 
 /* Twilio's status callbacks carry about 30 parameters. A form with many more
  * is refused before it is parsed (the signature check parses and sorts it,
@@ -167,19 +169,26 @@ static bool seen_key(const struct http_ctx *ctx, const struct webhook_request *r
 
 enum journal_result { JOURNAL_STORED, JOURNAL_DUPLICATE, JOURNAL_FAILED };
 
-static enum journal_result journal_insert(mongoc_client_t *client, const char *db,
-                                          const char *digest, const bson_t *entry,
-                                          int64_t received_at, bson_error_t *berr)
+static void journal_doc(const char *digest, const bson_t *entry, int64_t received_at,
+                        bson_t *doc)
 {
-    bson_t doc = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&doc, "_id", digest);
+    bson_init(doc);
+    BSON_APPEND_UTF8(doc, "_id", digest);
     bson_iter_t it;
     if (bson_iter_init(&it, entry))
         while (bson_iter_next(&it))
             if (strcmp(bson_iter_key(&it), "received_at"))
-                bson_append_iter(&doc, bson_iter_key(&it), -1, &it);
-    BSON_APPEND_DATE_TIME(&doc, "received_at", received_at);
-    BSON_APPEND_NULL(&doc, "stream_id");
+                bson_append_iter(doc, bson_iter_key(&it), -1, &it);
+    BSON_APPEND_DATE_TIME(doc, "received_at", received_at);
+    BSON_APPEND_NULL(doc, "stream_id");
+}
+
+static enum journal_result journal_insert(mongoc_client_t *client, const char *db,
+                                          const char *digest, const bson_t *entry,
+                                          int64_t received_at, bson_error_t *berr)
+{
+    bson_t doc;
+    journal_doc(digest, entry, received_at, &doc);
     mongoc_collection_t *coll = mongoc_client_get_collection(client, db, COLL_STATUS_INBOX);
     bool ok = mongoc_collection_insert_one(coll, &doc, NULL, NULL, berr);
     mongoc_collection_destroy(coll);
@@ -370,6 +379,20 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
     bool duplicate = rep->type == REDIS_REPLY_NIL;
     if (journal == JOURNAL_STORED && (duplicate || rep->type == REDIS_REPLY_STRING))
         journal_after(client, store_db(ctx->journal), digest, duplicate ? NULL : rep->str);
+    if (journal == JOURNAL_FAILED && digest[0] && rep->type == REDIS_REPLY_STRING) {
+        /* In the stream alone: its copy is written once MongoDB answers. */
+        bson_t doc;
+        journal_doc(digest, &entry, req->received_at, &doc);
+        bool queued = journal_late_add(ctx->late, &doc);
+        bson_destroy(&doc);
+        long suppressed = 0;
+        if (!queued && may_log(&suppressed))
+            log_msg(LOG_WARN, NULL, "webhook.journal_late_full", NULL,
+                    "%s webhook: its copy cannot wait for %s either (%d copies or %u bytes "
+                    "wait already): the stream's is the only one",
+                    req->provider, COLL_STATUS_INBOX, JOURNAL_LATE_MAX_DOCS,
+                    JOURNAL_LATE_MAX_BYTES);
+    }
     freeReplyObject(rep);
     *reason = duplicate ? "duplicate" : NULL;
     ans->status = 204;

@@ -234,11 +234,9 @@ static void record_waiting(struct outbox_ctx *ctx, mongoc_collection_t *coll, st
     if (strcmp(st->code, "not_configured") == 0)
         BSON_APPEND_DATE_TIME(&set, "next_attempt_at", now_ms + OUTBOX_WAIT_MS);
     bson_append_document_end(&u, &set);
-    if (msg && msg->via == VIA_SMS) {
-        BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
-        BSON_APPEND_UTF8(&unset, "send_started_at", "");
-        bson_append_document_end(&u, &unset);
-    }
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
+    BSON_APPEND_UTF8(&unset, "send_started_at", "");
+    bson_append_document_end(&u, &unset);
     struct sd_error uerr;
     if (update_pending_w(coll, w, it, &u, NULL, &uerr))
         log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s", uerr.message);
@@ -285,8 +283,9 @@ static void record_failure(struct outbox_ctx *ctx, mongoc_collection_t *coll, st
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$inc", &inc);
     BSON_APPEND_INT32(&inc, "attempts", 1);
     bson_append_document_end(&u, &inc);
-    /* The request provably never got through: no lookup needed next time. */
-    if (msg && msg->via == VIA_SMS && !st->maybe_accepted) {
+    /* An SMS that may have reached Twilio keeps it: the next attempt asks
+     * Twilio first. Otherwise the attempt is over (e-mail cannot be asked). */
+    if (!(msg && msg->via == VIA_SMS && st->maybe_accepted)) {
         BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
         BSON_APPEND_UTF8(&unset, "send_started_at", "");
         bson_append_document_end(&u, &unset);
@@ -340,8 +339,8 @@ static void record_accepted(struct outbox_ctx *ctx, mongoc_collection_t *coll, s
  *
  * claims (one Redis pipeline; the copies from the due query are current, see
  * claim.h, unless older than CLAIM_FRESH_MS: then one find re-reads them) →
- * prepare → SMS: look up an earlier uncertain send, mark send_started_at (one
- * update) → send, at most OUTBOX_IN_FLIGHT at once, each worker with its own
+ * an entry another deliverer is sending is left alone (in_flight) → prepare →
+ * SMS: look up an earlier uncertain send → mark send_started_at (one update) → send, at most OUTBOX_IN_FLIGHT at once, each worker with its own
  * HTTP/SMTP connection and Redis connection, writing the claim's "sent:"
  * marker the moment the provider accepts → record every outcome (one bulk
  * write) → the claims become "done:" markers (one pipeline). */
@@ -585,17 +584,17 @@ static int reread(mongoc_collection_t *coll, struct item **mine, size_t n, int64
     return rc;
 }
 
-/* send_started_at on every SMS about to go out, one update. */
+/* send_started_at on every entry about to go out, one update: the mark that
+ * keeps another deliverer off an entry whose claim Redis lost (in_flight),
+ * and an SMS's cue to ask Twilio before it is sent again. */
 static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
-                        struct sd_error *err)
+                        int64_t *mark, struct sd_error *err)
 {
     bson_t filter = BSON_INITIALIZER, in, ids, u = BSON_INITIALIZER, set;
     BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
     BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (sends[i].msg.via != VIA_SMS)
-            continue;
         char key[12];
         snprintf(key, sizeof key, "%zu", k++);
         BSON_APPEND_VALUE(&ids, key, &sends[i].it->id);
@@ -606,6 +605,7 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
     /* Wall-clock time, not the tick's (maybe --now) time: it is compared with
      * Twilio's date_created. */
     int64_t now = clock_now_ms();
+    *mark = now;
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
     BSON_APPEND_DATE_TIME(&set, "send_started_at", now);
     BSON_APPEND_DATE_TIME(&set, "updated_at", now);
@@ -613,7 +613,7 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
     bson_error_t berr;
     int rc = 0;
     if (k && !mongoc_collection_update_many(coll, &filter, &u, NULL, NULL, &berr))
-        rc = sd_error_set(err, "marking %zu SMS as being sent: %s", k, store_errmsg(&berr));
+        rc = sd_error_set(err, "marking %zu entries as being sent: %s", k, store_errmsg(&berr));
     bson_destroy(&filter);
     bson_destroy(&u);
     return rc;
@@ -748,13 +748,16 @@ static bool stopping(const struct outbox_ctx *ctx)
     return ctx->stop && atomic_load(ctx->stop);
 }
 
-/* Removes the send_started_at that mark_started set on an SMS that was then
- * not sent. Attempts stay: the entry's version does not move (claim.h). */
-static void forget_started(struct writes *w, struct item *it)
+/* Removes the send_started_at that mark_started set (at mark) on an entry
+ * that was then not sent, unless another deliverer marked it since (it got
+ * the claim ours lost). Attempts stay: the entry's version does not move
+ * (claim.h). */
+static void forget_started(struct writes *w, struct item *it, int64_t mark)
 {
     bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, unset;
     BSON_APPEND_VALUE(&filter, "_id", &it->id);
     BSON_APPEND_UTF8(&filter, "status", "pending");
+    BSON_APPEND_DATE_TIME(&filter, "send_started_at", mark);
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
     BSON_APPEND_UTF8(&unset, "send_started_at", "");
     bson_append_document_end(&u, &unset);
@@ -781,13 +784,15 @@ static void report_unusable(struct outbox_ctx *ctx, struct pool *pool, const str
               text);
 }
 
-/* An SMS whose send started (mark_started: send_started_at and updated_at set
- * together) and got no outcome since, less than a claim's lifetime ago: the
- * deliverer that started it may still be waiting for Twilio's answer. We got
+/* An entry whose send started (mark_started: send_started_at and updated_at
+ * set together) and got no outcome since, less than a claim's lifetime ago:
+ * the deliverer that started it may still be waiting for the provider's
+ * answer, or for the rest of its batch before it writes the outcomes. We got
  * its claim only because Redis lost it (a restart without its data, a
- * flush), and a look-up now would not see a message Twilio has not created
- * yet (found by the chaos run: an SMS sent twice). A deliverer that crashed
- * left its claim for as long anyway. */
+ * flush) — with the claim went its "sent:" marker — and a Twilio look-up now
+ * would not see a message Twilio has not created yet. Found by the chaos
+ * run: an SMS (seed 21) and 20 e-mails (seed 22) sent twice. A deliverer
+ * that crashed left its claim for as long anyway. */
 static bool in_flight(const struct item *it, int64_t started)
 {
     int64_t updated = bson_field_date(it->entry, "updated_at", -1);
@@ -861,20 +866,20 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
             stats->handed_back++; /* untouched: its claim ends below */
             continue;
         }
+        int64_t started = bson_field_date(it->entry, "send_started_at", 0);
+        if (started && in_flight(it, started)) {
+            stats->skipped++;
+            log_entry(ctx, LOG_WARN, "outbox.in_flight", it, NULL, NULL, NULL,
+                      "left alone: a send of it started less than the claim's 5 minutes ago "
+                      "and has no outcome yet, and its claim is gone (Redis lost it?): another "
+                      "deliverer may be waiting for the provider's answer right now");
+            continue;
+        }
         struct send *s = &sends[n_sends];
         s->it = it;
         struct sd_error e = {""};
         if (outbox_message_prepare(ctx, it->entry, &s->msg, &s->st, &e)) {
             record_failure(ctx, coll, &w, it, &s->msg, &s->st, &e, now_ms, stats);
-            outbox_message_free(&s->msg);
-            continue;
-        }
-        if (s->msg.via == VIA_SMS && s->msg.send_started_at && in_flight(it, s->msg.send_started_at)) {
-            stats->skipped++;
-            log_entry(ctx, LOG_WARN, "outbox.in_flight", it, s->msg.provider, NULL, NULL,
-                      "left alone: a send of it started less than the claim's 5 minutes ago "
-                      "and has no outcome yet, and its claim is gone (Redis lost it?): another "
-                      "deliverer may be waiting for Twilio's answer right now");
             outbox_message_free(&s->msg);
             continue;
         }
@@ -908,11 +913,11 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
     }
     if (rc == 0 && n_sends) {
         struct sd_error e;
-        if (mark_started(coll, sends, n_sends, &e)) {
-            /* Without the marker a crash could resend blind: these SMS wait. */
+        int64_t mark = 0;
+        if (mark_started(coll, sends, n_sends, &mark, &e)) {
+            /* Without the marker a lost claim or a crash could resend
+             * blind: these entries wait. */
             for (size_t i = 0; i < n_sends; i++) {
-                if (sends[i].msg.via != VIA_SMS)
-                    continue;
                 provider_status_init(&sends[i].st);
                 sends[i].st.cls = PROVIDER_TRANSIENT;
                 snprintf(sends[i].st.code, sizeof sends[i].st.code, "database");
@@ -941,9 +946,11 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
             struct send *s = &sends[i];
             if (s->rc == 0 && !s->attempted) {
                 /* Kept back (stop, lost claim, unusable provider): pending as
-                 * it was. An SMS of ours loses the send_started_at set above,
-                 * so the next deliverer need not ask Twilio first; a lost
-                 * claim's entry is another deliverer's now: not touched. */
+                 * it was. It loses the send_started_at set above, so the
+                 * next deliverer neither waits nor asks Twilio first; a lost
+                 * claim's entry is another deliverer's now: nothing else of
+                 * it is touched (and a mark of that deliverer stays). */
+                forget_started(&w, s->it, mark);
                 if (s->claim_lost) {
                     stats->skipped++;
                     log_entry(ctx, LOG_WARN, "outbox.claim_lost", s->it, s->msg.provider, NULL,
@@ -954,8 +961,6 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
                         stats->waiting++;
                     else
                         stats->handed_back++;
-                    if (s->msg.via == VIA_SMS)
-                        forget_started(&w, s->it);
                 }
                 outbox_message_free(&s->msg);
                 continue;

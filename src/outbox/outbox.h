@@ -13,10 +13,13 @@
  *   account_sid       Twilio sub-account (else the channel's, else the main one)
  *   status_callback   Twilio StatusCallback URL (else the channel's webhook_url)
  *   provider          "sendgrid" | "smtp" | "twilio", set when sent
- *   send_started_at   SMS only: set just before each send, removed when the
- *                     attempt ended in a definite answer; if present at the
- *                     next attempt, the last send may have reached Twilio
- *                     (5xx, timeout, crash), so Twilio is asked first
+ *   send_started_at   set (with updated_at) just before each send, removed
+ *                     with the outcome; while it is less than a claim's
+ *                     lifetime old and updated_at equals it, the send may be
+ *                     in flight: a deliverer that got the claim only because
+ *                     Redis lost it leaves the entry alone. An SMS whose
+ *                     attempt may have reached Twilio (5xx, timeout, crash)
+ *                     keeps it, so Twilio is asked first next time
  *   failed_at, updated_at
  *
  * Delivery (outbox_deliver), per due entry, oldest next_attempt_at first:
@@ -47,7 +50,7 @@
  * sent and not touched (the next tick re-reads it).
  * On a stop (SIGTERM), requests in flight are finished, not cut (their outcome
  * is then known and recorded); entries not yet sent are handed back untouched:
- * pending, their claims released, an SMS's send_started_at removed.
+ * pending, their claims released, their send_started_at removed.
  * Remaining duplicate risks, by provider: a crash between the provider's
  * answer and the Redis SET (microseconds) resends; a 5xx/timeout on a
  * SendGrid or SMTP send is retried and may duplicate (neither can be asked

@@ -536,6 +536,37 @@ def test_webhooks_accepted_at_the_door_survive_redis_losing_its_data(world, loss
     assert world.side("rejected") == [] and world.side("unmatched") == []
 
 
+def test_webhook_accepted_while_the_database_is_down_survives_redis_losing_its_data(
+        world, redis_restart_guard):
+    """Found by the chaos run (seed 22): with MongoDB unreachable the door stores a
+    webhook in the stream alone and answers 204; Redis then lost its data before
+    message-status could read the entry (it needs the database too) and the event was
+    gone. The door now keeps the copy and writes it to the journal as soon as MongoDB
+    answers again: the repair sweep appends it and it is applied once."""
+    h = Http(world)
+    tw = world.message("twilio", status="sent")
+    sid = tw["provider_message_id"]
+    services_script("stop-postgres")
+    try:
+        r = h.post_twilio(sid, "delivered")
+        assert r.status_code == 204, (r.status_code, r.text)
+        assert len(h.stream()) == 1
+        assert h.d.events("webhook.journal_failed")
+        keys = list(world.sd.redis.scan_iter(match=world.sd.prefix + "*"))
+        world.sd.redis.delete(*keys)  # Redis loses its data, the database still away
+    finally:
+        services_script("start-postgres", timeout=120)
+    wait_until(lambda: len(_journal(world)) == 1, 60, 0.5, "the door's late copy")
+    [copy] = _journal(world)
+    assert copy["provider"] == "twilio" and copy["stream_id"] is None
+    assert h.d.events("webhook.journal_late_written")
+    cp = world.once("--now", iso(now_ms() + 120_000))
+    assert cp.returncode == 0, cp.stderr
+    assert world.get(tw)["status"] == "delivered"
+    assert world.history_ids(tw) == [f"twilio:{sid}:delivered"]
+    assert _journal(world) == [] and world.pending() == 0
+
+
 def test_journal_documents_go_once_their_entries_are_done_with(world):
     """The journal holds what is not applied yet, no more: its document goes
     when the entry is applied, moved to status-events:rejected or to

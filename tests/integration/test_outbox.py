@@ -350,16 +350,21 @@ def test_outcomes_reach_the_database_through_an_outage_and_a_redis_loss(provider
                                  retry[0]["recipient"]["email"]]), to
 
 
-def test_sms_in_flight_is_left_alone_when_redis_lost_its_claim(providers, redis_client):
-    """Found by the chaos run (seed 21): Redis restarted without its data while a deliverer
-    waited for Twilio's answer to an SMS; another deliverer got the claim, looked Twilio up
-    (nothing yet: Twilio had not created it) and sent it again. An SMS whose send started
-    less than a claim's lifetime ago without an outcome is now left to its deliverer."""
-    e = providers.entry("sms")
-    # Twilio takes 4 s to create the message and answer
-    providers.fake.fault(match="/Messages.json", method="POST", delay_ms=4000)
+@pytest.mark.parametrize("via,path,sent", [("sms", "/Messages.json", "twilio"),
+                                            ("email", "/v3/mail/send", "sendgrid")])
+def test_entry_in_flight_is_left_alone_when_redis_lost_its_claim(providers, redis_client, via,
+                                                                 path, sent):
+    """Found by the chaos run: Redis restarted without its data while a deliverer waited for
+    the provider's answer (seed 21: an SMS; the second deliverer's Twilio look-up came before
+    Twilio had created it) or for the rest of its batch before writing the outcomes (seed 22:
+    20 e-mails, whose "sent:" markers went with Redis's data); another deliverer got the claims
+    and sent them again. An entry whose send started less than a claim's lifetime ago without
+    an outcome is now left to its deliverer."""
+    e = providers.entry(via)
+    # the provider takes 4 s to answer
+    providers.fake.fault(match=path, method="POST", delay_ms=4000)
     a = providers.start("slow", QM_SUPPORT_HTTP_TIMEOUT_MS="15000")
-    wait_until(lambda: any(r["method"] == "POST" for r in providers.fake.requests("/Messages.json")),
+    wait_until(lambda: any(r["method"] == "POST" for r in providers.fake.requests(path)),
                30, what="the first deliverer's request")
     for key in redis_client.scan_iter(providers.sd.key("*")):  # Redis loses its data
         redis_client.delete(key)
@@ -367,10 +372,11 @@ def test_sms_in_flight_is_left_alone_when_redis_lost_its_claim(providers, redis_
     assert cp.returncode == 0, cp.stderr
     assert a.wait_exit(60) == 0, a.tail()
     providers.outputs.append(a.stderr())
-    msgs = providers.fake.sent()["twilio"]
+    msgs = providers.fake.sent()[sent]
     assert len(msgs) == 1, f"sent {len(msgs)} times"
     doc = providers.get(e)
-    assert doc["status"] == "sent" and doc["provider_message_id"] == msgs[0]["sid"]
+    assert doc["status"] == "sent" and doc["provider_message_id"], doc
+    assert "send_started_at" not in doc, doc
     assert any(ev.get("event") == "outbox.in_flight" for ev in parse_log_lines(cp.stderr)[0])
 
 
@@ -538,8 +544,14 @@ def test_claim_lost_mid_batch_is_checked_before_each_send(providers, redis_clien
     slow = providers.start("slow", QM_SUPPORT_TEST_SEAMS=str(seams))
     wait_until(lambda: (seams / "outbox_before_send.reached").exists(), 60, what="the seam")
     if lost == "expired_and_taken":
-        for e in entries:  # as if their 5-minute claims had run out
+        # as if their 5-minute claims had run out: so long ago, too, the sends were marked
+        # started (else the next deliverer leaves them to this one: in flight)
+        old = datetime.now(timezone.utc) - timedelta(minutes=6)
+        for e in entries:
             redis_client.delete(providers.sd.key(f"outbox:claim:{e['_id']}"))
+            assert providers.get(e).get("send_started_at") is not None
+            providers.coll.update_one({"_id": e["_id"]},
+                                      {"$set": {"send_started_at": old, "updated_at": old}})
         cp = providers.run()  # another deliverer sends them
         assert cp.returncode == 0, cp.stderr
         assert all(providers.get(e)["status"] == "sent" for e in entries)
