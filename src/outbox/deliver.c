@@ -361,6 +361,8 @@ struct send {
      * recorded for it, it stays pending. */
     bool attempted;
     bool claim_lost;   /* its claim was no longer ours right before sending */
+    bool held;         /* kept back before the senders: not marked as being sent */
+    bool changed;      /* another deliverer marked it since our copy was read */
     bool unusable;     /* its provider refused our credentials earlier in the call */
 };
 
@@ -584,38 +586,98 @@ static int reread(mongoc_collection_t *coll, struct item **mine, size_t n, int64
     return rc;
 }
 
-/* send_started_at on every entry about to go out, one update: the mark that
- * keeps another deliverer off an entry whose claim Redis lost (in_flight),
- * and an SMS's cue to ask Twilio before it is sent again. */
+/* send_started_at on every entry about to go out: the mark that keeps
+ * another deliverer off an entry whose claim Redis lost (in_flight), and an
+ * SMS's cue to ask Twilio before it is sent again. One unordered bulk, each
+ * statement a compare-and-set on the mark our copy holds (or its absence):
+ * a copy read before another deliverer marked the entry — the claim that
+ * would have told us went with Redis's data, and copies younger than
+ * CLAIM_FRESH_MS are not re-read — does not match, and is not ours to send
+ * (found in review). When fewer than all matched, one find tells which did.
+ * Sets sends[i].changed for the others; -1 if it cannot tell (then none is
+ * sent). */
 static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
                         int64_t *mark, struct sd_error *err)
 {
-    bson_t filter = BSON_INITIALIZER, in, ids, u = BSON_INITIALIZER, set;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
-    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        char key[12];
-        snprintf(key, sizeof key, "%zu", k++);
-        BSON_APPEND_VALUE(&ids, key, &sends[i].it->id);
-    }
-    bson_append_array_end(&in, &ids);
-    bson_append_document_end(&filter, &in);
-    BSON_APPEND_UTF8(&filter, "status", "pending");
     /* Wall-clock time, not the tick's (maybe --now) time: it is compared with
      * Twilio's date_created. */
     int64_t now = clock_now_ms();
     *mark = now;
+    bson_t bopts = BSON_INITIALIZER, u = BSON_INITIALIZER, set, reply;
+    BSON_APPEND_BOOL(&bopts, "ordered", false);
+    mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(coll,
+                                                                                      &bopts);
+    bson_destroy(&bopts);
     BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
     BSON_APPEND_DATE_TIME(&set, "send_started_at", now);
     BSON_APPEND_DATE_TIME(&set, "updated_at", now);
     bson_append_document_end(&u, &set);
-    bson_error_t berr;
     int rc = 0;
-    if (k && !mongoc_collection_update_many(coll, &filter, &u, NULL, NULL, &berr))
-        rc = sd_error_set(err, "marking %zu entries as being sent: %s", k, store_errmsg(&berr));
-    bson_destroy(&filter);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        bson_t filter = BSON_INITIALIZER, absent;
+        BSON_APPEND_VALUE(&filter, "_id", &sends[i].it->id);
+        BSON_APPEND_UTF8(&filter, "status", "pending");
+        int64_t seen = bson_field_date(sends[i].it->entry, "send_started_at", 0);
+        if (seen) {
+            BSON_APPEND_DATE_TIME(&filter, "send_started_at", seen);
+        } else {
+            BSON_APPEND_DOCUMENT_BEGIN(&filter, "send_started_at", &absent);
+            BSON_APPEND_BOOL(&absent, "$exists", false);
+            bson_append_document_end(&filter, &absent);
+        }
+        rc = store_bulk_update_doc(bulk, &filter, &u, false, err);
+        bson_destroy(&filter);
+    }
+    bson_error_t berr;
+    int64_t matched = -1;
+    if (rc == 0) {
+        /* the reply is initialized either way */
+        if (!mongoc_bulk_operation_execute(bulk, &reply, &berr))
+            rc = sd_error_set(err, "marking %zu entries as being sent: %s", n,
+                              store_errmsg(&berr));
+        else
+            matched = bson_path_int(&reply, "nMatched", -1);
+        bson_destroy(&reply);
+    }
+    mongoc_bulk_operation_destroy(bulk);
     bson_destroy(&u);
+    if (rc || matched == (int64_t)n)
+        return rc;
+
+    /* Which are ours: those holding our mark. */
+    bson_t filter = BSON_INITIALIZER, in, ids, opts = BSON_INITIALIZER, proj;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
+    for (size_t i = 0; i < n; i++) {
+        char key[12];
+        snprintf(key, sizeof key, "%zu", i);
+        BSON_APPEND_VALUE(&ids, key, &sends[i].it->id);
+        sends[i].changed = true;
+    }
+    bson_append_array_end(&in, &ids);
+    bson_append_document_end(&filter, &in);
+    BSON_APPEND_DATE_TIME(&filter, "send_started_at", now);
+    BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+    BSON_APPEND_INT32(&proj, "_id", 1);
+    bson_append_document_end(&opts, &proj);
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
+    const bson_t *doc;
+    while (mongoc_cursor_next(cur, &doc)) {
+        char text[200];
+        bson_value_t id;
+        if (!id_text(doc, text, sizeof text, &id))
+            continue;
+        bson_value_destroy(&id);
+        for (size_t i = 0; i < n; i++)
+            if (!strcmp(sends[i].it->id_text, text))
+                sends[i].changed = false;
+    }
+    if (mongoc_cursor_error(cur, &berr))
+        rc = sd_error_set(err, "reading which of %zu entries were marked as being sent: %s", n,
+                          store_errmsg(&berr));
+    mongoc_cursor_destroy(cur);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
     return rc;
 }
 
@@ -817,6 +879,7 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         versions[i] = items[i].attempts;
     }
     int64_t t_start = clock_monotonic_ms(), t_sent = t_start;
+    seam_wait("outbox_before_claims");
     int rc = claim_acquire_many(ctx->redis, ctx->prefix, ids, versions, ctx->owner,
                                 OUTBOX_CLAIM_TTL_MS, claims, n, err);
     size_t n_mine = 0, n_sends = 0;
@@ -915,21 +978,22 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         struct sd_error e;
         int64_t mark = 0;
         if (mark_started(coll, sends, n_sends, &mark, &e)) {
-            /* Without the marker a lost claim or a crash could resend
-             * blind: these entries wait. */
-            for (size_t i = 0; i < n_sends; i++) {
-                provider_status_init(&sends[i].st);
-                sends[i].st.cls = PROVIDER_TRANSIENT;
-                snprintf(sends[i].st.code, sizeof sends[i].st.code, "database");
-                sends[i].rc = 1; /* not sent */
-                sends[i].err = e;
-            }
+            /* Without the mark a lost claim or a crash could resend blind:
+             * these entries are handed back, no attempt counted (a mark
+             * that landed in part is removed with the outcomes). */
+            log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL,
+                    "%s; %zu entries handed back unsent", e.message, n_sends);
+            for (size_t i = 0; i < n_sends; i++)
+                sends[i].held = true;
         }
+        for (size_t i = 0; i < n_sends; i++)
+            if (sends[i].changed)
+                sends[i].held = true;
         /* Only what may go out goes to the senders. */
         struct send *go = calloc(n_sends, sizeof *go);
         size_t n_go = 0;
         for (size_t i = 0; i < n_sends; i++)
-            if (sends[i].rc == 0)
+            if (sends[i].rc == 0 && !sends[i].held)
                 go[n_go++] = sends[i];
         pool->sends = go;
         pool->n = n_go;
@@ -939,19 +1003,24 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         send_all(pool);
         t_sent = clock_monotonic_ms() - t_sent;
         for (size_t i = 0, j = 0; i < n_sends; i++)
-            if (sends[i].rc == 0)
+            if (sends[i].rc == 0 && !sends[i].held)
                 sends[i] = go[j++];
         free(go);
         for (size_t i = 0; i < n_sends; i++) {
             struct send *s = &sends[i];
             if (s->rc == 0 && !s->attempted) {
-                /* Kept back (stop, lost claim, unusable provider): pending as
-                 * it was. It loses the send_started_at set above, so the
-                 * next deliverer neither waits nor asks Twilio first; a lost
-                 * claim's entry is another deliverer's now: nothing else of
-                 * it is touched (and a mark of that deliverer stays). */
+                /* Kept back (no mark, stop, lost claim, unusable provider):
+                 * pending as it was. It loses the send_started_at set above,
+                 * so the next deliverer neither waits nor asks Twilio first;
+                 * an entry another deliverer marked or claimed is its own
+                 * now: nothing else of it is touched (and its mark stays). */
                 forget_started(&w, s->it, mark);
-                if (s->claim_lost) {
+                if (s->changed) {
+                    stats->skipped++;
+                    log_entry(ctx, LOG_WARN, "outbox.in_flight", s->it, NULL, NULL, NULL,
+                              "not sent: another deliverer marked it as being sent after our "
+                              "copy was read (its claim is gone: Redis lost it?)");
+                } else if (s->claim_lost) {
                     stats->skipped++;
                     log_entry(ctx, LOG_WARN, "outbox.claim_lost", s->it, s->msg.provider, NULL,
                               NULL, "not sent: its claim expired or vanished before the send "

@@ -17,7 +17,11 @@
  *                     with the outcome; while it is less than a claim's
  *                     lifetime old and updated_at equals it, the send may be
  *                     in flight: a deliverer that got the claim only because
- *                     Redis lost it leaves the entry alone. An SMS whose
+ *                     Redis lost it leaves the entry alone. Set by a
+ *                     compare-and-set on the value the deliverer's copy
+ *                     holds, so a copy read before another deliverer marked
+ *                     the entry is not sent; an entry that cannot be marked
+ *                     (database error) is handed back unsent. An SMS whose
  *                     attempt may have reached Twilio (5xx, timeout, crash)
  *                     keeps it, so Twilio is asked first next time
  *   failed_at, updated_at

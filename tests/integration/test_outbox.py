@@ -380,6 +380,65 @@ def test_entry_in_flight_is_left_alone_when_redis_lost_its_claim(providers, redi
     assert any(ev.get("event") == "outbox.in_flight" for ev in parse_log_lines(cp.stderr)[0])
 
 
+def test_copy_read_before_another_deliverer_marked_it_is_not_sent(providers, redis_client,
+                                                                  tmp_path):
+    """Found in review of the in-flight mark: a deliverer's copy from its due query is
+    not re-read when younger than a minute (its claim proves it current, unless Redis
+    lost the claims' markers). Another deliverer claimed, marked and sent the entry after
+    that read; Redis then lost its data, the first got the claim and its copy showed no
+    mark. The mark is now a compare-and-set on the copy's: it does not match, the entry
+    is not sent again."""
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    (seams / "outbox_before_claims.arm").touch()
+    e = providers.entry("email")
+    providers.fake.fault(match="/v3/mail/send", method="POST", delay_ms=4000)
+    late = providers.start("late", QM_SUPPORT_TEST_SEAMS=str(seams))  # has read its copy
+    wait_until(lambda: (seams / "outbox_before_claims.reached").exists(), 60, what="the seam")
+    first = providers.start("first", QM_SUPPORT_HTTP_TIMEOUT_MS="15000")
+    wait_until(lambda: any(r["method"] == "POST" for r in providers.fake.requests("/v3/mail/send")),
+               30, what="the first deliverer's request")
+    for key in redis_client.scan_iter(providers.sd.key("*")):  # Redis loses its data
+        redis_client.delete(key)
+    (seams / "outbox_before_claims.go").touch()
+    assert late.wait_exit(60) == 0, late.tail()
+    assert first.wait_exit(60) == 0, first.tail()
+    providers.outputs += [late.stderr(), first.stderr()]
+    msgs = providers.fake.sent()["sendgrid"]
+    assert len(msgs) == 1, f"sent {len(msgs)} times"
+    doc = providers.get(e)
+    assert doc["status"] == "sent" and doc["attempts"] == 1 and "send_started_at" not in doc, doc
+    assert any(ev.get("event") == "outbox.in_flight" for ev in parse_log_lines(late.stderr())[0])
+
+
+def test_entries_that_cannot_be_marked_are_handed_back_without_an_attempt(providers, tmp_path):
+    """Found in review: the database failing the mark before a batch's sends counted an
+    attempt for every entry of the batch (eight such blips and a mail failed unsent). They
+    are now handed back as they were: pending, no attempt, no mark; the next tick sends."""
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    (seams / "outbox_before_claims.arm").touch()
+    e = providers.entry("email")
+    d = providers.start("blip", QM_SUPPORT_TEST_SEAMS=str(seams))
+    wait_until(lambda: (seams / "outbox_before_claims.reached").exists(), 60, what="the seam")
+    services_script("stop-postgres")
+    try:
+        (seams / "outbox_before_claims.go").touch()
+        wait_until(lambda: "entries as being sent:" in d.stderr(), 60, what="the mark failing")
+    finally:
+        services_script("start-postgres", timeout=120)
+    assert d.wait_exit(120) == 0, d.tail()
+    providers.outputs.append(d.stderr())
+    assert providers.fake.requests("/v3/mail/send") == []
+    doc = providers.get(e)
+    assert doc["status"] == "pending" and doc.get("attempts", 0) == 0, doc
+    assert "send_started_at" not in doc and doc.get("error") is None, doc
+    assert tick_counts(d.stderr())["outbox_handed_back"] == 1
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert len(providers.fake.sent()["sendgrid"]) == 1 and providers.get(e)["status"] == "sent"
+
+
 def test_copy_older_than_the_done_marker_is_not_sent(providers, redis_client):
     """Another deliverer finished the entry (attempts 0 → 1) after our due
     query read it: its "done:1" refuses our copy at attempts 0, without a
