@@ -168,16 +168,6 @@ bool journal_late_add(struct journal_late *l, const bson_t *doc)
     return ok;
 }
 
-size_t journal_late_waiting(struct journal_late *l)
-{
-    if (!l)
-        return 0;
-    pthread_mutex_lock(&l->mu);
-    size_t n = l->n;
-    pthread_mutex_unlock(&l->mu);
-    return n;
-}
-
 void journal_late_stop(struct journal_late *l)
 {
     if (!l)

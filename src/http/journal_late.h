@@ -35,9 +35,6 @@ struct journal_late *journal_late_start(struct store *journal);
  * false if refused (full, or l is NULL). */
 bool journal_late_add(struct journal_late *l, const bson_t *doc);
 
-/* How many copies wait now. */
-size_t journal_late_waiting(struct journal_late *l);
-
 /* Tries once more to write what waits (within the store's bound), then stops
  * the thread and frees everything; copies still waiting are logged as lost.
  * NULL is a no-op. */

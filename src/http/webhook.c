@@ -388,8 +388,9 @@ void webhook_handle(const struct http_ctx *ctx, struct rds *redis,
         long suppressed = 0;
         if (!queued && may_log(&suppressed))
             log_msg(LOG_WARN, NULL, "webhook.journal_late_full", NULL,
-                    "%s webhook: its copy cannot wait for %s either (%d copies or %u bytes "
-                    "wait already): the stream's is the only one",
+                    "%s webhook: its copy cannot wait for %s either (at most %d copies or %u "
+                    "bytes wait, or the late writer is not running): the stream's is the only "
+                    "one",
                     req->provider, COLL_STATUS_INBOX, JOURNAL_LATE_MAX_DOCS,
                     JOURNAL_LATE_MAX_BYTES);
     }

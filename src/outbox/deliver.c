@@ -234,9 +234,11 @@ static void record_waiting(struct outbox_ctx *ctx, mongoc_collection_t *coll, st
     if (strcmp(st->code, "not_configured") == 0)
         BSON_APPEND_DATE_TIME(&set, "next_attempt_at", now_ms + OUTBOX_WAIT_MS);
     bson_append_document_end(&u, &set);
-    BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
-    BSON_APPEND_UTF8(&unset, "send_started_at", "");
-    bson_append_document_end(&u, &unset);
+    if (!(msg && msg->via == VIA_SMS && st->maybe_accepted)) { /* as in record_failure */
+        BSON_APPEND_DOCUMENT_BEGIN(&u, "$unset", &unset);
+        BSON_APPEND_UTF8(&unset, "send_started_at", "");
+        bson_append_document_end(&u, &unset);
+    }
     struct sd_error uerr;
     if (update_pending_w(coll, w, it, &u, NULL, &uerr))
         log_msg(LOG_ERROR, ctx->log, "outbox.update", NULL, "%s", uerr.message);
@@ -942,6 +944,10 @@ static int deliver_batch(struct outbox_ctx *ctx, mongoc_collection_t *coll, stru
         s->it = it;
         struct sd_error e = {""};
         if (outbox_message_prepare(ctx, it->entry, &s->msg, &s->st, &e)) {
+            /* Nothing was sent now: an earlier uncertain SMS's mark stays,
+             * so the next attempt still asks Twilio first (found in review). */
+            if (started)
+                s->st.maybe_accepted = true;
             record_failure(ctx, coll, &w, it, &s->msg, &s->st, &e, now_ms, stats);
             outbox_message_free(&s->msg);
             continue;

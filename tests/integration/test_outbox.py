@@ -243,6 +243,31 @@ def test_provider_not_configured_waits(providers):
     assert "SENDGRID_API_KEY" in doc["error"]["message"]
 
 
+def test_uncertain_sms_keeps_its_mark_while_it_waits_for_the_operator(providers):
+    """Found in review: an SMS whose last send may have reached Twilio carries its
+    send_started_at, the cue to ask Twilio before sending again. A tick that could not
+    even prepare it (Twilio not configured, a database blip) dropped the cue, and the
+    next attempt sent blind: a duplicate if the first had arrived. The mark stays."""
+    providers.fake.fault(match="/Messages.json", method="POST", status=500, accept=True)
+    e = providers.entry("sms")
+    cp = providers.run()
+    assert cp.returncode == 0, cp.stderr
+    assert providers.get(e).get("send_started_at") is not None  # uncertain: Twilio has it
+    later = (datetime.now(timezone.utc) + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cp = providers.run("--now", later, TWILIO_AUTH_TOKEN=None)
+    assert cp.returncode == 0, cp.stderr
+    doc = providers.get(e)
+    assert doc["status"] == "pending" and doc["error"]["code"] == "not_configured", doc
+    assert doc.get("send_started_at") is not None, "the cue to ask Twilio first was dropped"
+    later = (datetime.now(timezone.utc) + timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cp = providers.run("--now", later)
+    assert cp.returncode == 0, cp.stderr
+    msgs = providers.fake.sent()["twilio"]
+    assert len(msgs) == 1, f"sent {len(msgs)} times"
+    doc = providers.get(e)
+    assert doc["status"] == "sent" and doc["provider_message_id"] == msgs[0]["sid"], doc
+
+
 # ---- claims -----------------------------------------------------------------
 
 def test_sent_marker_in_redis_is_recorded_not_resent(providers, redis_client):
