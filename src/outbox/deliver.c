@@ -53,6 +53,19 @@ struct item {
     struct outbox_claim claim;
 };
 
+/* The cursor's next document with a usable _id, and that _id as text. */
+static bool cursor_next_id(mongoc_cursor_t *cur, const bson_t **doc, char *text, size_t size)
+{
+    while (mongoc_cursor_next(cur, doc)) {
+        bson_value_t id;
+        if (!id_text(*doc, text, size, &id))
+            continue;
+        bson_value_destroy(&id);
+        return true;
+    }
+    return false;
+}
+
 static const char *entry_str(const bson_t *doc, const char *key)
 {
     bson_iter_t it;
@@ -556,12 +569,8 @@ static int reread(mongoc_collection_t *coll, struct item **mine, size_t n, int64
     BSON_APPEND_UTF8(&filter, "status", "pending");
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, NULL, NULL);
     const bson_t *doc;
-    while (mongoc_cursor_next(cur, &doc)) {
-        char text[200];
-        bson_value_t id;
-        if (!id_text(doc, text, sizeof text, &id))
-            continue;
-        bson_value_destroy(&id);
+    char text[200];
+    while (cursor_next_id(cur, &doc, text, sizeof text)) {
         for (size_t i = 0; i < n; i++) {
             if (due[i] || strcmp(mine[i]->id_text, text) != 0)
                 continue;
@@ -664,16 +673,11 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
     bson_append_document_end(&opts, &proj);
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, &filter, &opts, NULL);
     const bson_t *doc;
-    while (mongoc_cursor_next(cur, &doc)) {
-        char text[200];
-        bson_value_t id;
-        if (!id_text(doc, text, sizeof text, &id))
-            continue;
-        bson_value_destroy(&id);
+    char text[200];
+    while (cursor_next_id(cur, &doc, text, sizeof text))
         for (size_t i = 0; i < n; i++)
             if (!strcmp(sends[i].it->id_text, text))
                 sends[i].changed = false;
-    }
     if (mongoc_cursor_error(cur, &berr))
         rc = sd_error_set(err, "reading which of %zu entries were marked as being sent: %s", n,
                           store_errmsg(&berr));
