@@ -1116,6 +1116,31 @@ def drained(run: Run) -> tuple[bool, str]:
     return (not why), "; ".join(why)
 
 
+def deliver_after_stop(run: Run, stop_began: float) -> int:
+    """A tick the SIGTERM caught is let finish, and mail it enqueued then (an SLA warning
+    that fell due during the stop, say) waits for the next start, as after a deploy. When
+    every pending outbox entry is of that kind, one `supportd once snooze` stands in for
+    that start (every job's tick delivers the outbox), and the checker judges them like
+    the rest. An entry pending since before the stop is left to the checker. Returns how
+    many were delivered so."""
+    try:
+        pending = list(run.db["conversation-notification"].find({"status": "pending"},
+                                                               {"created_at": 1}))
+    except pymongo.errors.PyMongoError:
+        return 0
+    began = datetime.fromtimestamp(stop_began - 1, timezone.utc).replace(tzinfo=None)
+    if not pending or any(e.get("created_at") is None or e["created_at"] < began
+                          for e in pending):
+        return 0
+    say(f"after the stop: {len(pending)} outbox entries enqueued by ticks the stop let "
+        "finish; `once snooze` delivers them, as the next start would")
+    with open(run.logdir / "after_stop.log", "wb") as fh:
+        subprocess.run([run.binary, "once", "snooze"], env=run.instance_env(free_port()),
+                       cwd=run.workdir, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh,
+                       timeout=120)
+    return len(pending)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=2.0)
@@ -1218,8 +1243,10 @@ def main(argv=None) -> int:
         run.drain_result = (ok, why, round(time.time() - drain_start, 1))
         say(f"drain: {'done' if ok else 'NOT done: ' + why} after {run.drain_result[2]}s")
         run.before_stop = check.snapshot_before_stop(run)
+        stop_began = time.time()
         for inst in run.instances:
             inst.term()
+        run.after_stop = deliver_after_stop(run, stop_began)
         stop_sampling.set()
         sampler.join(timeout=5)
         result = check.check_all(run, work)
