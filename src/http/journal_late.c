@@ -91,9 +91,10 @@ static bool write_round(struct journal_late *l)
         BSON_APPEND_INT64(&f, "written", (int64_t)written);
         BSON_APPEND_INT64(&f, "waiting", (int64_t)left);
         log_msg(LOG_INFO, NULL, "webhook.journal_late_written", &f,
-                "wrote %zu webhook copies to %s that the door could not write when they came "
+                "wrote %zu webhook cop%s to %s that the door could not write when %s came "
                 "(%zu still waiting)",
-                written, COLL_STATUS_INBOX, left);
+                written, written == 1 ? "y" : "ies", COLL_STATUS_INBOX,
+                written == 1 ? "it" : "they", left);
         bson_destroy(&f);
     }
     return list == NULL;
