@@ -140,11 +140,16 @@ def provider_view(run) -> dict:
     # requests whose answer the sender never got although the provider did the work: the
     # documented duplicate risk for SendGrid (it cannot be asked), looked up for Twilio
     answered_late, other_lost = {}, {}  # by supportd_key: timeouts, the rest
+    # a send in flight when its sender was killed (kill -9 lands while the provider works on
+    # it, as with seed 23's 2.7-second answers): its answer is lost too
+    kills = [run.start_time + f["at"] for f in run.faults if f.get("kind") == "kill9"]
     for r in reqs:
         f = r.get("fault") or {}
         late = (f.get("delay_ms") or 0) >= 3000 and not f.get("status") and not f.get("reset")
+        answer_at = r["time"] + (f.get("delay_ms") or 0) / 1000 + 1.0
+        killed = any(r["time"] - 0.1 <= k <= answer_at for k in kills)
         lost = (f.get("accept") and (f.get("status") or 0) >= 500) or \
-            (f.get("accept") and f.get("reset")) or late
+            (f.get("accept") and f.get("reset")) or late or killed
         if not lost or r["method"] != "POST":
             continue
         if r["path"] == "/v3/mail/send" and r.get("json"):
