@@ -27,6 +27,7 @@
 /* supportd's own: the HTTP door's copy of each webhook request it accepted,
  * until message-status has applied it (README, The message-status job). */
 #define COLL_STATUS_INBOX "conversation-status-inbox"
+#define COLL_MESSAGE_SIDS "conversation-message-sids"
 
 struct store;
 

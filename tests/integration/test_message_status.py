@@ -500,6 +500,32 @@ def test_resend_backoff_counts_from_the_failed_send_not_the_tick(world):
     assert tick_end(cp)["counts"]["resend_recovered"] == 1
 
 
+def test_an_event_for_an_earlier_attempt_goes_to_the_history_only(world):
+    """Found by the chaos run (seed 21): a Twilio event for a message's first SID reached
+    message-status after the message had been re-sent under a new SID (it came back from
+    the webhook journal after Redis lost its data). Events were matched by the current
+    provider_message_id only, so it waited out the grace and went to :unmatched. The
+    re-send now keeps the earlier SID (conversation-message-sids): the event goes to the
+    history, not applied, and the status stays the re-send's."""
+    m = world.message("twilio", status="sent")
+    first = m["provider_message_id"]
+    world.twilio(first, "failed", error_code=30008)
+    assert world.once().returncode == 0
+    cp = world.once("--now", iso(now_ms() + 2 * 60 * 1000))  # the re-send
+    assert cp.returncode == 0, cp.stderr
+    got = world.get(m)
+    assert got["provider_message_id"] != first and got["status"] == "queued", got
+    world.twilio(first, "sent")  # the first attempt's late event
+    cp = world.once("--now", iso(now_ms() + 20 * 60 * 1000))  # past the 15-minute grace
+    assert cp.returncode == 0, cp.stderr
+    got = world.get(m)
+    hist = [h for h in got["status_history"] if h.get("event_id") == f"twilio:{first}:sent"]
+    assert len(hist) == 1 and hist[0]["applied"] is False, got["status_history"]
+    assert got["status"] == "queued"
+    assert world.side("unmatched") == [] and world.pending() == 0
+    assert tick_end(cp)["counts"]["history_only"] == 1
+
+
 def test_resend_reset_after_twilio_created_it_is_not_sent_again_by_curl(world):
     """Found by the chaos run (seed 21): the re-send's look-up (a GET) left its connection
     open, the POST went out on it, Twilio created the message and the connection was reset

@@ -43,6 +43,96 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* Events whose id no message holds now may name a message's earlier attempt
+ * (a re-send replaced it): conversation-message-sids maps "<provider>:<id>"
+ * to the message (retry.c), which goes into messages under that key too —
+ * decide sees the id differ and records the event in the history only. Two
+ * finds by _id, only for such ids (rare: late events, or events before their
+ * message exists). */
+static int load_earlier(struct ms_tick *t, const bson_t *const *parsed, size_t n,
+                        bson_t *messages, struct sd_error *err)
+{
+    size_t cap = 16, k = 0;
+    char **keys = malloc(cap * sizeof *keys);
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t it, evs;
+        if (!bson_iter_init_find(&it, parsed[i], "events") || !bson_iter_recurse(&it, &evs))
+            continue;
+        while (bson_iter_next(&evs)) {
+            bson_t ev;
+            if (!bson_iter_child(&evs, &ev))
+                continue;
+            const char *provider = bson_field_utf8(&ev, "provider"),
+                       *pmid = bson_field_utf8(&ev, "provider_message_id");
+            char key[240];
+            if (!provider || !pmid)
+                continue;
+            snprintf(key, sizeof key, "%s:%s", provider, pmid);
+            bson_iter_t x; /* the key as it is: SendGrid ids may hold dots */
+            bool known = bson_iter_init_find(&x, messages, key);
+            for (size_t j = 0; !known && j < k; j++)
+                known = !strcmp(keys[j], key);
+            if (known)
+                continue;
+            if (k == cap)
+                keys = realloc(keys, (cap *= 2) * sizeof *keys);
+            keys[k++] = strdup(key);
+        }
+    }
+    int rc = 0;
+    bson_t **maps = NULL, **docs = NULL;
+    size_t nm = 0, nd = 0;
+    if (k) {
+        bson_value_t *values = calloc(k, sizeof *values);
+        for (size_t i = 0; i < k; i++) {
+            values[i].value_type = BSON_TYPE_UTF8;
+            values[i].value.v_utf8.str = keys[i];
+            values[i].value.v_utf8.len = (uint32_t)strlen(keys[i]);
+        }
+        struct store_find_in q = {.store = t->env->store, .client = t->env->mongo,
+                                  .db = t->env->db, .coll = COLL_MESSAGE_SIDS, .field = "_id"};
+        rc = store_find_in(&q, values, k, &maps, &nm, err);
+        free(values);
+    }
+    if (rc == 0 && nm) {
+        bson_value_t *values = calloc(nm, sizeof *values);
+        size_t nv = 0;
+        for (size_t i = 0; i < nm; i++) {
+            bson_iter_t it;
+            if (bson_iter_init_find(&it, maps[i], "message_id"))
+                bson_value_copy(bson_iter_value(&it), &values[nv++]);
+        }
+        struct store_find_in q = {.store = t->env->store, .client = t->env->mongo,
+                                  .db = t->env->db, .coll = COLL_MESSAGE, .field = "_id"};
+        rc = store_find_in(&q, values, nv, &docs, &nd, err);
+        for (size_t i = 0; i < nv; i++)
+            bson_value_destroy(&values[i]);
+        free(values);
+    }
+    for (size_t i = 0; rc == 0 && i < nm; i++) {
+        bson_iter_t a, b;
+        if (!bson_iter_init_find(&a, maps[i], "message_id"))
+            continue;
+        for (size_t j = 0; j < nd; j++)
+            if (bson_iter_init_find(&b, docs[j], "_id") &&
+                bson_iter_type(&a) == bson_iter_type(&b) &&
+                bson_iter_type(&a) == BSON_TYPE_OID &&
+                bson_oid_equal(bson_iter_oid(&a), bson_iter_oid(&b))) {
+                BSON_APPEND_DOCUMENT(messages, bson_field_utf8(maps[i], "_id"), docs[j]);
+                break;
+            }
+    }
+    if (rc)
+        sd_error_prefix(err, "reading the messages of earlier provider ids (%s)",
+                        COLL_MESSAGE_SIDS);
+    store_docs_free(maps, nm);
+    store_docs_free(docs, nd);
+    for (size_t i = 0; i < k; i++)
+        free(keys[i]);
+    free(keys);
+    return rc;
+}
+
 /* The messages named by the parsed entries' events, keyed
  * "<provider>:<provider_message_id>", by the indexed provider_message_id.
  * One {$in} for the batch on MongoDB, one find per distinct id on FerretDB
@@ -95,6 +185,8 @@ static int load_messages(struct ms_tick *t, const bson_t *const *parsed, size_t 
     }
     store_docs_free(docs, nd);
     free(ids);
+    if (rc == 0)
+        rc = load_earlier(t, parsed, n, messages, err);
     return rc;
 }
 

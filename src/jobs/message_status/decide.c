@@ -154,7 +154,12 @@ static const char *apply_event(struct mstate *s, const bson_t *ev, char *note, s
     if (seen(s, event_id))
         return "duplicate";
     int64_t at = bson_field_date(ev, "at", 0);
-    bool applies = status && moves_forward(status, s->status);
+    /* an event of an earlier attempt: the message was re-sent under a new id
+     * since (apply.c found it through conversation-message-sids) */
+    const char *ev_pmid = bson_field_utf8(ev, "provider_message_id"),
+               *cur_pmid = bson_field_utf8(s->doc, "provider_message_id");
+    bool earlier = ev_pmid && cur_pmid && strcmp(ev_pmid, cur_pmid) != 0;
+    bool applies = status && !earlier && moves_forward(status, s->status);
     char idx[12];
     snprintf(idx, sizeof idx, "%u", s->n_push++);
     bson_t h;
@@ -168,6 +173,11 @@ static const char *apply_event(struct mstate *s, const bson_t *ev, char *note, s
     BSON_APPEND_BOOL(&h, "applied", applies);
     bson_append_document_end(s->push, &h);
     BSON_APPEND_UTF8(s->ids, idx, event_id);
+    if (earlier) {
+        snprintf(note, size, "%s of an earlier attempt (%s; the message is %s now) is recorded "
+                 "in the history only", pstatus, ev_pmid, cur_pmid);
+        return "history";
+    }
     if (!status) {
         snprintf(note, size, "%s is recorded in the history only", pstatus);
         return "history";

@@ -165,10 +165,50 @@ static void history(bson_t *push, const char *status, int64_t at, const char *ps
     bson_append_document_end(push, &h);
 }
 
+/* The message's current provider id, before the re-send replaces it, in
+ * conversation-message-sids ({_id: "<provider>:<id>", message_id, at}), so
+ * that its late events still find the message (apply.c) and go to the
+ * history only (decide.c). Found by the chaos run: a Twilio event for the
+ * first SID came back from the webhook journal after the re-send and waited
+ * out the grace unmatched. An upsert: a re-send retried is harmless; a
+ * failure only costs those late events their match (logged). */
+static void remember_sid(struct ms_tick *t, const bson_t *item)
+{
+    const char *provider = bson_field_utf8(item, "provider"),
+               *pmid = bson_field_utf8(item, "provider_message_id");
+    bson_iter_t id;
+    if (!provider || !pmid || !*pmid || !bson_iter_init_find(&id, item, "message_id"))
+        return;
+    char key[240];
+    snprintf(key, sizeof key, "%s:%s", provider, pmid);
+    bson_t sel = BSON_INITIALIZER, u = BSON_INITIALIZER, on_insert, opts = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&sel, "_id", key);
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$setOnInsert", &on_insert);
+    bson_append_iter(&on_insert, "message_id", -1, &id);
+    BSON_APPEND_DATE_TIME(&on_insert, "at", t->wall_ms);
+    bson_append_document_end(&u, &on_insert);
+    BSON_APPEND_BOOL(&opts, "upsert", true);
+    mongoc_collection_t *coll =
+        mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_MESSAGE_SIDS);
+    bson_error_t berr;
+    if (!mongoc_collection_update_one(coll, &sel, &u, &opts, NULL, &berr) &&
+        berr.code != MONGOC_ERROR_DUPLICATE_KEY)
+        log_msg(LOG_WARN, t->env->log, "message.sid_not_kept", NULL,
+                "message %s: cannot keep its earlier id %s in %s (its late events will not "
+                "find it): %s",
+                bson_field_utf8(item, "target") ? bson_field_utf8(item, "target") : "?", pmid,
+                COLL_MESSAGE_SIDS, store_errmsg(&berr));
+    mongoc_collection_destroy(coll);
+    bson_destroy(&sel);
+    bson_destroy(&u);
+    bson_destroy(&opts);
+}
+
 /* The re-send was accepted: a new attempt starts over at "queued". */
 static int record_resent(struct ms_tick *t, const bson_t *item, const char *provider,
                          const char *message_id, int64_t attempt, struct sd_error *err)
 {
+    remember_sid(t, item);
     bson_t u = BSON_INITIALIZER, set, unset, push;
     char event_id[200];
     snprintf(event_id, sizeof event_id, "retry:%s:%lld", bson_field_utf8(item, "target"), (long long)attempt);
