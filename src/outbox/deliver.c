@@ -614,7 +614,7 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
      * Twilio's date_created. */
     int64_t now = clock_now_ms();
     *mark = now;
-    bson_t bopts = BSON_INITIALIZER, u = BSON_INITIALIZER, set, reply;
+    bson_t bopts = BSON_INITIALIZER, u = BSON_INITIALIZER, set;
     BSON_APPEND_BOOL(&bopts, "ordered", false);
     mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(coll,
                                                                                       &bopts);
@@ -641,15 +641,8 @@ static int mark_started(mongoc_collection_t *coll, struct send *sends, size_t n,
     }
     bson_error_t berr;
     int64_t matched = -1;
-    if (rc == 0) {
-        /* the reply is initialized either way */
-        if (!mongoc_bulk_operation_execute(bulk, &reply, &berr))
-            rc = sd_error_set(err, "marking %zu entries as being sent: %s", n,
-                              store_errmsg(&berr));
-        else
-            matched = bson_path_int(&reply, "nMatched", -1);
-        bson_destroy(&reply);
-    }
+    if (rc == 0 && !store_bulk_run(bulk, &matched, &berr))
+        rc = sd_error_set(err, "marking %zu entries as being sent: %s", n, store_errmsg(&berr));
     mongoc_bulk_operation_destroy(bulk);
     bson_destroy(&u);
     if (rc || matched == (int64_t)n)
