@@ -397,6 +397,22 @@ def answered(world, t, at):
     world.change(t, at, first_response_at=at, last_agent_message_at=at)
 
 
+def test_an_answer_keeps_the_first_response_deadline_it_met_on_the_conversation(world):
+    installed(world)
+    t = world.ticket(T0, assignee_id=world.anna["user_id"])  # normal: first response in 240
+    world.tick(T0 + timedelta(minutes=1))
+    due = T0 + timedelta(minutes=240)
+    assert world.conv(t)["sla"]["first_response_due"] == due
+    answered(world, t, T0 + timedelta(minutes=30))
+    world.tick(T0 + timedelta(minutes=31))
+    # no longer tracked (nothing warns about it), still shown
+    assert "first_response_due" not in world.sla(t)
+    assert world.conv(t)["sla"]["first_response_due"] == due
+    assert world.outbox(t, "ticket.sla_warning") == []
+    world.tick(T0 + timedelta(minutes=230))
+    assert world.outbox(t, "ticket.sla_warning") == []
+
+
 def test_priority_change_moves_the_deadline_and_warns_again(world):
     installed(world)
     t = world.ticket(T0, priority="high", assignee_id=world.anna["user_id"],

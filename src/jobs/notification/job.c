@@ -336,14 +336,20 @@ static bool sub_doc(const bson_t *doc, const char *key, bson_t *out)
 }
 
 /* The conversation's SLA as SPEC §2 shows it to the platform: {policy,
- * first_response_due?, resolution_due} of supportd's whole SLA document. */
-static void sla_view(const bson_t *sla, bson_t *view)
+ * first_response_due?, resolution_due} of supportd's whole SLA document.
+ * Once the ticket is answered the first-response deadline is no longer
+ * tracked; the view keeps the one it showed (the deadline the answer met or
+ * missed), which also spares the conversation a write. */
+static void sla_view(const bson_t *sla, const bson_t *conv, bson_t *view)
 {
     static const char *const fields[] = {"policy", "first_response_due", "resolution_due"};
     bson_init(view);
     for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
         bson_iter_t it;
-        if (bson_iter_init_find(&it, sla, fields[i]))
+        if (bson_iter_init_find(&it, sla, fields[i]) ||
+            (i == 1 && conv && bson_iter_init(&it, conv) &&
+             bson_iter_find_descendant(&it, "sla.first_response_due", &it) &&
+             BSON_ITER_HOLDS_DATE_TIME(&it)))
             bson_append_iter(view, fields[i], -1, &it);
     }
 }
@@ -424,7 +430,7 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
         bson_t view = BSON_INITIALIZER, old;
         if (has_sla) {
             bson_destroy(&view);
-            sla_view(&sla, &view);
+            sla_view(&sla, conv, &view);
         }
         bool level = bson_iter_init_find(&f, &action, "escalation_level");
         bool same = !has_sla || bson_empty(&view) ||
