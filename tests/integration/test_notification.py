@@ -516,6 +516,7 @@ def test_nothing_for_a_resolved_tickets_old_deadline(world):
     for m in (26, 31, 100, 241, 400):
         world.tick(T0 + timedelta(minutes=m))
     assert "next_due" not in world.sla(t)
+    assert world.db[NOTIFY_STATE].find_one({"_id": t})["sla_pending"] is False
     types = {e["type"] for e in world.outbox(t)}
     assert types == {"ticket.created", "ticket.assigned", "ticket.resolved"}, types
 

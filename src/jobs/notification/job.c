@@ -412,8 +412,10 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             BSON_APPEND_OID(&filter, "_id", oid);
             BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
             bson_concat(&set, &state);
-            if (has_sla)
+            if (has_sla) {
                 BSON_APPEND_DOCUMENT(&set, "sla", &sla);
+                BSON_APPEND_BOOL(&set, "sla_pending", bson_has_field(&sla, "next_due"));
+            }
             bson_append_document_end(&update, &set);
             if (bson_iter_init_find(&f, &action, "clear_failure")) {
                 BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
@@ -692,8 +694,11 @@ static int sweep(struct tick *t, bool *complete, struct sd_error *err)
     bson_destroy(&filter);
     if (rc == 0 && *complete && due) {
         /* Before now, not at it: a decision sets a record's next_due after
-         * now (a first retry, at now), so the cursor never meets it again. */
+         * now (a first retry, at now), so the cursor never meets it again.
+         * sla_pending: an equality FerretDB pushes down, so only the records
+         * with a deadline (the open tickets) are decoded, not every one. */
         bson_t dfilter = BSON_INITIALIZER, range;
+        BSON_APPEND_BOOL(&dfilter, "sla_pending", true);
         BSON_APPEND_DOCUMENT_BEGIN(&dfilter, "sla.next_due", &range);
         BSON_APPEND_DATE_TIME(&range, "$lt", t->env->now_ms);
         bson_append_document_end(&dfilter, &range);

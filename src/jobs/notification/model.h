@@ -13,8 +13,10 @@
  *         reminders (how many were sent for it), at (ms written),
  *         sla { policy, first_response_due, resolution_due, next_due,
  *           warned: ["<target>:<due ms>"], breached: [...], paused_at?,
- *           paused_minutes } (a failed decision sets next_due to its retry;
- *           indexed: deadlines are found through it),
+ *           paused_minutes } (a failed decision sets next_due to its retry),
+ *         sla_pending (next_due is set: a top-level equality FerretDB can
+ *           push down; {sla_pending, sla.next_due} is indexed, deadlines are
+ *           found through it),
  *         failure? {attempts, error, at, updated_at, retry_at | parked: true}
  *           while its decision fails (a record with only this is no record) }
  *   conversation.sla  SPEC §2's view of it, { policy, first_response_due,
