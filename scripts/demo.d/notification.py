@@ -79,8 +79,9 @@ conv.update_one({"_id": oid}, {"$set": {"first_response_at": at(9, 10),
                                         "last_agent_message_at": at(9, 10), "updated_at": at(9, 10)}})
 tick(9, 11, "Anna answers; resolution due 13:00 (240 business minutes)")
 sla = conv.find_one({"_id": oid})["sla"]
+next_due = db["conversation-notify-state"].find_one({"_id": oid})["sla"]["next_due"]
 print(f"      sla: resolution_due {sla['resolution_due'].astimezone(tz):%H:%M} Berlin, "
-      f"next_due {sla['next_due'].astimezone(tz):%H:%M}")
+      f"next_due {next_due.astimezone(tz):%H:%M}")
 tick(12, 46, "inside the warning window")
 tick(13, 1, "deadline passed")
 print(f"      escalation_level {conv.find_one({'_id': oid})['escalation_level']}")

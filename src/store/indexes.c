@@ -23,7 +23,9 @@ static const struct index_spec indexes[] = {
     {COLL_CONVERSATION, "supportd_unsnooze_pending", "{\"supportd_unsnooze_pending\": 1}", false},
     /* notification: changed since the checkpoint */
     {COLL_CONVERSATION, "supportd_updated_at", "{\"updated_at\": 1}", false},
-    /* notification: deadlines found without scanning */
+    /* notification: deadlines found without scanning (the records hold them;
+     * the conversation's index serves what earlier builds wrote there) */
+    {COLL_NOTIFY_STATE, "supportd_sla_due", "{\"sla_pending\": 1, \"sla.next_due\": 1}", false},
     {COLL_CONVERSATION, "supportd_sla_next_due", "{\"sla.next_due\": 1}", false},
     /* notification: a conversation's new customer messages, counted */
     {COLL_MESSAGE, "supportd_conversation_direction", "{\"conversation_id\": 1, \"direction\": 1}", false},

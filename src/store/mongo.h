@@ -28,6 +28,7 @@
  * until message-status has applied it (README, The message-status job). */
 #define COLL_STATUS_INBOX "conversation-status-inbox"
 #define COLL_MESSAGE_SIDS "conversation-message-sids"
+#define COLL_NOTIFY_STATE "conversation-notify-state" /* the notification job's records */
 
 struct store;
 

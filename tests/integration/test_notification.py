@@ -85,6 +85,10 @@ class World:
     def conv(self, oid):
         return self.db["conversation-conversation"].find_one({"_id": oid})
 
+    def sla(self, oid):
+        """supportd's whole SLA for the conversation, in its notify-state record."""
+        return self.db[NOTIFY_STATE].find_one({"_id": oid})["sla"]
+
     def outbox(self, oid=None, type=None):
         q = {}
         if oid:
@@ -355,7 +359,9 @@ def test_business_hours_in_the_rooms_zone(world, case, created, expected):
     world.tick(created + timedelta(minutes=1))
     sla = world.conv(t)["sla"]
     assert sla["first_response_due"] == expected, (case, sla)
-    assert sla["policy"] == "default" and sla["next_due"] <= expected
+    # the conversation carries SPEC §2's view; the bookkeeping is supportd's own
+    assert sorted(sla) == ["first_response_due", "policy", "resolution_due"], sla
+    assert sla["policy"] == "default" and world.sla(t)["next_due"] <= expected
 
 
 def test_unknown_zone_is_logged_with_the_room_and_treated_as_utc(world, sd):
@@ -376,19 +382,35 @@ def test_clock_pauses_while_pending_or_snoozed(world, pause):
     assert world.conv(t)["sla"]["first_response_due"] == T0 + timedelta(minutes=240)
     world.change(t, T0 + timedelta(minutes=60), status=pause)
     world.tick(T0 + timedelta(minutes=61))
-    assert "next_due" not in world.conv(t)["sla"]
+    assert "next_due" not in world.sla(t)
     # the old warning time passes while paused: no warning
     world.tick(T0 + timedelta(minutes=230))
     assert world.outbox(t, "ticket.sla_warning") == []
     world.change(t, T0 + timedelta(minutes=300), status="open")
     world.tick(T0 + timedelta(minutes=301))
-    sla = world.conv(t)["sla"]
-    assert sla["first_response_due"] == T0 + timedelta(minutes=240 + 240)
+    assert world.conv(t)["sla"]["first_response_due"] == T0 + timedelta(minutes=240 + 240)
+    sla = world.sla(t)
     assert sla["paused_minutes"] == 240 and "paused_at" not in sla
 
 
 def answered(world, t, at):
     world.change(t, at, first_response_at=at, last_agent_message_at=at)
+
+
+def test_an_answer_keeps_the_first_response_deadline_it_met_on_the_conversation(world):
+    installed(world)
+    t = world.ticket(T0, assignee_id=world.anna["user_id"])  # normal: first response in 240
+    world.tick(T0 + timedelta(minutes=1))
+    due = T0 + timedelta(minutes=240)
+    assert world.conv(t)["sla"]["first_response_due"] == due
+    answered(world, t, T0 + timedelta(minutes=30))
+    world.tick(T0 + timedelta(minutes=31))
+    # no longer tracked (nothing warns about it), still shown
+    assert "first_response_due" not in world.sla(t)
+    assert world.conv(t)["sla"]["first_response_due"] == due
+    assert world.outbox(t, "ticket.sla_warning") == []
+    world.tick(T0 + timedelta(minutes=230))
+    assert world.outbox(t, "ticket.sla_warning") == []
 
 
 def test_priority_change_moves_the_deadline_and_warns_again(world):
@@ -437,6 +459,35 @@ def test_warning_then_breach_then_escalation_one_mail_each(world):
     assert len(world.mails_to(world.petra)) == 3 and world.conv(t)["escalation_level"] == 2
 
 
+def test_an_earlier_builds_sla_on_the_conversation_is_carried_over(world):
+    """Builds before this one kept the whole SLA (next_due, warned, breached) on the
+    conversation: what they warned is not warned again, their due deadline is found,
+    and the conversation is left with SPEC §2's view."""
+    installed(world)
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"],
+                     first_response_at=T0, last_agent_message_at=T0)  # resolution in 240
+    world.tick(T0 + timedelta(minutes=1))
+    world.tick(T0 + timedelta(minutes=226))
+    assert sum(s.startswith("SLA warning") for s in world.mails_to(world.anna)) == 1
+    # as an earlier build left them: the SLA on the conversation, next_due on the record
+    sla = world.sla(t)
+    assert sla["warned"] and sla["next_due"] == T0 + timedelta(minutes=240)
+    world.db["conversation-conversation"].update_one({"_id": t}, {"$set": {"sla": sla}})
+    world.db[NOTIFY_STATE].update_one({"_id": t}, {"$unset": {"sla": ""},
+                                                   "$set": {"next_due": sla["next_due"]}})
+    world.ticket(T0 + timedelta(minutes=230))  # the checkpoint moves past t
+    world.tick(T0 + timedelta(minutes=231))
+    world.tick(T0 + timedelta(minutes=241))
+    assert sum(s.startswith("SLA warning") for s in world.mails_to(world.anna)) == 1
+    subject = world.conv(t)["subject"]
+    assert sorted(world.mails_to(world.petra)) == [f"Escalated to level 1: {subject}",
+                                                   f"SLA breached: {subject}"]
+    assert sorted(world.conv(t)["sla"]) == ["policy", "resolution_due"]
+    assert world.sla(t)["warned"] == sla["warned"] and world.sla(t)["breached"]
+    assert world.tick(T0 + timedelta(minutes=301))["due"] == 1  # through the record
+    assert world.conv(t)["escalation_level"] == 2
+
+
 def test_reminders_are_bounded_and_stop_when_an_agent_answers(world):
     installed(world)
     a = world.ticket(T0, assignee_id=world.anna["user_id"], first_response_at=T0 - timedelta(hours=1))
@@ -458,13 +509,14 @@ def test_nothing_for_a_resolved_tickets_old_deadline(world):
     installed(world)
     t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"])
     world.tick(T0 + timedelta(minutes=1))
-    assert world.conv(t)["sla"]["next_due"] is not None
+    assert world.sla(t)["next_due"] is not None
     world.change(t, T0 + timedelta(minutes=10), status="resolved",
                  resolved_at=T0 + timedelta(minutes=10))
     world.tick(T0 + timedelta(minutes=11))
     for m in (26, 31, 100, 241, 400):
         world.tick(T0 + timedelta(minutes=m))
-    assert "next_due" not in world.conv(t)["sla"]
+    assert "next_due" not in world.sla(t)
+    assert world.db[NOTIFY_STATE].find_one({"_id": t})["sla_pending"] is False
     types = {e["type"] for e in world.outbox(t)}
     assert types == {"ticket.created", "ticket.assigned", "ticket.resolved"}, types
 

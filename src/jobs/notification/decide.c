@@ -67,6 +67,14 @@ static bool sub_doc(const bson_t *doc, const char *key, bson_t *out)
     return bson_init_static(out, data, len);
 }
 
+/* The SLA bookkeeping as last decided: the notify-state record's, else the
+ * conversation's (where builds before 2026-12 kept all of it; the
+ * conversation now carries only the SPEC §2 view, see model.h). */
+static bool old_sla(const bson_t *record, const bson_t *conv, bson_t *out)
+{
+    return sub_doc(record, "sla", out) || sub_doc(conv, "sla", out);
+}
+
 /* An id (ObjectId or string) as text; "" for none. */
 static void id_text(const bson_t *doc, const char *path, char *out, size_t size)
 {
@@ -606,7 +614,7 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
     const char *status = bson_path_utf8(conv, "status");
     bool active = is(status, "open");
     bson_t old = BSON_INITIALIZER, old_warned, old_breached;
-    bool has_old = sub_doc(conv, "sla", &old);
+    bool has_old = old_sla(state, conv, &old);
     bool has_warned = has_old && sub_doc(&old, "warned", &old_warned);
     bool has_breached = has_old && sub_doc(&old, "breached", &old_breached);
 
@@ -738,12 +746,6 @@ static int sla(struct ctx *c, const bson_t *state, bson_t *action, bson_t *new_s
         bson_append_document_end(action, &doc);
         if (p.level > old_level)
             BSON_APPEND_INT64(action, "escalation_level", p.level);
-        /* What the record says was planned: a conversation read again,
-         * unchanged, whose sla still says this, needs no new decision. */
-        if (p.next_due)
-            BSON_APPEND_DATE_TIME(new_state, "next_due", p.next_due);
-        else
-            BSON_APPEND_NULL(new_state, "next_due");
     }
     bson_destroy(&p.warned);
     bson_destroy(&p.breached);
@@ -907,17 +909,14 @@ static void failed_one(const struct notification_input *in, const bson_t *conv,
     bson_append_document_end(&state, &failure);
     bson_append_document_end(action, &state);
     /* The sla as it was, but for next_due. */
-    bson_t old, sla;
-    bool has_old = find(conv, "sla", &it) && BSON_ITER_HOLDS_DOCUMENT(&it) &&
-                   sub_doc(conv, "sla", &old);
-    if (has_old || !parked) {
-        BSON_APPEND_DOCUMENT_BEGIN(action, "sla", &sla);
-        if (has_old)
-            bson_copy_to_excluding_noinit(&old, &sla, "next_due", NULL);
-        if (!parked)
-            BSON_APPEND_DATE_TIME(&sla, "next_due", retry_at);
-        bson_append_document_end(action, &sla);
-    }
+    bson_t old, sla, record;
+    bool has_old = old_sla(sub_doc(in->states, hex, &record) ? &record : NULL, conv, &old);
+    BSON_APPEND_DOCUMENT_BEGIN(action, "sla", &sla);
+    if (has_old)
+        bson_copy_to_excluding_noinit(&old, &sla, "next_due", NULL);
+    if (!parked)
+        BSON_APPEND_DATE_TIME(&sla, "next_due", retry_at);
+    bson_append_document_end(action, &sla);
 }
 
 int notification_decide(const struct notification_input *in, bson_t *actions,

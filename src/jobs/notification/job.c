@@ -4,16 +4,16 @@
  * Exactly once rests on the outbox's unique keys, which notification_decide
  * derives from what triggered each mail: the outbox entries of a batch are
  * inserted first (outbox/intent.h: the decision can be taken again, so
- * nothing is parked), then the state records, then the SLA fields. A process
- * killed anywhere in between leaves the conversation as it was (its
- * updated_at is still past the checkpoint, which moves only at the end of a
- * tick, and its sla.next_due still due): the next tick decides the same
- * mails again, and their inserts are no-ops. Two instances at once insert
- * the same keys; one wins.
+ * nothing is parked), then the conversations' SLA views, then the state
+ * records. A process killed anywhere in between leaves the record as it was
+ * (the conversation's updated_at is still past the checkpoint, which moves
+ * only at the end of a tick, and the record's sla.next_due still due): the
+ * next tick decides the same mails again, and their inserts are no-ops. Two
+ * instances at once insert the same keys; one wins.
  *
- * The SLA write is conditional on updated_at as read and does not change
- * it: a conversation the platform changed meanwhile keeps its old sla and is
- * seen again by the next tick's change query. */
+ * The SLA view's write is conditional on updated_at as read and does not
+ * change it: a conversation the platform changed meanwhile keeps its old
+ * view and is seen again by the next tick's change query. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,7 +335,49 @@ static bool sub_doc(const bson_t *doc, const char *key, bson_t *out)
     return bson_init_static(out, data, len);
 }
 
-/* The state records (upserts) and the changed SLA fields (conditional). */
+/* The conversation's SLA as SPEC §2 shows it to the platform: {policy,
+ * first_response_due?, resolution_due} of supportd's whole SLA document.
+ * Once the ticket is answered the first-response deadline is no longer
+ * tracked; the view keeps the one it showed (the deadline the answer met or
+ * missed), which also spares the conversation a write. */
+static void sla_view(const bson_t *sla, const bson_t *conv, bson_t *view)
+{
+    static const char *const fields[] = {"policy", "first_response_due", "resolution_due"};
+    bson_init(view);
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, sla, fields[i]) ||
+            (i == 1 && conv && bson_iter_init(&it, conv) &&
+             bson_iter_find_descendant(&it, "sla.first_response_due", &it) &&
+             BSON_ITER_HOLDS_DATE_TIME(&it)))
+            bson_append_iter(view, fields[i], -1, &it);
+    }
+}
+
+/* The conversation whose _id is oid among the batch's documents. */
+static const bson_t *conv_of(bson_t **docs, size_t n, const bson_oid_t *oid)
+{
+    for (size_t i = 0; i < n; i++) {
+        bson_iter_t id;
+        if (bson_iter_init_find(&id, docs[i], "_id") && BSON_ITER_HOLDS_OID(&id) &&
+            bson_oid_equal(bson_iter_oid(&id), oid))
+            return docs[i];
+    }
+    return NULL;
+}
+
+/* The conversations' SLA views and levels where they changed (conditional on
+ * updated_at as read), then the state records (upserts), which hold the
+ * whole SLA. In that order: a record written means its decision's
+ * conversation write was made or lost to a platform change, which the
+ * next tick sees; a conversation written without its record is decided
+ * again.
+ *
+ * The conversation is written only when what the platform shows changes: on
+ * FerretDB an update reads the document and writes all of it back without a
+ * compare-and-swap, so a platform write landing in between is reverted
+ * (reference/ferretdb.md; a 30-minute chaos run lost a snooze that way to
+ * the SLA bookkeeping that used to live here). */
 static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *actions,
                        struct sd_error *err)
 {
@@ -364,10 +406,17 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             if (bson_iter_init(&p, &action) && bson_iter_find_descendant(&p, "state.failure.parked", &p))
                 t->parked++;
         }
+        bool has_sla = sub_doc(&action, "sla", &sla);
         if (sub_doc(&action, "state", &state)) {
-            bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, unset;
+            bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, set, unset;
             BSON_APPEND_OID(&filter, "_id", oid);
-            BSON_APPEND_DOCUMENT(&update, "$set", &state);
+            BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+            bson_concat(&set, &state);
+            if (has_sla) {
+                BSON_APPEND_DOCUMENT(&set, "sla", &sla);
+                BSON_APPEND_BOOL(&set, "sla_pending", bson_has_field(&sla, "next_due"));
+            }
+            bson_append_document_end(&update, &set);
             if (bson_iter_init_find(&f, &action, "clear_failure")) {
                 BSON_APPEND_DOCUMENT_BEGIN(&update, "$unset", &unset);
                 BSON_APPEND_UTF8(&unset, "failure", "");
@@ -379,27 +428,24 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             bson_destroy(&filter);
             bson_destroy(&update);
         }
-        /* The SLA, only when it differs from what was read. */
-        const bson_t *conv = NULL;
-        for (size_t i = 0; i < n && !conv; i++) {
-            bson_iter_t id;
-            if (bson_iter_init_find(&id, docs[i], "_id") && BSON_ITER_HOLDS_OID(&id) &&
-                bson_oid_equal(bson_iter_oid(&id), oid))
-                conv = docs[i];
+        const bson_t *conv = conv_of(docs, n, oid);
+        bson_t view = BSON_INITIALIZER, old;
+        if (has_sla) {
+            bson_destroy(&view);
+            sla_view(&sla, conv, &view);
         }
-        bool has_sla = sub_doc(&action, "sla", &sla);
         bool level = bson_iter_init_find(&f, &action, "escalation_level");
-        bson_t old;
-        bool same = has_sla && conv && sub_doc(conv, "sla", &old) && bson_equal(&old, &sla);
-        if (rc == 0 && conv && ((has_sla && !same) || level)) {
+        bool same = !has_sla || bson_empty(&view) ||
+                    (conv && sub_doc(conv, "sla", &old) && bson_equal(&old, &view));
+        if (rc == 0 && conv && (!same || level)) {
             bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, set;
             BSON_APPEND_OID(&filter, "_id", oid);
             bson_iter_t u;
             if (bson_iter_init_find(&u, &action, "read_updated_at"))
                 BSON_APPEND_DATE_TIME(&filter, "updated_at", bson_iter_date_time(&u));
             BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
-            if (has_sla)
-                BSON_APPEND_DOCUMENT(&set, "sla", &sla);
+            if (!same)
+                BSON_APPEND_DOCUMENT(&set, "sla", &view);
             if (level)
                 BSON_APPEND_INT64(&set, "escalation_level", bson_iter_as_int64(&f));
             bson_append_document_end(&update, &set);
@@ -409,21 +455,22 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             bson_destroy(&filter);
             bson_destroy(&update);
         }
+        bson_destroy(&view);
     }
     bson_error_t berr;
     int64_t matched;
-    if (rc == 0 && n_states) {
-        if (!store_bulk_run(sb, &matched, &berr))
-            rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, store_errmsg(&berr));
-        else
-            t->states += n_states;
-    }
     if (rc == 0 && n_sla) {
         bool ok = store_bulk_run(cb, &matched, &berr);
         if (!ok)
             rc = sd_error_set(err, "writing the SLA of %d conversations: %s", n_sla, store_errmsg(&berr));
         t->sla_written += matched;
         t->sla_conflicts += n_sla - matched;
+    }
+    if (rc == 0 && n_states) {
+        if (!store_bulk_run(sb, &matched, &berr))
+            rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, store_errmsg(&berr));
+        else
+            t->states += n_states;
     }
     mongoc_bulk_operation_destroy(sb);
     mongoc_bulk_operation_destroy(cb);
@@ -441,10 +488,11 @@ static int64_t date_at(const bson_t *doc, const char *path)
                : 0;
 }
 
-/* Read again only because the change query's margin still covers it: not
- * changed since its last decision, whose sla.next_due the conversation still
- * carries (so every write of that decision landed), and not due. One whose
- * decision failed waits likewise for its retry, or, parked, for a change. */
+/* Read again only because a query still covers it (the change query's
+ * margin, a deadline the record holds): not changed since its last decision
+ * and not due. One whose decision failed waits likewise for its retry, or,
+ * parked, for a change. A record without an SLA is from an earlier build
+ * (the SLA was on the conversation then): decided again, which moves it. */
 static bool unchanged(const bson_t *doc, const bson_t *states, int64_t now)
 {
     bson_iter_t it;
@@ -452,7 +500,9 @@ static bool unchanged(const bson_t *doc, const bson_t *states, int64_t now)
     if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_OID(&it))
         return false;
     bson_oid_to_string(bson_iter_oid(&it), hex);
-    int64_t updated = date_at(doc, "updated_at"), next_due = date_at(doc, "sla.next_due");
+    int64_t updated = date_at(doc, "updated_at");
+    snprintf(path, sizeof path, "%s.sla.next_due", hex);
+    int64_t next_due = date_at(states, path);
     snprintf(path, sizeof path, "%s.failure", hex);
     if (bson_iter_init(&it, states) && bson_iter_find_descendant(&it, path, &it)) {
         snprintf(path, sizeof path, "%s.failure.updated_at", hex);
@@ -461,17 +511,16 @@ static bool unchanged(const bson_t *doc, const bson_t *states, int64_t now)
         snprintf(path, sizeof path, "%s.failure.parked", hex);
         if (bson_iter_init(&it, states) && bson_iter_find_descendant(&it, path, &it) &&
             bson_iter_as_bool(&it))
-            return next_due == 0;
-        snprintf(path, sizeof path, "%s.failure.retry_at", hex);
-        return next_due == date_at(states, path) && next_due > now;
+            return true;
+        return next_due > now;
     }
     snprintf(path, sizeof path, "%s.seen_updated_at", hex);
     if (!updated || date_at(states, path) != updated)
         return false;
-    snprintf(path, sizeof path, "%s.next_due", hex);
+    snprintf(path, sizeof path, "%s.sla", hex);
     if (!bson_iter_init(&it, states) || !bson_iter_find_descendant(&it, path, &it))
-        return false; /* a record from before it said */
-    return date_at(states, path) == next_due && (next_due == 0 || next_due > now);
+        return false;
+    return next_due == 0 || next_due > now;
 }
 
 /* collect the rest of a batch (the conversations that need a decision, with
@@ -569,23 +618,72 @@ static void note_read(void *arg, const bson_t *doc)
 
 static bool stop_requested(void *arg) { return job_should_stop(((struct tick *)arg)->env); }
 
+static mongoc_collection_t *states_coll(const struct tick *t)
+{
+    return mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_NOTIFY_STATE);
+}
+
+/* What the change query matches: changed since the checkpoint (less the
+ * margin), or a deadline on the conversation (where earlier builds wrote
+ * it). Its filter, for one document read otherwise. */
+static bool by_changes(const struct tick *t, const bson_t *doc)
+{
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, doc, "updated_at") && BSON_ITER_HOLDS_DATE_TIME(&it) &&
+        bson_iter_date_time(&it) >= t->high - CHANGED_SKEW_MS)
+        return true;
+    return bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, "sla.next_due", &it) &&
+           BSON_ITER_HOLDS_DATE_TIME(&it) && bson_iter_date_time(&it) <= t->env->now_ms;
+}
+
+static void change_filter(const struct tick *t, bson_t *filter)
+{
+    store_append_either(filter, "updated_at", "$gte", t->high - CHANGED_SKEW_MS, "sla.next_due",
+                        "$lte", t->env->now_ms);
+}
+
+/* The conversations of a batch of due records (sla.next_due before now),
+ * less those the change query read this tick (each is decided once a tick). */
+static int due_batch(void *arg, bson_t **records, size_t n, struct sd_error *err)
+{
+    struct tick *t = arg;
+    size_t k = 0;
+    bson_value_t *ids = distinct_oids(records, n, "_id", &k);
+    if (!ids)
+        return sd_error_set(err, "out of memory");
+    bson_t **found = NULL, **keep = NULL;
+    size_t nf = 0, m = 0;
+    struct store_find_in q = query_on(t, COLL_CONVERSATION, "_id");
+    int rc = k ? store_find_in(&q, ids, k, &found, &nf, err) : 0;
+    if (rc == 0 && nf && !(keep = calloc(nf, sizeof *keep)))
+        rc = sd_error_set(err, "out of memory");
+    for (size_t i = 0; rc == 0 && i < nf; i++)
+        if (!by_changes(t, found[i]))
+            keep[m++] = found[i];
+    if (rc == 0 && m)
+        rc = process(t, keep, m, err);
+    free(keep);
+    store_docs_free(found, nf);
+    free(ids);
+    return rc;
+}
+
 /* The conversations to look at, in one query through one cursor, BATCH at a
  * time (each decided, written and finished before the next is read):
- * changed since the checkpoint, or with a deadline due — every conversation
- * when there is no checkpoint. One query, not one per kind or per page:
- * MongoDB serves the $or's branches from supportd_updated_at and
- * supportd_sla_next_due and returns each conversation once; FerretDB 1.24
- * pushes no range down and decodes the whole collection for every query, so
- * each query costs a scan there (README, notification job). *complete: read
- * to its end. */
+ * changed since the checkpoint — every conversation when there is no
+ * checkpoint — then those whose deadline is due, found through their
+ * records' sla.next_due. The change query is one query, not one per page:
+ * FerretDB 1.24 pushes no range down and decodes the whole collection for
+ * every query, so each query costs a scan there (README, notification job);
+ * the records are small and few are due. *complete: read to its end. */
 static int sweep(struct tick *t, bool *complete, struct sd_error *err)
 {
     bson_t filter = BSON_INITIALIZER;
+    bool due = false;
     if (t->env->plan && t->env->plan->only)
         BSON_APPEND_OID(&filter, "_id", t->env->plan->only);
-    else if (t->mode == SWEEP_CHANGES)
-        store_append_either(&filter, "updated_at", "$gte", t->high - CHANGED_SKEW_MS,
-                            "sla.next_due", "$lte", t->env->now_ms);
+    else if ((due = t->mode == SWEEP_CHANGES))
+        change_filter(t, &filter);
     struct store_batches b = {.size = BATCH,
                               .max_batches = MAX_BATCHES,
                               .each = process_batch,
@@ -594,6 +692,23 @@ static int sweep(struct tick *t, bool *complete, struct sd_error *err)
                               .arg = t};
     int rc = store_sweep(t->convs, &filter, &b, complete, err);
     bson_destroy(&filter);
+    if (rc == 0 && *complete && due) {
+        /* Before now, not at it: a decision sets a record's next_due after
+         * now (a first retry, at now), so the cursor never meets it again.
+         * sla_pending: an equality FerretDB pushes down, so only the records
+         * with a deadline (the open tickets) are decoded, not every one. */
+        bson_t dfilter = BSON_INITIALIZER, range;
+        BSON_APPEND_BOOL(&dfilter, "sla_pending", true);
+        BSON_APPEND_DOCUMENT_BEGIN(&dfilter, "sla.next_due", &range);
+        BSON_APPEND_DATE_TIME(&range, "$lt", t->env->now_ms);
+        bson_append_document_end(&dfilter, &range);
+        mongoc_collection_t *states = states_coll(t);
+        b.each = due_batch;
+        b.seen = NULL;
+        rc = store_sweep(states, &dfilter, &b, complete, err);
+        mongoc_collection_destroy(states);
+        bson_destroy(&dfilter);
+    }
     return rc;
 }
 
@@ -603,11 +718,6 @@ static int sweep(struct tick *t, bool *complete, struct sd_error *err)
  * "checkpoint"), not in Redis: Redis may lose it (restart without
  * persistence, eviction, flush), and a lost checkpoint must not look like a
  * first install, which records the present and mails nobody. */
-
-static mongoc_collection_t *states_coll(const struct tick *t)
-{
-    return mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_NOTIFY_STATE);
-}
 
 /* The checkpoint of earlier builds, in Redis only: read when
  * MongoDB has none, deleted once MongoDB has it. *ms -1: none. */

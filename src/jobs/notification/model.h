@@ -10,14 +10,21 @@
  *         customer_at (ms of the last customer message notified, 0 none),
  *         seen_updated_at (ms: the conversation's updated_at then),
  *         reminder_for (ms: last_customer_message_at reminders count for),
- *         reminders (how many were sent for it), next_due (the sla.next_due
- *         the decision planned, null for none), at (ms written),
+ *         reminders (how many were sent for it), at (ms written),
+ *         sla { policy, first_response_due, resolution_due, next_due,
+ *           warned: ["<target>:<due ms>"], breached: [...], paused_at?,
+ *           paused_minutes } (a failed decision sets next_due to its retry),
+ *         sla_pending (next_due is set: a top-level equality FerretDB can
+ *           push down; {sla_pending, sla.next_due} is indexed, deadlines are
+ *           found through it),
  *         failure? {attempts, error, at, updated_at, retry_at | parked: true}
  *           while its decision fails (a record with only this is no record) }
- *   conversation.sla  { policy, first_response_due, resolution_due,
- *       next_due, warned: ["<target>:<due ms>"], breached: [...],
- *       paused_at?, paused_minutes } and conversation.escalation_level;
- *       a failed decision sets next_due to its retry.
+ *   conversation.sla  SPEC §2's view of it, { policy, first_response_due,
+ *       resolution_due }, and conversation.escalation_level: written only
+ *       when they change, since on FerretDB every update of a platform
+ *       document can revert a platform write landing in the middle
+ *       (reference/ferretdb.md). Earlier builds kept the whole sla there; it
+ *       is read from there until the record has one.
  *   the checkpoint, in the same collection: { _id: "checkpoint",
  *       changed_since (date: the greatest updated_at read, not past the
  *       tick's now; the change query starts 60 s before it), at,
@@ -30,13 +37,15 @@
  *
  * The job is collect → decide → apply:
  *   collect  conversations changed since the checkpoint (updated_at), and
- *            those with sla.next_due <= now (index), in batches, less those
- *            read again unchanged since their decision and not due, with
+ *            those whose record's sla.next_due is before now (index), in
+ *            batches, less those read again unchanged since their decision
+ *            and not due, with
  *            their rooms, notify-state records, SMS channels and zone offsets;
  *   decide   notification_decide(): pure, documents and rules in, a plan out;
  *   apply    outbox inserts under keys derived from what triggered each
- *            (exactly once), then the state records, then the SLA fields
- *            (conditional on updated_at as read), then delivery.
+ *            (exactly once), then the conversations' SLA views where they
+ *            changed (conditional on updated_at as read), then the state
+ *            records, then delivery.
  *
  * The files: job.c (collect and apply: the only one with I/O), decide.c and
  * sla_calendar.c (business time; pure), dryrun.c (the job on fixtures,
@@ -54,7 +63,6 @@
 #include "core/log.h"
 #include "rules/engine.h"
 
-#define COLL_NOTIFY_STATE "conversation-notify-state"
 #define NOTIFY_CHECKPOINT_ID "checkpoint" /* the job's checkpoint, in COLL_NOTIFY_STATE */
 #define NOTIFY_MAX_ATTEMPTS 10 /* failed decisions in a row before a conversation is parked */
 
@@ -84,7 +92,7 @@ struct notification_input {
  * *n_actions):
  *   { kind: "notify", target: <id hex>, conversation_id, read_updated_at?,
  *     state: <the notify-state record fields to set>, clear_failure?: true,
- *     sla: <the sla document to write> (absent: leave it),
+ *     sla: <the whole sla, for the record> (absent: leave it),
  *     escalation_level: <new level> (absent: unchanged),
  *     notifications: [ <outbox entry, SPEC §2, status "pending"> ] }
  * A conversation whose decision failed gets { ..., failed: true, state:
