@@ -490,6 +490,7 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
         t->sla_written += matched;
         t->sla_conflicts += n_sla - matched;
     }
+    seam_wait("notification_before_records");
     if (rc == 0 && n_states) {
         if (!store_bulk_run(sb, &matched, &berr))
             rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, store_errmsg(&berr));
