@@ -986,13 +986,49 @@ def test_kill_9_while_twilio_accepts_the_resend_then_found_not_sent_again(world)
     claims = list(world.sd.redis.scan_iter(match=world.sd.key("outbox:claim:resend:*")))
     assert claims
     world.sd.redis.delete(*claims)
-    cp = world.once("--now", later)
+    # once the in-flight window (a claim's 5 minutes from the send's start) has passed
+    cp = world.once("--now", iso(now_ms() + 8 * 60 * 1000))
     assert cp.returncode == 0, cp.stderr
     sent = world.p.fake.sent()["twilio"]
     assert len(sent) == 1 and twilio_posts(world) == 1, "re-sent blind after the crash"
     got = world.get(m)
     assert got["provider_message_id"] == sent[0]["sid"] and got["attempts"] == 2
     assert "supportd_resend" not in got
+    assert tick_end(cp)["counts"]["resend_recovered"] == 1
+
+
+def test_resend_whose_sender_ended_while_twilio_still_holds_it_is_not_sent_again(world):
+    """The chaos run (seed 23): a re-send's answer was slow, its tick ended without
+    recording the outcome (its lease was lost; here: killed) and released or lost its
+    claim, and another instance looked Twilio up at once — before Twilio had created
+    the message — and sent a second SMS. A send started less than a claim's lifetime
+    ago with no outcome recorded is left alone; the look-up comes after."""
+    m = world.message("twilio", status="sent")
+    world.twilio(m["provider_message_id"], "failed", error_code=30008)
+    assert world.once().returncode == 0
+    later = now_ms() + 2 * 60 * 1000
+    # Twilio creates the message 4 s after the request arrives
+    world.p.fake.fault(match="/Messages.json", method="POST", delay_ms=4000, status=201,
+                       accept=True)
+    d = world.start("doomed", "--now", iso(later), QM_SUPPORT_LEASE_TTL=1,
+                    QM_SUPPORT_HTTP_TIMEOUT_MS=20000)
+    wait_until(lambda: twilio_posts(world) == 1, 30, what="the re-send at Twilio")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(10)
+    world.sd.redis.delete(*world.sd.redis.scan_iter(match=world.sd.key("outbox:claim:resend:*")))
+    wait_until(lambda: world.sd.lease("message-status") is None, 10, what="the lease to expire")
+    assert world.p.fake.sent()["twilio"] == [], "Twilio created it too early for this test"
+    cp = world.once("--now", iso(later))  # another instance, at once
+    assert cp.returncode == 0, cp.stderr
+    assert twilio_posts(world) == 1, "sent again while the first was still at Twilio"
+    assert tick_end(cp)["counts"]["resend_in_flight"] == 1
+    wait_until(lambda: len(world.p.fake.sent()["twilio"]) == 1, 15, what="Twilio's acceptance")
+    cp = world.once("--now", iso(later + 6 * 60 * 1000))
+    assert cp.returncode == 0, cp.stderr
+    sent = world.p.fake.sent()["twilio"]
+    assert len(sent) == 1 and twilio_posts(world) == 1
+    got = world.get(m)
+    assert got["provider_message_id"] == sent[0]["sid"] and got["attempts"] == 2
     assert tick_end(cp)["counts"]["resend_recovered"] == 1
 
 

@@ -459,33 +459,110 @@ def test_warning_then_breach_then_escalation_one_mail_each(world):
     assert len(world.mails_to(world.petra)) == 3 and world.conv(t)["escalation_level"] == 2
 
 
+def legacy_ticket_past_its_warning(world):
+    """An urgent ticket warned by an earlier build, which kept the whole SLA on the
+    conversation (next_due: its deadline, T0+240), and the checkpoint past it."""
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"],
+                     first_response_at=T0, last_agent_message_at=T0)  # resolution in 240
+    world.tick(T0 + timedelta(minutes=1))
+    world.tick(T0 + timedelta(minutes=226))
+    world.ticket(T0 + timedelta(minutes=230))  # the checkpoint moves past t
+    world.tick(T0 + timedelta(minutes=231))
+    sla = world.sla(t)
+    assert sla["warned"] and sla["next_due"] == T0 + timedelta(minutes=240)
+    world.db["conversation-conversation"].update_one({"_id": t}, {"$set": {"sla": sla}})
+    world.db[NOTIFY_STATE].update_one({"_id": t}, {"$unset": {"sla": "", "sla_pending": ""},
+                                                   "$set": {"next_due": sla["next_due"]}})
+    return t
+
+
 def test_an_earlier_builds_sla_on_the_conversation_is_carried_over(world):
     """Builds before this one kept the whole SLA (next_due, warned, breached) on the
     conversation: what they warned is not warned again, their due deadline is found,
     and the conversation is left with SPEC §2's view."""
     installed(world)
-    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"],
-                     first_response_at=T0, last_agent_message_at=T0)  # resolution in 240
-    world.tick(T0 + timedelta(minutes=1))
-    world.tick(T0 + timedelta(minutes=226))
-    assert sum(s.startswith("SLA warning") for s in world.mails_to(world.anna)) == 1
-    # as an earlier build left them: the SLA on the conversation, next_due on the record
-    sla = world.sla(t)
-    assert sla["warned"] and sla["next_due"] == T0 + timedelta(minutes=240)
-    world.db["conversation-conversation"].update_one({"_id": t}, {"$set": {"sla": sla}})
-    world.db[NOTIFY_STATE].update_one({"_id": t}, {"$unset": {"sla": ""},
-                                                   "$set": {"next_due": sla["next_due"]}})
-    world.ticket(T0 + timedelta(minutes=230))  # the checkpoint moves past t
-    world.tick(T0 + timedelta(minutes=231))
-    world.tick(T0 + timedelta(minutes=241))
+    t = legacy_ticket_past_its_warning(world)
+    warned = world.conv(t)["sla"]["warned"]
+    counts = world.tick(T0 + timedelta(minutes=241))
+    assert counts["due"] == 1, counts  # through the conversation's own next_due
     assert sum(s.startswith("SLA warning") for s in world.mails_to(world.anna)) == 1
     subject = world.conv(t)["subject"]
     assert sorted(world.mails_to(world.petra)) == [f"Escalated to level 1: {subject}",
                                                    f"SLA breached: {subject}"]
     assert sorted(world.conv(t)["sla"]) == ["policy", "resolution_due"]
-    assert world.sla(t)["warned"] == sla["warned"] and world.sla(t)["breached"]
+    assert world.sla(t)["warned"] == warned and world.sla(t)["breached"]
     assert world.tick(T0 + timedelta(minutes=301))["due"] == 1  # through the record
     assert world.conv(t)["escalation_level"] == 2
+
+
+def test_kill_while_an_earlier_builds_sla_is_carried_over_loses_no_deadline(world, tmp_path):
+    """The conversation's whole SLA is replaced by the view only once its record holds
+    it: killed in between, the next tick still finds the deadline and the steps after."""
+    installed(world)
+    t = legacy_ticket_past_its_warning(world)
+    seams = tmp_path / "seams"
+    seams.mkdir()
+    (seams / "notification_before_records.arm").touch()
+    d = world.start(T0 + timedelta(minutes=241), "doomed", QM_SUPPORT_TEST_SEAMS=str(seams),
+                    QM_SUPPORT_LEASE_TTL="1")
+    wait_until(lambda: (seams / "notification_before_records.reached").exists(), 30, what="seam")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait(timeout=10)
+    time.sleep(1.2)
+    world.tick(T0 + timedelta(minutes=242))
+    assert sorted(world.conv(t)["sla"]) == ["policy", "resolution_due"]
+    assert world.sla(t)["breached"] and world.sla(t)["warned"]
+    assert world.tick(T0 + timedelta(minutes=301))["due"] == 1  # the next step, through the record
+    world.tick(T0 + timedelta(minutes=302))
+    subject = world.conv(t)["subject"]
+    assert world.conv(t)["escalation_level"] == 2
+    assert sorted(world.mails_to(world.petra)) == [f"Escalated to level 1: {subject}",
+                                                   f"Escalated to level 2: {subject}",
+                                                   f"SLA breached: {subject}"]
+    assert sum(s.startswith("SLA warning") for s in world.mails_to(world.anna)) == 1
+
+
+def test_a_deadline_on_the_minute_is_found_by_that_minutes_tick(world):
+    """Ticks run on whole minutes, and so do deadlines counted from business hours."""
+    installed(world)
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"],
+                     first_response_at=T0, last_agent_message_at=T0)  # warning at T0+225
+    world.tick(T0 + timedelta(minutes=1))
+    world.ticket(T0 + timedelta(minutes=200))  # the checkpoint moves past t
+    world.tick(T0 + timedelta(minutes=201))
+    assert world.sla(t)["next_due"] == T0 + timedelta(minutes=225)
+    counts = world.tick(T0 + timedelta(minutes=225))
+    assert counts["due"] == 1, counts
+    assert len(world.outbox(t, "ticket.sla_warning")) == 1
+
+
+def test_a_deleted_conversations_deadline_is_dropped_once(world, sd):
+    installed(world)
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"],
+                     first_response_at=T0, last_agent_message_at=T0)
+    world.tick(T0 + timedelta(minutes=1))
+    world.db["conversation-conversation"].delete_one({"_id": t})
+    cp = sd.cli("once", "notification", "--now", iso(T0 + timedelta(minutes=230)), **world.env())
+    assert cp.returncode == 0, cp.stderr
+    assert "notification.conversation_gone" in cp.stderr and str(t) in cp.stderr
+    assert world.db[NOTIFY_STATE].find_one({"_id": t})["sla_pending"] is False
+    cp = sd.cli("once", "notification", "--now", iso(T0 + timedelta(minutes=231)), **world.env())
+    assert cp.returncode == 0 and "notification.conversation_gone" not in cp.stderr, cp.stderr
+
+
+def test_a_bad_document_with_a_deadline_is_not_read_again_until_it_changes(world, sd):
+    installed(world)
+    t = world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"],
+                     first_response_at=T0, last_agent_message_at=T0)
+    world.tick(T0 + timedelta(minutes=1))
+    world.ticket(T0 + timedelta(minutes=200))  # the checkpoint moves past t
+    world.tick(T0 + timedelta(minutes=201))
+    world.db["conversation-room"].delete_one({"_id": world.room_id})  # its room is gone
+    cp = sd.cli("once", "notification", "--now", iso(T0 + timedelta(minutes=230)), **world.env())
+    assert cp.returncode == 0 and "notification.bad_document" in cp.stderr, cp.stderr
+    assert world.sla(t)["resolution_due"] and "next_due" not in world.sla(t)
+    cp = sd.cli("once", "notification", "--now", iso(T0 + timedelta(minutes=231)), **world.env())
+    assert cp.returncode == 0 and "notification.bad_document" not in cp.stderr, cp.stderr
 
 
 def test_reminders_are_bounded_and_stop_when_an_agent_answers(world):

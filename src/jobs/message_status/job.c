@@ -60,6 +60,7 @@ static void counts_to(struct ms_tick *t)
         {"resent", k->resent},
         {"resend_recovered", k->resend_recovered},
         {"resend_uncertain", k->resend_uncertain},
+        {"resend_in_flight", k->resend_in_flight},
         {"resend_failed", k->resend_failed},
         {"retry_exhausted", k->retry_exhausted},
         {"polled", k->polled},

@@ -131,7 +131,7 @@ void msgstatus_poll_entry(const char *provider, const char *provider_message_id,
 struct ms_counts {
     int64_t entries, claimed, acknowledged, deferred, events, applied, duplicates, ignored,
         history_only, unknown, rejected, rule_failed, unmatched, waiting, conflicts, messages_updated, retries_due, resent, resend_recovered,
-        resend_uncertain, resend_failed, retry_exhausted, polled, poll_failed, trimmed,
+        resend_uncertain, resend_in_flight, resend_failed, retry_exhausted, polled, poll_failed, trimmed,
         batches, journal_checked, journal_reappended, journal_deleted;
 };
 

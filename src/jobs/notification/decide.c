@@ -818,9 +818,17 @@ static int decide_one(const struct notification_input *in, const bson_t *conv, b
     int64_t customer = ms_at(conv, "last_customer_message_at"), was = ms_at(state, "customer_at");
     BSON_APPEND_DATE_TIME(&new_state, "customer_at", customer > was ? customer : was);
     BSON_APPEND_DATE_TIME(&new_state, "seen_updated_at", ms_at(conv, "updated_at"));
-    bson_t sla_part = BSON_INITIALIZER;
-    if (rc == 0 && c.room && status)
+    bson_t sla_part = BSON_INITIALIZER, old, kept;
+    if (rc == 0 && c.room && status) {
         rc = sla(&c, state, &sla_part, &new_state, err);
+    } else if (rc == 0 && old_sla(sub_doc(in->states, c.id, &state_doc) ? &state_doc : NULL,
+                                  conv, &old)) {
+        /* A bad document keeps its SLA but is not looked at again until it
+         * changes: without next_due its record is no longer found as due. */
+        BSON_APPEND_DOCUMENT_BEGIN(&sla_part, "sla", &kept);
+        bson_copy_to_excluding_noinit(&old, &kept, "next_due", NULL);
+        bson_append_document_end(&sla_part, &kept);
+    }
     bson_append_array_end(&action, &list);
     BSON_APPEND_DATE_TIME(&new_state, "at", in->now_ms);
     BSON_APPEND_DOCUMENT(&action, "state", &new_state);
@@ -896,6 +904,7 @@ static void failed_one(const struct notification_input *in, const bson_t *conv,
     BSON_APPEND_ARRAY_BEGIN(action, "notifications", &list);
     bson_append_array_end(action, &list);
     BSON_APPEND_DOCUMENT_BEGIN(action, "state", &state);
+    BSON_APPEND_DATE_TIME(&state, "at", in->now_ms); /* this tick's due query passes it by */
     BSON_APPEND_DOCUMENT_BEGIN(&state, "failure", &failure);
     BSON_APPEND_INT64(&failure, "attempts", attempts);
     BSON_APPEND_UTF8(&failure, "error", err->message);

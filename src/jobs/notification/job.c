@@ -354,6 +354,22 @@ static void sla_view(const bson_t *sla, const bson_t *conv, bson_t *view)
     }
 }
 
+/* The conversation's sla holds more than the view: an earlier build's whole
+ * SLA, kept there until its record has a copy. */
+static bool legacy_sla(const bson_t *conv)
+{
+    bson_t sla;
+    bson_iter_t it;
+    if (!conv || !sub_doc(conv, "sla", &sla) || !bson_iter_init(&it, &sla))
+        return false;
+    while (bson_iter_next(&it)) {
+        const char *k = bson_iter_key(&it);
+        if (strcmp(k, "policy") && strcmp(k, "first_response_due") && strcmp(k, "resolution_due"))
+            return true;
+    }
+    return false;
+}
+
 /* The conversation whose _id is oid among the batch's documents. */
 static const bson_t *conv_of(bson_t **docs, size_t n, const bson_oid_t *oid)
 {
@@ -371,7 +387,10 @@ static const bson_t *conv_of(bson_t **docs, size_t n, const bson_oid_t *oid)
  * whole SLA. In that order: a record written means its decision's
  * conversation write was made or lost to a platform change, which the
  * next tick sees; a conversation written without its record is decided
- * again.
+ * again. But a conversation that still holds an earlier build's whole SLA
+ * is rewritten last, once its record has the copy: written first, a crash
+ * before the record would lose its deadlines and paused minutes (until it
+ * is rewritten, unchanged() decides it again whenever it is read).
  *
  * The conversation is written only when what the platform shows changes: on
  * FerretDB an update reads the document and writes all of it back without a
@@ -387,8 +406,9 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
         mongoc_client_get_collection(t->env->mongo, t->env->db, COLL_NOTIFY_STATE);
     mongoc_bulk_operation_t *sb = mongoc_collection_create_bulk_operation_with_opts(states, &opts);
     mongoc_bulk_operation_t *cb = mongoc_collection_create_bulk_operation_with_opts(t->convs, &opts);
+    mongoc_bulk_operation_t *lb = mongoc_collection_create_bulk_operation_with_opts(t->convs, &opts);
     bson_destroy(&opts);
-    int n_states = 0, n_sla = 0, rc = 0;
+    int n_states = 0, n_sla = 0, n_legacy = 0, rc = 0;
     bson_iter_t it;
     bson_iter_init(&it, actions);
     while (bson_iter_next(&it) && rc == 0) {
@@ -449,9 +469,13 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
             if (level)
                 BSON_APPEND_INT64(&set, "escalation_level", bson_iter_as_int64(&f));
             bson_append_document_end(&update, &set);
-            if (store_bulk_update_doc(cb, &filter, &update, false, err))
+            bool legacy = legacy_sla(conv);
+            if (store_bulk_update_doc(legacy ? lb : cb, &filter, &update, false, err))
                 rc = sd_error_prefix(err, "building the SLA write");
-            n_sla++;
+            if (legacy)
+                n_legacy++;
+            else
+                n_sla++;
             bson_destroy(&filter);
             bson_destroy(&update);
         }
@@ -466,14 +490,24 @@ static int write_state(struct tick *t, bson_t **docs, size_t n, const bson_t *ac
         t->sla_written += matched;
         t->sla_conflicts += n_sla - matched;
     }
+    seam_wait("notification_before_records");
     if (rc == 0 && n_states) {
         if (!store_bulk_run(sb, &matched, &berr))
             rc = sd_error_set(err, "writing %d notify-state records: %s", n_states, store_errmsg(&berr));
         else
             t->states += n_states;
     }
+    if (rc == 0 && n_legacy) {
+        bool ok = store_bulk_run(lb, &matched, &berr);
+        if (!ok)
+            rc = sd_error_set(err, "writing the SLA of %d conversations: %s", n_legacy,
+                              store_errmsg(&berr));
+        t->sla_written += matched;
+        t->sla_conflicts += n_legacy - matched;
+    }
     mongoc_bulk_operation_destroy(sb);
     mongoc_bulk_operation_destroy(cb);
+    mongoc_bulk_operation_destroy(lb);
     mongoc_collection_destroy(states);
     return rc;
 }
@@ -491,13 +525,13 @@ static int64_t date_at(const bson_t *doc, const char *path)
 /* Read again only because a query still covers it (the change query's
  * margin, a deadline the record holds): not changed since its last decision
  * and not due. One whose decision failed waits likewise for its retry, or,
- * parked, for a change. A record without an SLA is from an earlier build
- * (the SLA was on the conversation then): decided again, which moves it. */
+ * parked, for a change. A record without an SLA, or a conversation still
+ * holding an earlier build's whole SLA, is decided again, which moves it. */
 static bool unchanged(const bson_t *doc, const bson_t *states, int64_t now)
 {
     bson_iter_t it;
     char hex[25], path[64];
-    if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_OID(&it))
+    if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_OID(&it) || legacy_sla(doc))
         return false;
     bson_oid_to_string(bson_iter_oid(&it), hex);
     int64_t updated = date_at(doc, "updated_at");
@@ -642,8 +676,55 @@ static void change_filter(const struct tick *t, bson_t *filter)
                         "$lte", t->env->now_ms);
 }
 
-/* The conversations of a batch of due records (sla.next_due before now),
- * less those the change query read this tick (each is decided once a tick). */
+/* Due records whose conversation is gone (the platform deleted it): their
+ * deadline is dropped, conditional on the one read, so that they are not
+ * read again every tick. */
+static int drop_gone(struct tick *t, bson_t **records, size_t n, bson_t **found, size_t nf,
+                     struct sd_error *err)
+{
+    bson_t opts = BSON_INITIALIZER;
+    BSON_APPEND_BOOL(&opts, "ordered", false);
+    mongoc_collection_t *states = states_coll(t);
+    mongoc_bulk_operation_t *b = mongoc_collection_create_bulk_operation_with_opts(states, &opts);
+    bson_destroy(&opts);
+    int gone = 0, rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        bson_iter_t id, due;
+        if (!bson_iter_init_find(&id, records[i], "_id") || !BSON_ITER_HOLDS_OID(&id) ||
+            conv_of(found, nf, bson_iter_oid(&id)) || !bson_iter_init(&due, records[i]) ||
+            !bson_iter_find_descendant(&due, "sla.next_due", &due) ||
+            !BSON_ITER_HOLDS_DATE_TIME(&due))
+            continue;
+        char hex[25];
+        bson_oid_to_string(bson_iter_oid(&id), hex);
+        log_field(LOG_WARN, t->env->log, "notification.conversation_gone", "conversation_id", hex,
+                  "conversation %s: its record has a deadline but the conversation no longer "
+                  "exists; deadline dropped",
+                  hex);
+        bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, set;
+        BSON_APPEND_OID(&filter, "_id", bson_iter_oid(&id));
+        BSON_APPEND_DATE_TIME(&filter, "sla.next_due", bson_iter_date_time(&due));
+        BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+        BSON_APPEND_BOOL(&set, "sla_pending", false);
+        bson_append_document_end(&update, &set);
+        if (store_bulk_update_doc(b, &filter, &update, false, err))
+            rc = sd_error_prefix(err, "building the record write");
+        gone++;
+        bson_destroy(&filter);
+        bson_destroy(&update);
+    }
+    bson_error_t berr;
+    int64_t matched;
+    if (rc == 0 && gone && !store_bulk_run(b, &matched, &berr))
+        rc = sd_error_set(err, "dropping the deadlines of %d records: %s", gone, store_errmsg(&berr));
+    mongoc_bulk_operation_destroy(b);
+    mongoc_collection_destroy(states);
+    return rc;
+}
+
+/* The conversations of a batch of due records (sla.next_due at or before
+ * now), less those the change query read this tick (each is decided once a
+ * tick). */
 static int due_batch(void *arg, bson_t **records, size_t n, struct sd_error *err)
 {
     struct tick *t = arg;
@@ -660,6 +741,10 @@ static int due_batch(void *arg, bson_t **records, size_t n, struct sd_error *err
     for (size_t i = 0; rc == 0 && i < nf; i++)
         if (!by_changes(t, found[i]))
             keep[m++] = found[i];
+    if (rc == 0 && nf < k && !t->env->plan)
+        rc = drop_gone(t, records, n, found, nf, err);
+    if (rc == 0 && m && t->env->plan)
+        t->env->plan->read += (int64_t)m;
     if (rc == 0 && m)
         rc = process(t, keep, m, err);
     free(keep);
@@ -693,14 +778,18 @@ static int sweep(struct tick *t, bool *complete, struct sd_error *err)
     int rc = store_sweep(t->convs, &filter, &b, complete, err);
     bson_destroy(&filter);
     if (rc == 0 && *complete && due) {
-        /* Before now, not at it: a decision sets a record's next_due after
-         * now (a first retry, at now), so the cursor never meets it again.
+        /* At or before now (ticks run on whole minutes, and so do many
+         * deadlines); `at` not this tick's: a record this tick wrote (a first
+         * retry is due at now) is not read again by the same cursor.
          * sla_pending: an equality FerretDB pushes down, so only the records
          * with a deadline (the open tickets) are decoded, not every one. */
         bson_t dfilter = BSON_INITIALIZER, range;
         BSON_APPEND_BOOL(&dfilter, "sla_pending", true);
         BSON_APPEND_DOCUMENT_BEGIN(&dfilter, "sla.next_due", &range);
-        BSON_APPEND_DATE_TIME(&range, "$lt", t->env->now_ms);
+        BSON_APPEND_DATE_TIME(&range, "$lte", t->env->now_ms);
+        bson_append_document_end(&dfilter, &range);
+        BSON_APPEND_DOCUMENT_BEGIN(&dfilter, "at", &range);
+        BSON_APPEND_DATE_TIME(&range, "$ne", t->env->now_ms);
         bson_append_document_end(&dfilter, &range);
         mongoc_collection_t *states = states_coll(t);
         b.each = due_batch;
