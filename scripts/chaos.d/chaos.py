@@ -1059,10 +1059,21 @@ def fault_thread(run: Run, schedule, work_busy):
 
 # ----------------------------------------------------------------- main ----
 
+RESEND_IN_FLIGHT_S = 300  # src/jobs/message_status/retry.c: RESEND_CLAIM_TTL_MS
+
+
 def pending_until(run: Run) -> float:
     """When the last pending outbox entry becomes deliverable again: its backoff
-    (next_attempt_at) or a claim a killed deliverer left (its TTL)."""
+    (next_attempt_at) or a claim a killed deliverer left (its TTL); and when the last
+    re-send whose outcome was not recorded may be looked up (README: a marker without
+    `uncertain` is left alone for a claim's lifetime from its start)."""
     latest = 0.0
+    for m in run.db[MSGS].find({"supportd_resend.started_at": {"$exists": True}},
+                               {"supportd_resend": 1}):
+        r = m.get("supportd_resend") or {}
+        if not r.get("uncertain") and r.get("started_at"):
+            started = r["started_at"].replace(tzinfo=timezone.utc).timestamp()
+            latest = max(latest, started + RESEND_IN_FLIGHT_S)
     for e in run.db["conversation-notification"].find({"status": "pending"},
                                                       {"next_attempt_at": 1}):
         if e.get("next_attempt_at"):
@@ -1151,9 +1162,10 @@ def main(argv=None) -> int:
     ap.add_argument("--binary", help="supportd to run (default: see the module docstring)")
     ap.add_argument("--drain", type=float, default=45,
                     help="seconds the instances get to finish the work at the end")
-    ap.add_argument("--drain-max", type=float, default=150,
+    ap.add_argument("--drain-max", type=float, default=360,
                     help="the drain's bound when outbox entries wait out a backoff or a "
-                         "killed deliverer's claim; an entry still held past it is a violation")
+                         "killed deliverer's claim, or a re-send its in-flight window (5 "
+                         "minutes); an entry still held past it is a violation")
     ap.add_argument("--keep", action="store_true", help="keep the database and Redis keys")
     args = ap.parse_args(argv)
     if args.minutes < 1 and not args.soak:
