@@ -125,6 +125,28 @@ def test_limit_caps_the_conversations_read(world):
     assert "item(s) read" in cp.stderr and "--limit reached" in cp.stderr
 
 
+def test_conversations_read_for_their_due_deadlines_count_towards_the_limit(world):
+    """The due phase (records whose deadline has come, their conversations unchanged
+    since the checkpoint) reads conversations too: they count as read, and --limit
+    bounds them."""
+    installed(world)
+    due = [world.ticket(T0, priority="urgent", assignee_id=world.anna["user_id"],
+                        first_response_at=T0, last_agent_message_at=T0)  # warning at T0+225
+           for _ in range(3)]
+    world.tick(T0 + timedelta(minutes=1))
+    world.ticket(T0 + timedelta(minutes=200))  # the checkpoint moves past them
+    world.tick(T0 + timedelta(minutes=201))
+    now = T0 + timedelta(minutes=226)
+    full = json.loads(live(world, "--job", "notification", now=now).stdout)["jobs"]["notification"]
+    warned = {a["target"] for a in full["actions"]
+              if any(n["key"].startswith("ticket.sla_warning:") for n in a.get("notifications", []))}
+    assert warned == {str(t) for t in due}, full
+    assert full["read"] >= len(due) and full["limited"] is False, full
+    capped = json.loads(live(world, "--job", "notification", "--limit", "1",
+                             now=now).stdout)["jobs"]["notification"]
+    assert capped["limited"] is True, capped
+
+
 # ---- it writes nothing ---------------------------------------------------------
 
 def snapshot(world):
