@@ -1139,7 +1139,7 @@ def deliver_after_stop(run: Run, stop_began: float) -> int:
                                                                {"created_at": 1}))
     except pymongo.errors.PyMongoError:
         return 0
-    began = datetime.fromtimestamp(stop_began - 1, timezone.utc).replace(tzinfo=None)
+    began = datetime.fromtimestamp(stop_began - 1, timezone.utc)  # the client is tz_aware
     if not pending or any(e.get("created_at") is None or e["created_at"] < began
                           for e in pending):
         return 0
