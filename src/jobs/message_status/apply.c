@@ -52,7 +52,21 @@ static int cmp_str(const void *a, const void *b)
 static int load_earlier(struct ms_tick *t, const bson_t *const *parsed, size_t n,
                         bson_t *messages, struct sd_error *err)
 {
-    size_t cap = 64, k = 0;
+    /* The keys messages holds, sorted once and searched per event: a find in
+     * the document per event scans it, and a batch has thousands of each
+     * (quadratic: it had doubled the tick's CPU). Keys are compared as they
+     * are: SendGrid ids may hold dots. */
+    size_t nk = 0, kcap = 64;
+    const char **known = malloc(kcap * sizeof *known);
+    bson_iter_t m;
+    if (bson_iter_init(&m, messages))
+        while (bson_iter_next(&m)) {
+            if (nk == kcap)
+                known = realloc(known, (kcap *= 2) * sizeof *known);
+            known[nk++] = bson_iter_key(&m);
+        }
+    qsort(known, nk, sizeof *known, cmp_str);
+    size_t cap = 16, k = 0;
     char **keys = malloc(cap * sizeof *keys);
     for (size_t i = 0; i < n; i++) {
         bson_iter_t it, evs;
@@ -68,35 +82,24 @@ static int load_earlier(struct ms_tick *t, const bson_t *const *parsed, size_t n
             if (!provider || !pmid)
                 continue;
             snprintf(key, sizeof key, "%s:%s", provider, pmid);
+            const char *probe = key;
+            if (bsearch(&probe, known, nk, sizeof *known, cmp_str))
+                continue;
             if (k == cap)
                 keys = realloc(keys, (cap *= 2) * sizeof *keys);
             keys[k++] = strdup(key);
         }
     }
-    /* Which keys messages lacks: its keys sorted once, then a binary search
-     * per distinct event key. A find in the document per event scans it, and
-     * a batch has thousands of each: that doubled the tick's CPU. The keys
-     * are compared as they are (SendGrid ids may hold dots). */
+    free(known); /* before messages grows: the keys point into it */
     qsort(keys, k, sizeof *keys, cmp_str);
-    size_t nk = 0, kcap = 64, unknown = 0;
-    const char **known = malloc(kcap * sizeof *known);
-    bson_iter_t m;
-    if (k && bson_iter_init(&m, messages))
-        while (bson_iter_next(&m)) {
-            if (nk == kcap)
-                known = realloc(known, (kcap *= 2) * sizeof *known);
-            known[nk++] = bson_iter_key(&m);
-        }
-    qsort(known, nk, sizeof *known, cmp_str);
+    size_t distinct = 0;
     for (size_t i = 0; i < k; i++) {
-        if ((unknown && !strcmp(keys[i], keys[unknown - 1])) ||
-            bsearch(&keys[i], known, nk, sizeof *known, cmp_str))
+        if (distinct && !strcmp(keys[i], keys[distinct - 1]))
             free(keys[i]);
         else
-            keys[unknown++] = keys[i];
+            keys[distinct++] = keys[i];
     }
-    free(known);
-    k = unknown;
+    k = distinct;
     int rc = 0;
     bson_t **maps = NULL, **docs = NULL;
     size_t nm = 0, nd = 0;
