@@ -110,6 +110,16 @@ class World:
         return self.sd.start("once", "notification", "--now", iso(at), name=name,
                              **self.env(**env))
 
+    def start_to_seam(self, tmp_path, seam, at, name, **env):
+        """A `once notification` at `at`, waited for until it stands at the armed seam;
+        returns it and the seams folder (<seam>.go there lets it go on)."""
+        seams = tmp_path / "seams"
+        seams.mkdir(exist_ok=True)
+        (seams / f"{seam}.arm").touch()
+        proc = self.start(at, name, QM_SUPPORT_TEST_SEAMS=str(seams), **env)
+        wait_until(lambda: (seams / f"{seam}.reached").exists(), 30, what="seam")
+        return proc, seams
+
     def mails(self):
         """[(to, type-ish subject)] accepted by the SendGrid fake."""
         out = []
@@ -293,12 +303,8 @@ def test_a_change_seen_in_two_ticks_sends_once(world):
 def test_two_instances_send_once(world, tmp_path):
     installed(world)
     ids = [world.ticket(T0) for _ in range(20)]
-    seams = tmp_path / "seams"
-    seams.mkdir()
-    (seams / "notification_after_enqueue.arm").touch()
-    a = world.start(T0 + timedelta(minutes=1), "paused", QM_SUPPORT_TEST_SEAMS=str(seams),
-                    QM_SUPPORT_LEASE_TTL="1")
-    wait_until(lambda: (seams / "notification_after_enqueue.reached").exists(), 30, what="seam")
+    a, seams = world.start_to_seam(tmp_path, "notification_after_enqueue",
+                                   T0 + timedelta(minutes=1), "paused", QM_SUPPORT_LEASE_TTL="1")
     a.proc.send_signal(signal.SIGSTOP)  # the renewer stops too: the lease expires
     try:
         wait_until(lambda: world.sd.lease("notification") is None, 10, what="the lease to expire")
@@ -319,12 +325,8 @@ def test_two_instances_send_once(world, tmp_path):
 def test_kill_between_enqueue_and_delivery_delivers_once_next_tick(world, tmp_path):
     installed(world)
     t = world.ticket(T0)
-    seams = tmp_path / "seams"
-    seams.mkdir()
-    (seams / "notification_after_enqueue.arm").touch()
-    d = world.start(T0 + timedelta(minutes=1), "doomed", QM_SUPPORT_TEST_SEAMS=str(seams),
-                    QM_SUPPORT_LEASE_TTL="1")
-    wait_until(lambda: (seams / "notification_after_enqueue.reached").exists(), 30, what="seam")
+    d, _ = world.start_to_seam(tmp_path, "notification_after_enqueue",
+                               T0 + timedelta(minutes=1), "doomed", QM_SUPPORT_LEASE_TTL="1")
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(timeout=10)
     assert len(world.outbox(t)) == 2 and world.mails() == []
@@ -500,12 +502,8 @@ def test_kill_while_an_earlier_builds_sla_is_carried_over_loses_no_deadline(worl
     it: killed in between, the next tick still finds the deadline and the steps after."""
     installed(world)
     t = legacy_ticket_past_its_warning(world)
-    seams = tmp_path / "seams"
-    seams.mkdir()
-    (seams / "notification_before_records.arm").touch()
-    d = world.start(T0 + timedelta(minutes=241), "doomed", QM_SUPPORT_TEST_SEAMS=str(seams),
-                    QM_SUPPORT_LEASE_TTL="1")
-    wait_until(lambda: (seams / "notification_before_records.reached").exists(), 30, what="seam")
+    d, _ = world.start_to_seam(tmp_path, "notification_before_records",
+                               T0 + timedelta(minutes=241), "doomed", QM_SUPPORT_LEASE_TTL="1")
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(timeout=10)
     time.sleep(1.2)
@@ -820,11 +818,7 @@ def test_an_interrupted_first_install_still_mails_nobody(world, tmp_path):
              "last_customer_message_at": T0 - timedelta(days=1), "escalation_level": 0}
             for i in range(502)]
     world.db["conversation-conversation"].insert_many(docs)
-    seams = tmp_path / "seams"
-    seams.mkdir()
-    (seams / "notification_after_enqueue.arm").touch()
-    d = world.start(T0, "interrupted", QM_SUPPORT_TEST_SEAMS=str(seams))
-    wait_until(lambda: (seams / "notification_after_enqueue.reached").exists(), 30, what="seam")
+    d, seams = world.start_to_seam(tmp_path, "notification_after_enqueue", T0, "interrupted")
     d.proc.send_signal(signal.SIGTERM)
     (seams / "notification_after_enqueue.arm").unlink()
     (seams / "notification_after_enqueue.go").touch()
